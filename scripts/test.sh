@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Quickstart command 2: set up .venv with the test extras and run the whole test suite.
+# pytest exits non-zero on any failure and with code 5 when no test was collected, so CI cannot pass silently.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test,timm
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,104 @@
+"""Input normalization and the ONE pixel-space masking function used by every method and metric.
+
+Models see normalized images ``(x - mean) / std``. Masking an image by a saliency map must happen in
+pixel space (PROTOCOL.md): denormalize, blend with a baseline by the map, normalize again. Because the
+normalization is affine per channel, that blend is done directly on normalized tensors:
+``masked = b + m * (x - b)`` where ``b`` is the *normalized* baseline image (black pixels by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torchvision.transforms.functional as TF
+from torch import Tensor
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+BASELINES = ("black", "mean", "blur")
+
+
+class Preprocess:
+    """Per-channel normalization of pixel images in [0, 1], with pixel-space masking.
+
+    ``Preprocess(mean=(0, 0, 0), std=(1, 1, 1))`` describes a model that takes raw [0, 1] pixels.
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        if len(mean) != len(std) or len(mean) == 0:
+            raise ValueError(
+                f"mean and std must have the same non-zero length, got {len(mean)} and {len(std)}"
+            )
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {tuple(std)}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def __repr__(self) -> str:
+        return f"Preprocess(mean={self.mean}, std={self.std})"
+
+    def _stats(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        if images.dim() < 3 or images.shape[-3] != len(self.mean):
+            raise ValueError(
+                f"expected images of shape (..., {len(self.mean)}, H, W) for {len(self.mean)}-channel "
+                f"statistics, got {tuple(images.shape)}"
+            )
+        shape = (len(self.mean), 1, 1)
+        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(shape)
+        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(shape)
+        return mean, std
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Pixel images in [0, 1] -> model input."""
+        mean, std = self._stats(images)
+        return (images - mean) / std
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        """Model input -> pixel images in [0, 1]."""
+        mean, std = self._stats(images)
+        return images * std + mean
+
+    def baseline(
+        self,
+        images: Tensor,
+        kind: str | Tensor = "black",
+        *,
+        kernel_size: int = 11,
+        sigma: float = 5.0,
+    ) -> Tensor:
+        """A normalized baseline image for each image: what masked-out pixels become.
+
+        ``kind``: ``"black"`` (pixel value 0), ``"mean"`` (the normalization mean colour, i.e. the dataset
+        mean), ``"blur"`` (Gaussian blur of the image, ``kernel_size``/``sigma``), or a tensor of *pixel*
+        values broadcastable to ``images``.
+        """
+        mean, std = self._stats(images)
+        if isinstance(kind, Tensor):
+            return (kind.to(images) - mean) / std
+        if kind == "black":
+            return (-mean / std).expand_as(images)
+        if kind == "mean":
+            return torch.zeros_like(images)
+        if kind == "blur":
+            # Blurring commutes with the per-channel affine normalization (reflect padding, unit-sum kernel).
+            flat = images.reshape(-1, *images.shape[-3:])
+            return TF.gaussian_blur(flat, [kernel_size, kernel_size], [sigma, sigma]).view_as(images)
+        raise ValueError(f"unknown baseline {kind!r}; expected one of {BASELINES} or a pixel tensor")
+
+    def mask(self, images: Tensor, maps: Tensor, baseline: str | Tensor = "black") -> Tensor:
+        """Mask normalized ``images`` (..., C, H, W) by ``maps`` (..., H, W) in [0, 1], in pixel space.
+
+        Where the map is 1 the pixel is kept; where it is 0 it becomes the baseline. ``baseline`` is a
+        kind accepted by :meth:`baseline` (black by default) or a *normalized* baseline tensor
+        broadcastable to ``images`` (e.g. the output of :meth:`baseline`, computed once and reused).
+        Leading dims of ``maps`` and ``images`` broadcast.
+        """
+        if maps.shape[-2:] != images.shape[-2:]:
+            raise ValueError(
+                f"maps of spatial size {tuple(maps.shape[-2:])} do not match images of size "
+                f"{tuple(images.shape[-2:])}; upsample them first"
+            )
+        base = baseline if isinstance(baseline, Tensor) else self.baseline(images, baseline)
+        return torch.lerp(base.to(images.dtype), images, maps.unsqueeze(-3).to(images.dtype))

@@ -1,0 +1,75 @@
+"""Small shared utilities: parameter and FLOP counting, meta-device probing, atomic file writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(module: nn.Module, *, trainable_only: bool = True) -> int:
+    """Number of parameters of ``module``; by default only those with ``requires_grad``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def meta_call(model: nn.Module, input_size: tuple[int, ...], **forward_kwargs: Any) -> Any:
+    """Run ``model`` on a meta-device input of ``input_size``: shapes and FLOPs without any computation.
+
+    Parameters and buffers are substituted by meta tensors (``torch.func.functional_call``), so the model
+    itself is neither copied nor modified; its forward hooks still fire.
+    """
+    dtype = next(chain(model.parameters(), model.buffers()), torch.empty(0)).dtype
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    state = {
+        name: torch.empty_like(t, device="meta")
+        for name, t in chain(model.named_parameters(remove_duplicate=False), model.named_buffers())
+    }
+    x = torch.empty(input_size, device="meta", dtype=dtype)
+    kwargs = {
+        k: torch.empty_like(v, device="meta") if isinstance(v, torch.Tensor) else v
+        for k, v in forward_kwargs.items()
+    }
+    with torch.no_grad():
+        return functional_call(model, state, (x,), kwargs, tie_weights=False, strict=False)
+
+
+def count_flops(
+    model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224), **forward_kwargs: Any
+) -> int:
+    """FLOPs of one forward pass of ``model`` on an input of ``input_size`` (a multiply-add counts 2).
+
+    Counted with ``torch.utils.flop_counter`` on the meta device (no real computation). Only matrix
+    products and convolutions are counted, as torch's counter does; elementwise ops, softmax and bias
+    additions are not. Keyword arguments go to the forward (e.g. ``pooling="gap"`` for a StreamModel).
+    """
+    with FlopCounterMode(display=False) as counter:
+        meta_call(model, input_size, **forward_kwargs)
+    return int(counter.get_total_flops())
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write a file atomically: ``write(tmp)`` fills a temporary file in the same folder, which then
+    replaces ``path`` in one ``os.replace``. An interruption leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

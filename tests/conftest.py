@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def state_snapshot(module: torch.nn.Module) -> dict:
+    """Everything about a module's state a method must not change: tensors, flags, hooks, modes."""
+    return {
+        "tensors": {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items()},
+        "requires_grad": {k: p.requires_grad for k, p in module.named_parameters()},
+        "grads": {k: p.grad for k, p in module.named_parameters()},
+        "training": {k: m.training for k, m in module.named_modules()},
+        "hooks": {
+            k: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for k, m in module.named_modules()
+        },
+        "types": {k: type(m) for k, m in module.named_modules()},
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["training"] == after["training"]
+    assert before["hooks"] == after["hooks"]
+    assert before["types"] == after["types"]
+    assert all(after["grads"][k] is None for k in after["grads"] if before["grads"][k] is None)
+    assert before["tensors"].keys() == after["tensors"].keys()
+    for k, v in before["tensors"].items():
+        assert torch.equal(v, after["tensors"][k]), k
