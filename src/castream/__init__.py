@@ -6,6 +6,7 @@ them under a documented protocol.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import saliency
 from .backbones import BackboneSpec, describe
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .stream import (
@@ -39,5 +40,6 @@ __all__ = [
     "count_parameters",
     "describe",
     "load_stream",
+    "saliency",
     "save_stream",
 ]

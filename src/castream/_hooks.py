@@ -7,16 +7,16 @@ from contextlib import contextmanager
 
 from torch import nn
 
-HookFn = Callable[[nn.Module, tuple, object], object]
-
 
 @contextmanager
-def forward_hooks(pairs: Iterable[tuple[nn.Module, HookFn]]) -> Iterator[None]:
-    """Register ``(module, hook)`` forward hooks for the duration of the ``with`` block."""
+def forward_hooks(pairs: Iterable[tuple[nn.Module, Callable]], *, pre: bool = False) -> Iterator[None]:
+    """Register ``(module, hook)`` forward hooks (forward pre-hooks with ``pre=True``) for the ``with``
+    block."""
     handles = []
     try:
         for module, hook in pairs:
-            handles.append(module.register_forward_hook(hook))
+            register = module.register_forward_pre_hook if pre else module.register_forward_hook
+            handles.append(register(hook))
         yield
     finally:
         for handle in handles:

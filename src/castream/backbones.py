@@ -237,3 +237,45 @@ def describe(
         in_channels=in_channels,
         num_parameters=count_parameters(model, trainable_only=False),
     )
+
+
+def is_vit(model: nn.Module) -> bool:
+    """A torchvision or timm Vision Transformer."""
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return True
+    return type(model).__module__.startswith("timm.") and type(model).__name__ == "VisionTransformer"
+
+
+def vit_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every transformer block of a torchvision or timm ViT, in order."""
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return [(f"encoder.layers.{n}", m) for n, m in model.encoder.layers.named_children()]
+    return [(f"blocks.{n}", m) for n, m in model.blocks.named_children()]
+
+
+def prefix_tokens(model: nn.Module) -> int:
+    """Tokens before the patch tokens (class token, distillation/register tokens) in a ViT."""
+    return int(getattr(model, "num_prefix_tokens", 1))
+
+
+def default_layer(model: nn.Module) -> str:
+    """The layer CAM methods explain by default: the last stage output of a CNN (thesis §2.5.1), or the
+    first LayerNorm of the last block of a ViT (which needs ``reshape=True``)."""
+    from .stream import StreamModel
+
+    if isinstance(model, StreamModel):
+        return f"backbone.{model.spec.taps[-1]}"
+    family = detect_family(model)
+    if family is not None:
+        return LAYOUTS[family][0][-1]
+    if is_vit(model):
+        name, block = vit_blocks(model)[-1]
+        return f"{name}.ln_1" if hasattr(block, "ln_1") else f"{name}.norm1"
+    if isinstance(model, torchvision.models.VGG):
+        pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+        return f"features.{pools[-1] - 1}"  # the activation before the last max-pool
+    if isinstance(model, torchvision.models.MobileNetV2):
+        return f"features.{len(model.features) - 1}"
+    raise ValueError(
+        f"no default layer for {type(model).__name__}; pass layer= (a module name or the module itself)"
+    )

@@ -10,12 +10,16 @@ from torch import Tensor
 def normalize_maps(maps: Tensor) -> Tensor:
     """Min-max normalize each map over its last two dims to [0, 1] (thesis (1.7)).
 
-    A constant map has no range and becomes all zeros, never NaN.
+    A constant map has no range and becomes all zeros, never NaN. "Constant" includes a range within a
+    few units in the last place of the map's magnitude: bilinear upsampling of an exactly constant map
+    leaves such rounding noise, which min-max would otherwise blow up to the full [0, 1].
     """
     flat = maps.flatten(-2)
     low = flat.amin(-1, keepdim=True)
-    span = flat.amax(-1, keepdim=True) - low
-    has_range = span > 0
+    high = flat.amax(-1, keepdim=True)
+    span = high - low
+    ulps = 8 * torch.finfo(maps.dtype).eps * torch.maximum(low.abs(), high.abs())
+    has_range = span > ulps
     out = (flat - low) / torch.where(has_range, span, torch.ones_like(span))
     return torch.where(has_range, out, torch.zeros_like(out)).view_as(maps)
 

@@ -71,7 +71,8 @@ class Preprocess:
         """A normalized baseline image for each image: what masked-out pixels become.
 
         ``kind``: ``"black"`` (pixel value 0), ``"mean"`` (the normalization mean colour, i.e. the dataset
-        mean), ``"blur"`` (Gaussian blur of the image, ``kernel_size``/``sigma``), or a tensor of *pixel*
+        mean), ``"blur"`` (Gaussian blur of the image, ``kernel_size``/``sigma``; the kernel is capped at
+        ``2 * min(H, W) - 1`` for small images), or a tensor of *pixel*
         values broadcastable to ``images``.
         """
         mean, std = self._stats(images)
@@ -83,6 +84,8 @@ class Preprocess:
             return torch.zeros_like(images)
         if kind == "blur":
             # Blurring commutes with the per-channel affine normalization (reflect padding, unit-sum kernel).
+            # Reflect padding needs the kernel to be shorter than twice the image side.
+            kernel_size = min(kernel_size, 2 * min(images.shape[-2:]) - 1)
             flat = images.reshape(-1, *images.shape[-3:])
             return TF.gaussian_blur(flat, [kernel_size, kernel_size], [sigma, sigma]).view_as(images)
         raise ValueError(f"unknown baseline {kind!r}; expected one of {BASELINES} or a pixel tensor")

@@ -21,10 +21,11 @@ def count_parameters(module: nn.Module, *, trainable_only: bool = True) -> int:
 
 
 def meta_call(model: nn.Module, input_size: tuple[int, ...], **forward_kwargs: Any) -> Any:
-    """Run ``model`` on a meta-device input of ``input_size``: shapes and FLOPs without any computation.
+    """Run ``model`` in eval mode on a meta-device input of ``input_size``: shapes and FLOPs without any
+    computation.
 
     Parameters and buffers are substituted by meta tensors (``torch.func.functional_call``), so the model
-    itself is neither copied nor modified; its forward hooks still fire.
+    itself is neither copied nor modified (its train/eval modes are restored); its forward hooks fire.
     """
     dtype = next(chain(model.parameters(), model.buffers()), torch.empty(0)).dtype
     if not dtype.is_floating_point:
@@ -38,8 +39,14 @@ def meta_call(model: nn.Module, input_size: tuple[int, ...], **forward_kwargs: A
         k: torch.empty_like(v, device="meta") if isinstance(v, torch.Tensor) else v
         for k, v in forward_kwargs.items()
     }
-    with torch.no_grad():
-        return functional_call(model, state, (x,), kwargs, tie_weights=False, strict=False)
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            return functional_call(model, state, (x,), kwargs, tie_weights=False, strict=False)
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def count_flops(

@@ -1,0 +1,88 @@
+"""Calling a model the way every castream method and metric does: frozen in eval mode, logits selected
+and checked, the caller's state restored afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+OutputSelector = int | str | Callable[[Any], Tensor] | None
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` everywhere for the block; the exact previous state after."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class Logits:
+    """``Logits(model, output, forward_kwargs)(x)`` -> checked ``(B, num_classes)`` logits.
+
+    ``output`` selects the logits when the model returns a tuple/dict (an index, a key or a callable);
+    ``forward_kwargs`` go to every forward (e.g. ``{"pooling": "gap"}`` for a StreamModel).
+    """
+
+    def __init__(self, model: nn.Module, output: OutputSelector = None, forward_kwargs: dict | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.output = output
+        self.forward_kwargs = dict(forward_kwargs or {})
+
+    def select(self, out: Any) -> Tensor:
+        if self.output is not None:
+            out = self.output(out) if callable(self.output) else out[self.output]
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"{type(self.model).__name__} returned a {type(out).__name__}; pass output= (an index, a key "
+                "or a callable) to select the logits"
+            )
+        if out.dim() != 2:
+            raise ValueError(f"expected logits of shape (B, num_classes), got {tuple(out.shape)}")
+        return out
+
+    def __call__(self, x: Tensor, **extra: Any) -> Tensor:
+        logits = self.select(self.model(x, **self.forward_kwargs, **extra))
+        if not torch.isfinite(logits).all():
+            raise ValueError(f"{type(self.model).__name__} produced NaN or Inf logits")
+        return logits
+
+
+def check_images(images: Tensor) -> Tensor:
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        raise TypeError(f"expected a floating-point image tensor, got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected a non-empty batch of images (B, C, H, W), got {tuple(images.shape)}")
+    return images
+
+
+def check_targets(targets, logits: Tensor) -> Tensor:
+    """Class indices ``(B,)``: given ones (an int or B indices, validated) or the predicted class."""
+    batch, classes = logits.shape
+    if targets is None:
+        return logits.argmax(dim=1)
+    if isinstance(targets, int) and not isinstance(targets, bool):
+        targets = torch.full((batch,), targets, dtype=torch.long)
+    t = torch.as_tensor(targets, device=logits.device)
+    if t.dim() != 1 or t.shape[0] != batch or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(
+            f"targets must be an int or {batch} integer class indices, got shape {tuple(t.shape)}"
+        )
+    if t.min() < 0 or t.max() >= classes:
+        raise ValueError(f"targets must lie in [0, {classes}), got {t.tolist()}")
+    return t.long()

@@ -1,0 +1,74 @@
+"""Saliency methods behind one API: ``method = get(name)(model, layer=None, **options)``, then
+``maps = method(images, targets=None, *, upsample=True, normalize=True)`` -> ``(B, H, W)`` in [0, 1]."""
+
+from __future__ import annotations
+
+from .attention import RawAttention, Rollout
+from .base import SaliencyMethod, TokenReshape
+from .baselines import CAM, FakeCAM
+from .gradient import GradCAM, GradCAMPlusPlus, GradientMethod, GuidedBackprop, HiResCAM, LayerCAM, XGradCAM
+from .opticam import OptiCAM
+from .score import SACAM, AblationCAM, ScoreCAM
+
+_METHODS: dict[str, type[SaliencyMethod]] = {
+    cls.name: cls
+    for cls in (
+        CAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        XGradCAM,
+        HiResCAM,
+        LayerCAM,
+        ScoreCAM,
+        AblationCAM,
+        OptiCAM,
+        SACAM,
+        FakeCAM,
+        RawAttention,
+        Rollout,
+        GuidedBackprop,
+    )
+}
+_ALIASES = {
+    "axiomcam": "xgradcam",
+    "gradcampp": "gradcam++",
+    "raw": "rawattention",
+    "guided": "guidedbackprop",
+}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`get` (aliases: axiomcam, gradcampp, raw, guided)."""
+    return list(_METHODS)
+
+
+def get(name: str) -> type[SaliencyMethod]:
+    """The method class registered under ``name`` (case and ``-``/``_`` insensitive)."""
+    key = name.lower().replace("-", "").replace("_", "")
+    key = _ALIASES.get(key, key)
+    if key not in _METHODS:
+        raise ValueError(f"unknown saliency method {name!r}; available: {available()}")
+    return _METHODS[key]
+
+
+__all__ = [
+    "CAM",
+    "SACAM",
+    "AblationCAM",
+    "FakeCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GradientMethod",
+    "GuidedBackprop",
+    "HiResCAM",
+    "LayerCAM",
+    "OptiCAM",
+    "RawAttention",
+    "Rollout",
+    "SaliencyMethod",
+    "ScoreCAM",
+    "TokenReshape",
+    "XGradCAM",
+    "available",
+    "get",
+]

@@ -1,0 +1,129 @@
+"""Class-agnostic attention maps: the CA-Stream's raw attention, ViT raw attention and attention rollout."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from .._hooks import forward_hooks
+from ..backbones import is_vit, prefix_tokens, vit_blocks
+from ..maps import finalize_maps
+from ..stream import StreamModel
+from .base import SaliencyMethod
+
+
+def _head_attention(block: nn.Module, x: Tensor) -> Tensor:
+    """Softmax attention ``(B, heads, N, N)`` of a torchvision or timm ViT block, from its attention input."""
+    if isinstance(block, torchvision.models.vision_transformer.EncoderBlock):
+        mha = block.self_attention
+        dim, heads = mha.embed_dim, mha.num_heads
+        q, k, _ = nn.functional.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+        q, k = (t.unflatten(-1, (heads, dim // heads)).transpose(1, 2) for t in (q, k))
+        return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(dim // heads), dim=-1)
+    attn = block.attn  # timm Attention: qkv, num_heads, scale, q_norm, k_norm
+    b, n, _ = x.shape
+    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    return torch.softmax((q * attn.scale) @ k.transpose(-2, -1), dim=-1)
+
+
+def _attention_input_module(block: nn.Module) -> nn.Module:
+    return block.self_attention if hasattr(block, "self_attention") else block.attn
+
+
+FUSIONS = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
+
+
+class _AttentionMethod(SaliencyMethod):
+    uses_layer = False
+
+    def __init__(self, model: nn.Module, layer=None, *, head_fusion: str = "mean", **options) -> None:
+        if layer is not None:
+            raise ValueError(f"{type(self).__name__} takes no layer")
+        if head_fusion not in FUSIONS:
+            raise ValueError(f"head_fusion must be one of {tuple(FUSIONS)}, got {head_fusion!r}")
+        super().__init__(model, **options)
+        self.head_fusion = head_fusion
+
+    def vit_attention(self, images: Tensor, which: list[int]) -> tuple[list[Tensor], Tensor]:
+        """Head-fused attention ``(B, N, N)`` of the chosen ViT blocks, and the logits; one forward."""
+        blocks = vit_blocks(self.model)
+        inputs: dict[int, Tensor] = {}
+        pairs = [
+            (_attention_input_module(blocks[i][1]), lambda m, args, i=i: inputs.__setitem__(i, args[0]))
+            for i in which
+        ]
+        with torch.no_grad(), forward_hooks(pairs, pre=True):
+            logits = self.logits(images)
+            maps = [FUSIONS[self.head_fusion](_head_attention(blocks[i][1], inputs[i])) for i in which]
+        return maps, logits
+
+    def cls_map(self, attention: Tensor) -> Tensor:
+        """Row of the class token over the patch tokens, as a square (B, h, w) map."""
+        prefix = prefix_tokens(self.model)
+        row = attention[:, 0, prefix:]
+        side = round(row.shape[1] ** 0.5)
+        return row.reshape(-1, side, side)
+
+
+class RawAttention(_AttentionMethod):
+    """Class-agnostic raw attention.
+
+    StreamModel: the CA-Stream softmax weights of tap ``tap`` (default the last; an index or ``"mean"``,
+    the mean of all taps at the finest tap's resolution). For a class-specific stream the query of the
+    target class is used. ViT (torchvision or timm): the class-token attention of block ``tap`` (default
+    the last) over the patch tokens, heads fused by ``head_fusion``.
+    """
+
+    name = "rawattention"
+
+    def __init__(self, model: nn.Module, layer=None, *, tap: int | str = -1, **options) -> None:
+        super().__init__(model, layer, **options)
+        if not isinstance(model, StreamModel) and not is_vit(model):
+            raise ValueError(f"raw attention needs a StreamModel or a ViT, got {type(model).__name__}")
+        if self.forward_kwargs.get("pooling", "ca") != "ca":
+            raise ValueError("raw attention of a StreamModel needs pooling='ca'")
+        self.tap = tap
+
+    def compute(self, images: Tensor, targets) -> Tensor:
+        if is_vit(self.model):
+            index = self.tap if isinstance(self.tap, int) else -1
+            (attention,), _ = self.vit_attention(images, [range(len(vit_blocks(self.model)))[index]])
+            return self.cls_map(attention)
+        kwargs = dict(self.forward_kwargs)
+        if self.model.config.class_specific and targets is not None:
+            with torch.no_grad():
+                logits = self.logits(images)
+            kwargs["labels"] = self.targets(targets, logits)
+        with torch.no_grad():
+            self._select(self.model(images, **kwargs))
+        attention = self.model.attention
+        if self.tap == "mean":
+            size = max((a.shape[-2:] for a in attention), key=lambda s: s[0] * s[1])
+            return torch.stack([finalize_maps(a, tuple(size), normalize=False) for a in attention]).mean(0)
+        if not isinstance(self.tap, int) or not -len(attention) <= self.tap < len(attention):
+            raise ValueError(f"tap must index one of {len(attention)} taps or be 'mean', got {self.tap!r}")
+        return attention[self.tap]
+
+
+class Rollout(_AttentionMethod):
+    """Attention rollout (Abnar & Zuidema) for torchvision/timm ViTs: the product over blocks of
+    ``0.5 A + 0.5 I`` (heads fused by ``head_fusion``), class-token row over the patch tokens."""
+
+    name = "rollout"
+
+    def __init__(self, model: nn.Module, layer=None, **options) -> None:
+        super().__init__(model, layer, **options)
+        if not is_vit(model):
+            raise ValueError(f"attention rollout needs a ViT, got {type(model).__name__}")
+
+    def compute(self, images: Tensor, targets) -> Tensor:
+        attentions, _ = self.vit_attention(images, list(range(len(vit_blocks(self.model)))))
+        eye = torch.eye(attentions[0].shape[-1], device=images.device, dtype=attentions[0].dtype)
+        rollout = eye
+        for attention in attentions:
+            rollout = (0.5 * attention + 0.5 * eye) @ rollout
+        return self.cls_map(rollout)

@@ -1,0 +1,231 @@
+"""Forward-only channel scoring: Score-CAM, Ablation-CAM and SA-CAM.
+
+Each (image, channel) pair needs its own forward pass. Pairs are flattened and evaluated in chunks of
+``batch_size`` images per forward under ``torch.no_grad()``; no per-image Python loop, no autograd graph.
+Degenerate channels are skipped exactly: a channel whose map is constant has an all-zero normalized mask
+(thesis (2.2) defines n(0) = 0), so its masked inputs depend on the image only and are evaluated once per
+image; an all-zero channel is unchanged by ablation, so its Ablation-CAM weight is exactly 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..maps import finalize_maps
+from ..preprocess import Preprocess
+from .base import SaliencyMethod, combine, safe_divide
+from .gradient import gradcam_weights, gradcampp_weights
+
+
+def pair_chunks(selected: Tensor, chunk: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Chunks of the selected (image, channel) pairs of a (B, K) boolean tensor: (flat index, b, k)."""
+    channels = selected.shape[1]
+    for flat in selected.flatten().nonzero().squeeze(1).split(max(1, chunk)):
+        yield flat, flat // channels, flat % channels
+
+
+class MaskingMethod(SaliencyMethod):
+    """A method that forwards masked copies of the images (pixel-space masking, PROTOCOL.md)."""
+
+    inputs_per_pair = 1
+
+    def __init__(
+        self, model, layer=None, *, preprocess: Preprocess | None = None, batch_size: int = 128, **options
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive number of images per forward, got {batch_size}")
+        super().__init__(model, layer, **options)
+        self.preprocess = preprocess or Preprocess()
+        self.batch_size = batch_size
+
+    def masked_scores(
+        self,
+        images: Tensor,
+        activations: Tensor,
+        targets: Tensor,
+        make_inputs: Callable[[Tensor, Tensor], list[Tensor]],
+        score: Callable[[Tensor, Tensor], Tensor],
+    ) -> list[Tensor]:
+        """Score every channel's masked inputs: ``score(logits, targets)`` of each input kind -> (B, K) each.
+
+        For a pair (b, k) the mask is ``n(up(A_b^k))`` (thesis (1.7)) and ``make_inputs(b, masks)`` returns
+        the ``inputs_per_pair`` image batches to score; all kinds of a chunk go through one forward.
+        """
+        batch, channels = activations.shape[:2]
+        size = tuple(images.shape[-2:])
+        flat_maps = activations.flatten(0, 1)
+        spread = activations.flatten(2)
+        constant = spread.amax(-1) == spread.amin(-1)
+        kinds = self.inputs_per_pair
+        out = [activations.new_zeros(batch * channels, dtype=torch.float32) for _ in range(kinds)]
+
+        def evaluate(b: Tensor, masks: Tensor) -> list[Tensor]:
+            inputs = torch.cat(make_inputs(b, masks))
+            values = score(self.logits(inputs), targets[b].repeat(kinds)).float()
+            return list(values.chunk(kinds))
+
+        with torch.no_grad():
+            for flat, b, _ in pair_chunks(~constant, self.batch_size // kinds):
+                masks = finalize_maps(flat_maps[flat], size, normalize=True)
+                for o, values in zip(out, evaluate(b, masks)):
+                    o[flat] = values
+            images_with_constant = constant.any(dim=1)
+            for _, b, _ in pair_chunks(images_with_constant[:, None], self.batch_size // kinds):
+                values = evaluate(b, images.new_zeros(len(b), *size))
+                for o, v in zip(out, values):
+                    grid = o.view(batch, channels)
+                    grid[b] = torch.where(constant[b], v[:, None], grid[b])
+        return [o.view(batch, channels) for o in out]
+
+
+def target_logit(logits: Tensor, targets: Tensor) -> Tensor:
+    return logits.gather(1, targets[:, None]).squeeze(1)
+
+
+def target_probability(logits: Tensor, targets: Tensor) -> Tensor:
+    return logits.float().softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
+
+
+class ScoreCAM(MaskingMethod):
+    """Score-CAM (Wang et al.), thesis (1.6)-(1.7).
+
+    ``w = softmax_k(f(x ⊙ n(up(A^k)))_c)`` and map ``ReLU(sum_k w_k A^k)``. With ``score="logit"`` (default,
+    PROTOCOL.md) ``f`` returns logits as in thesis (1.6); ``score="probability"`` uses the class probability
+    as in the original paper. The baseline term ``f(x_b)_c`` of (1.6) is constant over channels and cancels
+    under the softmax.
+    """
+
+    name = "scorecam"
+    SCORES: ClassVar[dict] = {"logit": target_logit, "probability": target_probability}
+
+    def __init__(self, model, layer=None, *, score: str = "logit", **options) -> None:
+        if score not in self.SCORES:
+            raise ValueError(f"score must be one of {tuple(self.SCORES)}, got {score!r}")
+        super().__init__(model, layer, **options)
+        self.score = score
+
+    def compute(self, images: Tensor, targets) -> Tensor:
+        acts, t, _ = self.activations(images, targets)
+        (scores,) = self.masked_scores(
+            images, acts[0], t, lambda b, m: [self.preprocess.mask(images[b], m)], self.SCORES[self.score]
+        )
+        return combine(scores.softmax(dim=1), acts[0]).clamp(min=0)
+
+
+class AblationCAM(SaliencyMethod):
+    """Ablation-CAM (Desai & Ramaswamy), thesis (1.9): ``w_k = (y_c - y_c^k) / y_c`` where ``y_c^k`` is the
+    class logit with channel k of the layer set to zero, then ``ReLU(sum_k w_k A^k)`` (0 when y_c = 0).
+
+    Ablations run ``batch_size`` at a time: the layer's output is replaced by the ablated activations in one
+    batched forward (the network before the layer is recomputed, which keeps this exact for any model).
+    """
+
+    name = "ablationcam"
+
+    def __init__(self, model, layer=None, *, batch_size: int = 128, **options) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive number of images per forward, got {batch_size}")
+        super().__init__(model, layer, **options)
+        self.batch_size = batch_size
+        if self.reshape is not None and not hasattr(self.reshape, "inverse"):
+            raise ValueError("Ablation-CAM on a token layer needs reshape=True (or a reshape with .inverse)")
+
+    def compute(self, images: Tensor, targets) -> Tensor:
+        acts, t, logits = self.activations(images, targets)
+        maps = acts[0]
+        y = target_logit(logits, t).float()
+        drop = torch.zeros(maps.shape[:2], device=maps.device)
+        name = self.layers[0][0]
+        with torch.no_grad():
+            for flat, b, k in pair_chunks(maps.flatten(2).ne(0).any(-1), self.batch_size):
+                ablated = maps[b].clone()
+                ablated[torch.arange(len(b)), k] = 0
+                if self.reshape is not None:
+                    replace = {name: lambda out, a=ablated: self.reshape.inverse(a, out).to(out.dtype)}
+                else:
+                    replace = {name: lambda out, a=ablated: a.to(out.dtype)}
+                _, ablated_logits = self._run(images[b], track_grad=False, replace=replace)
+                drop.view(-1)[flat] = y[b] - target_logit(ablated_logits, t[b]).float()
+        return combine(safe_divide(drop, y[:, None]), maps).clamp(min=0)
+
+
+class SACAM(MaskingMethod):
+    """SA-CAM (Liang, Li & Jiang), SA-CAM paper eqs. (9)-(13) and Algorithm 2, as tensors.
+
+    For each channel k with mask ``M_k = n(up(A^k))`` (Algorithm 2 lines 5-7):
+
+    - key-area input (Algorithm 1, KAE): the masked image ``x ⊙ M_k`` restricted to the key area
+      ``M_k > threshold``, everything else black. The paper thresholds one colour channel of an RGB heat
+      map rendering; here the threshold applies to the normalized mask itself (default 0.5).
+    - perturbed input (eq. (13)) ``M_k ⊙ x + (1 - M_k) ⊙ baseline`` with ``perturbation`` = ``"constant"``
+      (the normalization mean colour ``μ0``), ``"noise"`` (uniform pixel noise, seeded) or ``"blur"``
+      (default, Algorithm 2 line 10). For blur, the spatially varying blur of eq. (13) is approximated by
+      this blend with a Gaussian blur of maximal ``sigma`` (``sigma0``, default 10 as in Fong & Vedaldi).
+    - restricted mask-based score (eq. (12)): ``S_k = f(U_seg) * (1 + f(U_pert))`` with ``f`` the class
+      probability (pixel-space masking, PROTOCOL.md).
+
+    Weights (eq. (10), Algorithm 2 lines 11-12): ``w = softmax_k(S + λ1 K + λ2 Q)`` with ``K`` the mean
+    gradient (Grad-CAM weights) and ``Q`` the Grad-CAM++ weights, so the second-order factor of eq. (11)
+    is the exponential closed form. Map (line 13): ``ReLU(sum_k w_k A^k)``. The paper gives no values for
+    λ1, λ2; both default to 1.
+    """
+
+    name = "sacam"
+    inputs_per_pair = 2
+    PERTURBATIONS = ("constant", "noise", "blur")
+
+    def __init__(
+        self,
+        model,
+        layer=None,
+        *,
+        lambda1: float = 1.0,
+        lambda2: float = 1.0,
+        perturbation: str = "blur",
+        threshold: float = 0.5,
+        sigma0: float = 10.0,
+        seed: int = 0,
+        **options,
+    ) -> None:
+        if perturbation not in self.PERTURBATIONS:
+            raise ValueError(f"perturbation must be one of {self.PERTURBATIONS}, got {perturbation!r}")
+        if not 0 <= threshold < 1:
+            raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
+        super().__init__(model, layer, **options)
+        self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
+        self.perturbation, self.threshold, self.sigma0, self.seed = perturbation, threshold, sigma0, seed
+
+    def _baselines(self, images: Tensor) -> Tensor:
+        if self.perturbation == "constant":
+            return self.preprocess.baseline(images, "mean")
+        if self.perturbation == "blur":
+            kernel = 2 * int(3 * self.sigma0) + 1
+            return self.preprocess.baseline(images, "blur", kernel_size=kernel, sigma=self.sigma0)
+        generator = torch.Generator(device=images.device).manual_seed(self.seed)
+        noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        return self.preprocess.baseline(images, noise)
+
+    def compute(self, images: Tensor, targets) -> Tensor:
+        acts, grads, t = self.activations_and_gradients(images, targets)
+        a, g = acts[0], grads[0]
+        baselines = self._baselines(images)
+
+        def make_inputs(b: Tensor, masks: Tensor) -> list[Tensor]:
+            key_area = masks * (masks > self.threshold)
+            return [
+                self.preprocess.mask(images[b], key_area),
+                self.preprocess.mask(images[b], masks, baselines[b]),
+            ]
+
+        seg, pert = self.masked_scores(images, a, t, make_inputs, target_probability)
+        scores = seg * (1 + pert)
+        sa = (
+            scores
+            + self.lambda1 * gradcam_weights(g).float()
+            + self.lambda2 * gradcampp_weights(a, g).float()
+        )
+        return combine(sa.softmax(dim=1), a).clamp(min=0)

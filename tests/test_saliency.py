@@ -1,0 +1,508 @@
+"""Saliency methods against naive per-image references with the formulas written out here."""
+
+import copy
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import castream
+from castream import Preprocess, saliency
+
+from _models import TinyNet, tiny_vit
+from conftest import assert_same_state, state_snapshot
+
+# --- naive references -------------------------------------------------------------------------------
+
+
+def naive_acts_grads(model, layer, x, targets):
+    """Per image: activation A (K, h, w) of ``layer`` and dy_c/dA by torch.autograd.grad."""
+    acts, grads = [], []
+    store = {}
+    for i in range(len(x)):
+        handle = layer.register_forward_hook(lambda m, a, o: store.__setitem__("a", o))
+        try:
+            y = model(x[i : i + 1].clone().requires_grad_(True))[0, targets[i]]
+        finally:
+            handle.remove()
+        (g,) = torch.autograd.grad(y, store["a"])
+        acts.append(store["a"][0].detach())
+        grads.append(g[0])
+    return acts, grads
+
+
+def ref_gradcam(A, g):
+    return sum(g[k].mean() * A[k] for k in range(len(A))).clamp(min=0)
+
+
+def ref_gradcampp_weight(a, g):
+    """Chattopadhyay et al. eq. 19 with exponential assumption, for one channel a, g (h, w)."""
+    num = g**2
+    den = 2 * g**2 + a.sum() * g**3
+    alpha = torch.where(den != 0, num / torch.where(den != 0, den, 1), 0)
+    return (alpha * g.clamp(min=0)).sum()
+
+
+def ref_gradcampp(A, g):
+    return sum(ref_gradcampp_weight(A[k], g[k]) * A[k] for k in range(len(A))).clamp(min=0)
+
+
+def ref_xgradcam(A, g):
+    out = torch.zeros_like(A[0])
+    for k in range(len(A)):
+        if A[k].sum() != 0:
+            out += (A[k] * g[k]).sum() / A[k].sum() * A[k]
+    return out.clamp(min=0)
+
+
+def ref_hirescam(A, g):
+    return sum(g[k] * A[k] for k in range(len(A))).clamp(min=0)
+
+
+def ref_layercam(A, g):
+    return sum(g[k].clamp(min=0) * A[k] for k in range(len(A))).clamp(min=0)
+
+
+REFERENCES = {
+    "gradcam": ref_gradcam,
+    "gradcam++": ref_gradcampp,
+    "xgradcam": ref_xgradcam,
+    "hirescam": ref_hirescam,
+    "layercam": ref_layercam,
+}
+
+
+def minmax(m):
+    lo, hi = m.min(), m.max()
+    return (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
+
+
+def up(a, size):
+    return F.interpolate(a[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+# --- gradient methods --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_gradient_methods_match_per_image_autograd(name):
+    model = TinyNet(dead=(2,)).double().eval()
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    targets = torch.tensor([0, 3, 4])
+    maps = saliency.get(name)(model, "features")(x, targets, upsample=False, normalize=False)
+    acts, grads = naive_acts_grads(model, model.features, x, targets)
+    expected = torch.stack([REFERENCES[name](a, g) for a, g in zip(acts, grads)])
+    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gradcam_through_the_stream_matches_autograd():
+    model = castream.attach_stream(torchvision.models.resnet18(num_classes=6).double()).eval()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    targets = torch.tensor([1, 5])
+    maps = saliency.GradCAM(model)(x, targets, upsample=False, normalize=False)
+    acts, grads = naive_acts_grads(model, model.backbone.layer4, x, targets)
+    torch.testing.assert_close(maps, torch.stack([ref_gradcam(a, g) for a, g in zip(acts, grads)]))
+    # the stream changes the gradient: GAP and CA Grad-CAMs differ
+    gap = saliency.GradCAM(model, forward_kwargs={"pooling": "gap"})(
+        x, targets, upsample=False, normalize=False
+    )
+    assert not torch.allclose(gap, maps)
+
+
+def test_layercam_fuses_layers_by_mean_of_normalized_maps():
+    # each layer's map goes through the standard pipeline (upsample, then min-max), then the mean
+    model = TinyNet().double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    fused = saliency.LayerCAM(model, ["features.1", "features"])(x, [1, 2], upsample=False, normalize=False)
+    expected = []
+    for layer in ("features.1", "features"):
+        acts, grads = naive_acts_grads(model, model.get_submodule(layer), x, [1, 2])
+        expected.append([minmax(up(ref_layercam(a, g), (16, 16))) for a, g in zip(acts, grads)])
+    torch.testing.assert_close(fused, torch.stack([(p + q) / 2 for p, q in zip(*expected)]))
+
+
+def test_relu_cam_equals_gradcam_up_to_positive_factor():
+    model = TinyNet().double().eval()
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    cam = saliency.CAM(model, "features", classifier="fc")(x, upsample=False, normalize=False)
+    grad = saliency.GradCAM(model, "features")(x, upsample=False, normalize=False)
+    # GAP + linear: dy_c/dA^k = W_ck / (h w), so Grad-CAM = ReLU(CAM) / (h w)
+    torch.testing.assert_close(grad * 8 * 8, cam.clamp(min=0))
+    assert (cam < 0).any()  # CAM keeps h = identity
+
+
+def test_gradcampp_safe_division_gives_no_nan():
+    model = TinyNet(dead=(0, 1, 2, 3)).eval()  # dead channels: zero activations and zero denominators
+    maps = saliency.GradCAMPlusPlus(model, "features")(torch.randn(2, 3, 16, 16))
+    assert not maps.isnan().any()
+
+
+# --- Score-CAM, Ablation-CAM, SA-CAM ------------------------------------------------------------------
+
+
+def test_scorecam_matches_naive_per_channel_loop_and_skips_constant_channels_exactly():
+    model = TinyNet(dead=(1, 4), flat=(7,)).double().eval()
+    pre = Preprocess()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    targets = torch.tensor([2, 0])
+    acts, _ = naive_acts_grads(model, model.features, x, targets)
+    expected = []
+    with torch.no_grad():
+        for i, A in enumerate(acts):
+            scores = []
+            for k in range(len(A)):  # every channel, constant ones included (mask of zeros: n(0) = 0)
+                m = minmax(up(A[k], (16, 16)))
+                masked = pre.normalize(pre.denormalize(x[i]) * m)
+                scores.append(model(masked[None])[0, targets[i]])
+            w = torch.softmax(torch.stack(scores), 0)
+            expected.append(sum(w[k] * A[k] for k in range(len(A))).clamp(min=0))
+    for batch_size in (1, 7, 1000):
+        method = saliency.ScoreCAM(model, "features", batch_size=batch_size)
+        torch.testing.assert_close(method(x, targets, upsample=False, normalize=False), torch.stack(expected))
+
+
+def test_scorecam_probability_scores_run():
+    model = TinyNet().eval()
+    maps = saliency.ScoreCAM(model, "features", score="probability")(torch.randn(2, 3, 16, 16))
+    assert maps.shape == (2, 16, 16)
+
+
+def test_ablationcam_matches_naive_loop():
+    model = TinyNet(dead=(3,)).double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    targets = torch.tensor([1, 4])
+    acts, _ = naive_acts_grads(model, model.features, x, targets)
+    expected = []
+    with torch.no_grad():
+        for i, A in enumerate(acts):
+            y = model(x[i : i + 1])[0, targets[i]]
+            weights = []
+            for k in range(len(A)):
+                ablated = A.clone()
+                ablated[k] = 0
+                handle = model.features.register_forward_hook(lambda m, a, o, z=ablated: z[None])
+                y_k = model(x[i : i + 1])[0, targets[i]]
+                handle.remove()
+                weights.append((y - y_k) / y)
+            expected.append(sum(w * a for w, a in zip(weights, A)).clamp(min=0))
+    maps = saliency.AblationCAM(model, "features", batch_size=5)(x, targets, upsample=False, normalize=False)
+    torch.testing.assert_close(maps, torch.stack(expected), rtol=1e-6, atol=1e-6)  # 1/y amplifies rounding
+
+
+def test_sacam_matches_naive_loop():
+    model = TinyNet(flat=(5,)).double().eval()
+    pre = Preprocess()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    targets = torch.tensor([0, 3])
+    lam1, lam2, tau = 0.7, 2.0, 0.4
+    acts, grads = naive_acts_grads(model, model.features, x, targets)
+    expected = []
+    with torch.no_grad():
+        for i, (A, g) in enumerate(zip(acts, grads)):
+            pixels = pre.denormalize(x[i])
+            mean = torch.tensor(pre.mean, dtype=torch.float64).view(3, 1, 1)
+            s = []
+            for k in range(len(A)):
+                m = minmax(up(A[k], (16, 16)))
+                seg = pre.normalize(pixels * m * (m > tau))  # key area of the masked image, black elsewhere
+                pert = pre.normalize(m * pixels + (1 - m) * mean)  # eq. (13), constant perturbation
+                p = [torch.softmax(model(z[None])[0], 0)[targets[i]] for z in (seg, pert)]
+                s.append(p[0] * (1 + p[1]))
+            K = torch.stack([g[k].mean() for k in range(len(A))])
+            Q = torch.stack([ref_gradcampp_weight(A[k], g[k]) for k in range(len(A))])
+            w = torch.softmax(torch.stack(s) + lam1 * K + lam2 * Q, 0)
+            expected.append(sum(w[k] * A[k] for k in range(len(A))).clamp(min=0))
+    method = saliency.SACAM(
+        model, "features", lambda1=lam1, lambda2=lam2, threshold=tau, perturbation="constant", batch_size=6
+    )
+    torch.testing.assert_close(method(x, targets, upsample=False, normalize=False), torch.stack(expected))
+
+
+@pytest.mark.parametrize("perturbation", ["noise", "blur"])
+def test_sacam_perturbations_run(perturbation):
+    maps = saliency.SACAM(TinyNet().eval(), "features", perturbation=perturbation)(torch.randn(2, 3, 16, 16))
+    assert maps.shape == (2, 16, 16) and not maps.isnan().any()
+
+
+# --- Opti-CAM -----------------------------------------------------------------------------------------
+
+
+def opticam_reference(model, x, target, iterations):
+    """One image with torch.optim.Adam(lr=0.1), the thesis' objective 'mask' and normalization 'range'."""
+    pre = Preprocess()
+    store = {}
+    handle = model.features.register_forward_hook(lambda m, a, o: store.__setitem__("a", o.detach()))
+    with torch.no_grad():
+        model(x[None])
+    handle.remove()
+    A = store["a"][0]
+    u = torch.zeros(len(A), dtype=x.dtype, requires_grad=True)
+    opt = torch.optim.Adam([u], lr=0.1)
+    for _ in range(iterations):
+        s = (torch.softmax(u, 0)[:, None, None] * A).sum(0)
+        m = minmax(up(s, x.shape[-2:]))
+        loss = -model(pre.normalize(pre.denormalize(x) * m)[None])[0, target]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (torch.softmax(u.detach(), 0)[:, None, None] * A).sum(0)
+
+
+def test_opticam_matches_adam_reference_and_batched_equals_per_image():
+    model = TinyNet().double().eval()
+    model.requires_grad_(False)
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    targets = torch.tensor([0, 2, 4])
+    method = saliency.OptiCAM(model, "features", max_iter=8)
+    batched = method(x, targets, upsample=False, normalize=False)
+    for i in range(3):
+        single = method(x[i : i + 1], targets[i : i + 1], upsample=False, normalize=False)
+        torch.testing.assert_close(batched[i], single[0])
+        torch.testing.assert_close(batched[i], opticam_reference(model, x[i], targets[i], 8))
+
+
+def test_opticam_objective_increases():
+    model = TinyNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    method = saliency.OptiCAM(model, "features", max_iter=30)
+    pre = Preprocess()
+    targets = torch.tensor([1, 3])
+    optimized = method(x, targets)
+    with torch.no_grad():
+        uniform = saliency.OptiCAM(model, "features", max_iter=0)(x, targets)
+        logit = lambda m: model(pre.mask(x, m)).gather(1, targets[:, None]).squeeze(1)  # noqa: E731
+        assert (logit(optimized) > logit(uniform)).all()
+
+
+@pytest.mark.parametrize("objective,normalization", [("diff", "range"), ("mask", "sigmoid"), ("mask", "max")])
+def test_opticam_variants_run(objective, normalization):
+    method = saliency.OptiCAM(
+        TinyNet().eval(), "features", objective=objective, normalization=normalization, max_iter=5
+    )
+    maps = method(torch.randn(2, 3, 16, 16))
+    assert maps.shape == (2, 16, 16) and not maps.isnan().any()
+
+
+def test_opticam_stops_each_image_on_its_own():
+    model = TinyNet().double().eval()  # float64: Adam's normalized steps amplify float32 batch noise
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    x[1] = 0.3  # constant image: every channel map is constant, so the loss does not depend on u
+    model.features[0].padding = (0, 0)  # no padding: interior of a constant image stays constant
+    model.features[3].padding = (0, 0)
+    method = saliency.OptiCAM(model, "features", max_iter=12)
+    batched = method(x, [0, 0, 0], upsample=False, normalize=False)
+    assert method.iterations.tolist() == [12, 1, 12]
+    single = saliency.OptiCAM(model, "features", max_iter=12)(x[2:], [0], upsample=False, normalize=False)
+    torch.testing.assert_close(batched[2], single[0])
+
+
+# --- every method on ResNet-18, GAP and streamed ------------------------------------------------------
+
+
+def _options(name):
+    return (
+        {"max_iter": 3}
+        if name == "opticam"
+        else {"batch_size": 512}
+        if name in ("scorecam", "ablationcam", "sacam")
+        else {}
+    )
+
+
+GAP_METHODS = [n for n in saliency.available() if n not in ("rawattention", "rollout")]
+STREAM_METHODS = [n for n in saliency.available() if n not in ("cam", "rollout")]
+
+
+@pytest.fixture(scope="module")
+def resnets():
+    torch.manual_seed(0)
+    plain = torchvision.models.resnet18(num_classes=10).eval()
+    streamed = castream.attach_stream(torchvision.models.resnet18(num_classes=10)).eval()
+    return {"gap": plain, "stream": streamed}
+
+
+@pytest.mark.parametrize(
+    "kind,name", [("gap", n) for n in GAP_METHODS] + [("stream", n) for n in STREAM_METHODS]
+)
+def test_every_method_on_resnet18(resnets, kind, name):
+    model = resnets[kind]
+    before = state_snapshot(model)
+    x = torch.randn(3, 3, 64, 64)
+    maps = saliency.get(name)(model, **_options(name))(x)
+    assert maps.shape == (3, 64, 64) and maps.dtype == x.dtype
+    assert not maps.isnan().any() and maps.min() >= 0 and maps.max() <= 1
+    assert_same_state(before, state_snapshot(model))
+
+
+def test_cam_and_raw_attention_refuse_the_wrong_model(resnets):
+    with pytest.raises(ValueError, match="StreamModel pools with"):
+        saliency.CAM(resnets["stream"])
+    with pytest.raises(ValueError, match="linear classifier"):
+        saliency.CAM(torchvision.models.convnext_tiny())
+    with pytest.raises(ValueError, match="StreamModel or a ViT"):
+        saliency.RawAttention(resnets["gap"])
+
+
+def test_raw_attention_of_the_stream(resnets):
+    model = resnets["stream"]
+    x = torch.randn(2, 3, 64, 64)
+    maps = saliency.RawAttention(model)(x, upsample=False, normalize=False)
+    with torch.no_grad():
+        model(x)
+    torch.testing.assert_close(maps, model.attention[-1])
+    torch.testing.assert_close(maps.sum((1, 2)), torch.ones(2))
+    mean = saliency.RawAttention(model, tap="mean")(x, upsample=False, normalize=False)
+    assert mean.shape == (2, 16, 16)
+
+
+# --- ViT ----------------------------------------------------------------------------------------------
+
+
+def test_vit_raw_attention_and_rollout_match_multihead_attention_weights():
+    vit = tiny_vit().eval()
+    x = torch.randn(2, 3, 32, 32)
+    inputs = []
+    handles = [
+        b.self_attention.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+        for b in vit.encoder.layers
+    ]
+    with torch.no_grad():
+        vit(x)
+        weights = [
+            b.self_attention(z, z, z, need_weights=True)[1] for b, z in zip(vit.encoder.layers, inputs)
+        ]
+    for h in handles:
+        h.remove()
+    raw = saliency.RawAttention(vit)(x, upsample=False, normalize=False)
+    torch.testing.assert_close(raw, weights[-1][:, 0, 1:].reshape(2, 4, 4))
+    rollout = torch.eye(17)
+    for w in weights:
+        rollout = (0.5 * w + 0.5 * torch.eye(17)) @ rollout
+    torch.testing.assert_close(
+        saliency.Rollout(vit)(x, upsample=False, normalize=False), rollout[:, 0, 1:].reshape(2, 4, 4)
+    )
+
+
+def test_cam_methods_on_vit_with_reshape():
+    vit = tiny_vit().eval()
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("gradcam", "scorecam", "ablationcam", "opticam"):
+        maps = saliency.get(name)(vit, reshape=True, **_options(name))(x)
+        assert maps.shape == (2, 32, 32) and not maps.isnan().any()
+    with pytest.raises(ValueError, match="reshape=True"):
+        saliency.GradCAM(vit)(x)
+
+
+def test_timm_vit_raw_attention():
+    timm = pytest.importorskip("timm")
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, depth=2
+    ).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("rawattention", "rollout"):
+        assert saliency.get(name)(vit)(x).shape == (2, 32, 32)
+    assert saliency.GradCAM(vit, reshape=True)(x).shape == (2, 32, 32)
+
+
+# --- state, grad modes, memory ------------------------------------------------------------------------
+
+
+def test_model_state_restored_after_exception_and_modes_kept():
+    model = TinyNet()
+    model.train()
+    model.fc.requires_grad_(False)
+    before = state_snapshot(model)
+    with pytest.raises(ValueError, match="targets must lie"):
+        saliency.GradCAM(model, "features")(torch.randn(2, 3, 16, 16), [0, 99])
+    with pytest.raises(ValueError):
+        saliency.ScoreCAM(model, "features")(torch.randn(2, 3, 16, 16), [0, 99])
+    saliency.GradCAM(model, "features")(torch.randn(2, 3, 16, 16))
+    assert_same_state(before, state_snapshot(model))
+    assert model.training
+
+
+def test_works_under_no_grad_and_inference_mode():
+    model = TinyNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    expected = saliency.GradCAM(model, "features")(x)
+    with torch.no_grad():
+        torch.testing.assert_close(saliency.GradCAM(model, "features")(x), expected)
+    with torch.inference_mode():
+        xi = x.clone()
+        torch.testing.assert_close(saliency.GradCAM(model, "features")(xi), expected)
+        assert saliency.GuidedBackprop(model)(xi).shape == (2, 16, 16)
+
+
+def _live_tensors():
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if torch.is_tensor(o))
+
+
+def test_no_memory_growth_over_repeated_calls():
+    model = TinyNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with saliency.GradCAM(model, "features") as cam:
+        cam(x)
+        before = _live_tensors()
+        for _ in range(100):
+            cam(x)
+        assert _live_tensors() == before
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+def test_bad_input():
+    model = TinyNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"available: \['cam'"):
+        saliency.get("fancycam")
+    assert (
+        saliency.get("Grad-CAM++") is saliency.GradCAMPlusPlus
+        and saliency.get("axiomcam") is saliency.XGradCAM
+    )
+    with pytest.raises(ValueError, match=r"no layer named 'featurs'.*'features'"):
+        saliency.GradCAM(model, "featurs")
+    with pytest.raises(ValueError, match="not a \\(B, C, h, w\\) feature map"):
+        saliency.GradCAM(model, "fc")(x)
+    with pytest.raises(ValueError, match="2 integer class indices"):
+        saliency.GradCAM(model, "features")(x, [1])
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        saliency.GradCAM(model, "features")(x, 5)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        saliency.GradCAM(model, "features")(x[0])
+    with pytest.raises(ValueError, match="takes exactly one layer"):
+        saliency.GradCAM(model, ["features", "features.1"])
+    with pytest.raises(ValueError, match="no default layer"):
+        saliency.GradCAM(TinyNet())
+
+    class TupleNet(TinyNet):
+        def forward(self, x):
+            return super().forward(x), x
+
+    with pytest.raises(TypeError, match="pass output="):
+        saliency.GradCAM(TupleNet().eval(), "features")(x)
+    assert saliency.GradCAM(TupleNet().eval(), "features", output=0)(x).shape == (2, 16, 16)
+
+    nan_model = TinyNet().eval()
+    with torch.no_grad():
+        nan_model.fc.bias[0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf logits"):
+        saliency.GradCAM(nan_model, "features")(x)
+
+
+def test_constant_maps_are_zero_not_nan():
+    model = TinyNet(dead=tuple(range(16))).eval()  # every channel dead: all maps constant
+    for name in ("gradcam", "scorecam", "opticam", "xgradcam"):
+        maps = saliency.get(name)(model, "features", **_options(name))(torch.randn(2, 3, 16, 16))
+        assert torch.equal(maps, torch.zeros(2, 16, 16))
+
+
+def test_layer_given_as_module_and_copy_is_independent():
+    model = TinyNet().eval()
+    x = torch.randn(1, 3, 16, 16)
+    a = saliency.GradCAM(model, model.features)(x)
+    b = saliency.GradCAM(copy.deepcopy(model), "features")(x)
+    torch.testing.assert_close(a, b)
