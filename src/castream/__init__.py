@@ -6,7 +6,7 @@ them under a documented protocol.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import saliency
+from . import metrics, saliency
 from .backbones import BackboneSpec, describe
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .stream import (
@@ -40,6 +40,7 @@ __all__ = [
     "count_parameters",
     "describe",
     "load_stream",
+    "metrics",
     "saliency",
     "save_stream",
 ]

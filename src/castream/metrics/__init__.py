@@ -1,0 +1,39 @@
+"""Interpretability metrics: per-image tensors of shape (B,), aggregated separately (``aggregate``).
+
+Fractions in [0, 1] everywhere; percentages are applied only by reports.
+"""
+
+from . import aggregate
+from .aggregate import Aggregator
+from .causal import PROTOCOLS, Curves, aopc, deletion, insertion, region_masks, saliency_rank, step_counts
+from .localization import box_accuracy, box_accuracy_from_ious, localization, threshold_ious
+from .recognition import accuracy, average_precision, drop_gain_increase, mean_average_precision, recognition
+from .robustness import adcc, max_sensitivity, pearson
+from .sanity import sanity_check, spearman
+
+__all__ = [
+    "PROTOCOLS",
+    "Aggregator",
+    "Curves",
+    "accuracy",
+    "adcc",
+    "aggregate",
+    "aopc",
+    "average_precision",
+    "box_accuracy",
+    "box_accuracy_from_ious",
+    "deletion",
+    "drop_gain_increase",
+    "insertion",
+    "localization",
+    "max_sensitivity",
+    "mean_average_precision",
+    "pearson",
+    "recognition",
+    "region_masks",
+    "saliency_rank",
+    "sanity_check",
+    "spearman",
+    "step_counts",
+    "threshold_ious",
+]

@@ -1,0 +1,63 @@
+"""Helpers shared by the metrics: one frozen, gradient-free session per call, map checks, chunked
+probabilities of perturbed images."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .._model import Logits, OutputSelector, check_images, check_targets, frozen_eval
+from ..maps import normalize_maps
+
+DEFAULT_BATCH = 64
+
+
+@contextlib.contextmanager
+def evaluation(
+    model: nn.Module, output: OutputSelector = None, forward_kwargs: dict | None = None
+) -> Iterator[Logits]:
+    """The model frozen in eval mode without autograd; yields the logits function. State restored after."""
+    with frozen_eval(model), torch.no_grad():
+        yield Logits(model, output, forward_kwargs)
+
+
+def check_maps(maps: Tensor, images: Tensor, normalize: bool = False) -> Tensor:
+    """Maps ``(B, H, W)`` matching the images, finite, in [0, 1] (or min-max normalized on request)."""
+    check_images(images)
+    expected = (images.shape[0], *images.shape[-2:])
+    if not isinstance(maps, Tensor) or tuple(maps.shape) != expected:
+        raise ValueError(f"expected maps of shape {expected} (B, H, W), got {getattr(maps, 'shape', maps)}")
+    if maps.isnan().any():
+        raise ValueError("maps contain NaN")
+    maps = maps.to(images.dtype)
+    if normalize:
+        return normalize_maps(maps)
+    if maps.min() < 0 or maps.max() > 1:
+        raise ValueError("maps must lie in [0, 1]; pass normalize=True to min-max normalize them")
+    return maps
+
+
+def resolve_targets(fn: Logits, images: Tensor, targets, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Targets (given, or predicted on the clean images) and the clean images' logits."""
+    logits = torch.cat([fn(chunk) for chunk in images.split(batch_size)])
+    return check_targets(targets, logits), logits
+
+
+def probability(logits: Tensor, targets: Tensor) -> Tensor:
+    """Softmax probability of each target class, in float32."""
+    return logits.float().softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
+
+
+def chunked_probabilities(
+    fn: Logits, total: int, build: Callable[[Tensor], tuple[Tensor, Tensor]], batch_size: int, device
+) -> Tensor:
+    """Target probabilities of ``total`` perturbed images built chunk by chunk: ``build(flat_index)``
+    returns ``(images, targets)`` for a 1-D tensor of indices. One forward per chunk."""
+    out = torch.empty(total, device=device)
+    for flat in torch.arange(total, device=device).split(batch_size):
+        images, targets = build(flat)
+        out[flat] = probability(fn(images), targets)
+    return out

@@ -1,0 +1,137 @@
+"""Dataset-level aggregation: per-image values -> mean and a seeded bootstrap 95% confidence interval.
+
+Values are kept per image with their global image index, so a sharded (distributed or resumed) run
+sorts them into the same order as a single run and gives identical results. NaN rows (e.g. images
+without boxes for localization) are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .localization import box_accuracy_from_ious
+
+Reducer = Callable[[Tensor], float]
+
+
+def _mean(values: Tensor) -> float:
+    return float(values.mean())
+
+
+class Aggregator:
+    """``update(name, per_image_values)`` then ``compute() -> {name: (mean, low, high)}``.
+
+    ``values`` are (B,) or (B, m) per-image tensors; ``indices`` (B,) are global image indices (default:
+    consecutive in update order). The statistic is the mean, or ``reducers[name]`` applied to the stacked
+    rows (by default ``"boxacc"`` expects :func:`threshold_ious` rows). The interval is the percentile
+    bootstrap over images with ``resamples`` draws from ``seed``.
+    """
+
+    def __init__(
+        self,
+        *,
+        confidence: float = 0.95,
+        resamples: int = 1000,
+        seed: int = 0,
+        reducers: dict[str, Reducer] | None = None,
+    ) -> None:
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+        self.confidence, self.resamples, self.seed = confidence, resamples, seed
+        self.reducers: dict[str, Reducer] = {"boxacc": box_accuracy_from_ious, **(reducers or {})}
+        self._values: dict[str, list[Tensor]] = {}
+        self._indices: dict[str, list[Tensor]] = {}
+
+    def update(self, name: str, values: Tensor, indices: Tensor | None = None) -> None:
+        values = torch.as_tensor(values).detach().double().cpu()
+        if values.dim() == 0 or values.dim() > 2:
+            raise ValueError(
+                f"values of {name!r} must be per-image (B,) or (B, m), got {tuple(values.shape)}"
+            )
+        if indices is None:
+            start = sum(len(v) for v in self._values.get(name, []))
+            indices = torch.arange(start, start + len(values))
+        indices = torch.as_tensor(indices).long().cpu()
+        if indices.shape != values.shape[:1]:
+            raise ValueError(f"{len(values)} values of {name!r} but {len(indices)} indices")
+        self._values.setdefault(name, []).append(values)
+        self._indices.setdefault(name, []).append(indices)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._values)
+
+    def values(self, name: str) -> tuple[Tensor, Tensor]:
+        """All values of ``name`` and their indices, sorted by image index."""
+        values, indices = torch.cat(self._values[name]), torch.cat(self._indices[name])
+        order = indices.argsort(stable=True)
+        values, indices = values[order], indices[order]
+        if len(indices) > 1 and (indices[1:] == indices[:-1]).any():
+            raise ValueError(f"metric {name!r} received the same image index twice")
+        return values, indices
+
+    def merge(self) -> Aggregator:
+        """Gather every process's values (torch.distributed, when initialized) into this aggregator."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            state = {n: (torch.cat(self._values[n]), torch.cat(self._indices[n])) for n in self.names}
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, state)
+            self._values, self._indices = {}, {}
+            for part in gathered:
+                for n, (v, i) in part.items():
+                    self.update(n, v, i)
+        return self
+
+    def _statistic(self, name: str, values: Tensor) -> float:
+        return self.reducers.get(name, _mean)(values)
+
+    def summary(self) -> dict[str, dict]:
+        """Per metric: mean (or reducer), CI bounds, number of images used and skipped (NaN)."""
+        out = {}
+        generator = torch.Generator().manual_seed(self.seed)
+        alpha = (1 - self.confidence) / 2
+        for name in self.names:
+            values, _ = self.values(name)
+            keep = ~values.isnan().reshape(len(values), -1).any(dim=1)
+            used = values[keep]
+            n = len(used)
+            entry = {"n": n, "skipped": int((~keep).sum())}
+            if n == 0:
+                out[name] = {**entry, "mean": float("nan"), "low": float("nan"), "high": float("nan")}
+                continue
+            point = self._statistic(name, used)
+            draws = torch.randint(n, (self.resamples, n), generator=generator)
+            if self.reducers.get(name) is None and used.dim() == 1:
+                boot = used[draws].mean(dim=1)
+            else:
+                boot = torch.tensor([self._statistic(name, used[d]) for d in draws])
+            low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=boot.dtype)).tolist()
+            out[name] = {**entry, "mean": point, "low": low, "high": high}
+        return out
+
+    def compute(self) -> dict[str, tuple[float, float, float]]:
+        return {k: (v["mean"], v["low"], v["high"]) for k, v in self.summary().items()}
+
+    def record(self, **meta) -> dict:
+        """A result record: metric values with CIs, image counts, and ``meta`` (protocol, method, pooling,
+        model, seed, ...) plus the castream, torch and Python versions."""
+        import castream
+
+        summary = self.summary()
+        return {
+            **meta,
+            "metrics": summary,
+            "images": max((v["n"] + v["skipped"] for v in summary.values()), default=0),
+            "confidence": self.confidence,
+            "bootstrap": {"resamples": self.resamples, "seed": self.seed},
+            "versions": {
+                "castream": castream.__version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        }

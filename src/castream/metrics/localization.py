@@ -1,0 +1,141 @@
+"""Localization metrics (thesis (1.16)-(1.22)): OM, LE, pixel-wise F1, BoxAcc, SP, EP, SM.
+
+A saliency map is binarized at its mean (``map > mean``); the predicted box ``B_p`` is the bounding box
+of the largest 8-connected component (scipy.ndimage, on the CPU), in pixel coordinates
+``(x0, y0, x1, y1)`` with exclusive ends. Ground-truth boxes use the same convention; a pixel belongs to
+a box (and to their union U) when its centre lies inside it. Images without boxes get NaN for every
+metric and ``valid = False``; aggregation skips and counts them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+ETAS = tuple(i / 100 for i in range(100))  # BoxAcc thresholds 0, 0.01, ..., 0.99
+DELTAS = (0.3, 0.5, 0.7)
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def largest_component_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box ``(x0, y0, x1, y1)`` of the largest 8-connected True region, or None when empty."""
+    labels, count = ndimage.label(mask, structure=_EIGHT)
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    rows, cols = np.nonzero(labels == 1 + int(sizes.argmax()))
+    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+
+
+def box_iou(box: tuple | None, boxes: Tensor) -> float:
+    """Largest IoU between one box (None = empty) and ground-truth boxes (n, 4)."""
+    if box is None or len(boxes) == 0:
+        return 0.0
+    b = torch.tensor(box, dtype=torch.float64)
+    g = boxes.double()
+    w = (torch.minimum(b[2], g[:, 2]) - torch.maximum(b[0], g[:, 0])).clamp(min=0)
+    h = (torch.minimum(b[3], g[:, 3]) - torch.maximum(b[1], g[:, 1])).clamp(min=0)
+    inter = w * h
+    union = (b[2] - b[0]) * (b[3] - b[1]) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter
+    return float((inter / union.clamp(min=1e-12)).max())
+
+
+def union_mask(boxes: Tensor, height: int, width: int) -> Tensor:
+    """Pixels whose centre lies in any box: the union U as an (H, W) boolean tensor."""
+    ys = torch.arange(height, dtype=torch.float64)[:, None] + 0.5
+    xs = torch.arange(width, dtype=torch.float64)[None, :] + 0.5
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    for x0, y0, x1, y1 in boxes.double().tolist():
+        mask |= (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+    return mask
+
+
+def _check(maps: Tensor, boxes: Sequence[Tensor]) -> list[Tensor]:
+    if maps.dim() != 3:
+        raise ValueError(f"expected maps of shape (B, H, W), got {tuple(maps.shape)}")
+    if len(boxes) != len(maps):
+        raise ValueError(f"expected one box tensor per map ({len(maps)}), got {len(boxes)}")
+    out = []
+    for i, b in enumerate(boxes):
+        b = torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4) if len(b) else torch.zeros(0, 4)
+        if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
+            raise ValueError(f"boxes of image {i} must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0")
+        out.append(b)
+    return out
+
+
+def threshold_ious(maps: Tensor, boxes: Sequence[Tensor], etas: Sequence[float] = ETAS) -> Tensor:
+    """Per image and threshold η: max IoU of the box of the largest component of ``map > η`` (B, len(η));
+    NaN rows for images without boxes. BoxAcc is computed from these (:func:`box_accuracy_from_ious`)."""
+    boxes = _check(maps, boxes)
+    arrays = maps.detach().float().cpu().numpy()
+    out = torch.full((len(maps), len(etas)), float("nan"))
+    for i, (m, b) in enumerate(zip(arrays, boxes)):
+        if len(b):
+            out[i] = torch.tensor([box_iou(largest_component_box(m > eta), b) for eta in etas])
+    return out
+
+
+def box_accuracy_from_ious(ious: Tensor, deltas: Sequence[float] = DELTAS) -> float:
+    """BoxAcc (Choe et al., thesis (1.20)): for each δ the best over η of the fraction of images whose
+    IoU reaches δ, then the mean over δ. Rows with NaN (images without boxes) are ignored."""
+    ious = ious[~ious.isnan().any(dim=1)]
+    if len(ious) == 0:
+        return float("nan")
+    return float(sum((ious >= d).float().mean(0).max() for d in deltas) / len(deltas))
+
+
+def box_accuracy(maps: Tensor, boxes: Sequence[Tensor], *, deltas: Sequence[float] = DELTAS) -> float:
+    """Dataset-level BoxAcc of these maps (thesis (1.20)); η ∈ {0, 0.01, ..., 0.99}."""
+    return box_accuracy_from_ious(threshold_ious(maps, boxes), deltas)
+
+
+def localization(
+    maps: Tensor,
+    boxes: Sequence[Tensor],
+    targets: Tensor,
+    predictions: Tensor,
+    probabilities: Tensor,
+) -> dict[str, Tensor]:
+    """Per-image localization metrics (B,) as fractions (SM in nats):
+
+    - ``om`` = 1 - max IoU(B, B_p) · 1[predicted = target] (1.16); ``le`` = 1 - max IoU(B, B_p) (1.17)
+    - ``f1`` = 2PR/(P+R) with precision ``P`` = saliency mass inside U / total mass (1.18) and recall
+      ``R`` = saliency mass inside U / |U| (1.19)
+    - ``sp``: the most salient pixel lies in U (1.21); ``ep`` = P (energy pointing game)
+    - ``sm`` = log max(0.05, |B_p| / (h w)) - log p_c (1.22), ``p_c`` = ``probabilities`` of the target
+    - ``valid``: the image has at least one box.
+    """
+    boxes = _check(maps, boxes)
+    batch, height, width = maps.shape
+    maps_cpu = maps.detach().double().cpu()
+    targets, predictions = torch.as_tensor(targets).cpu(), torch.as_tensor(predictions).cpu()
+    probabilities = torch.as_tensor(probabilities).double().cpu()
+    keys = ("om", "le", "f1", "sp", "ep", "sm")
+    out = {k: torch.full((batch,), float("nan"), dtype=torch.float64) for k in keys}
+    valid = torch.tensor([len(b) > 0 for b in boxes])
+    for i in valid.nonzero().flatten().tolist():
+        m, b = maps_cpu[i], boxes[i]
+        box = largest_component_box((m > m.mean()).numpy())
+        iou = box_iou(box, b)
+        inside = union_mask(b, height, width)
+        mass, hit = m.sum(), m[inside].sum()
+        precision = float(hit / mass) if mass > 0 else 0.0
+        recall = float(hit / inside.sum()) if inside.any() else 0.0
+        area = 0 if box is None else (box[2] - box[0]) * (box[3] - box[1])
+        out["le"][i] = 1 - iou
+        out["om"][i] = 1 - iou * float(predictions[i] == targets[i])
+        out["f1"][i] = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        out["sp"][i] = float(inside.flatten()[m.flatten().argmax()])
+        out["ep"][i] = precision
+        out["sm"][i] = math.log(max(0.05, area / (height * width))) - math.log(
+            max(float(probabilities[i]), 1e-12)
+        )
+    result = {k: v.float() for k, v in out.items()}
+    result["valid"] = valid
+    return result

@@ -1,0 +1,72 @@
+"""Recognition metrics: average drop, gain and increase (thesis (1.10), (2.8), (1.11)); accuracy and mAP."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..preprocess import Preprocess
+from ._common import DEFAULT_BATCH, check_maps, evaluation, probability, resolve_targets
+
+
+def drop_gain_increase(p: Tensor, o: Tensor) -> dict[str, Tensor]:
+    """Per-image contributions, as fractions: ``drop = max(p-o, 0)/p`` (AD, thesis (1.10)),
+    ``gain = max(o-p, 0)/(1-p)`` (AG, thesis (2.8)), ``increase = 1[o > p]`` (AI, thesis (1.11)).
+    A zero denominator gives 0 (its numerator is then 0 too), never NaN."""
+    drop = torch.where(p > 0, (p - o).clamp(min=0) / p.clamp(min=torch.finfo(p.dtype).tiny), 0.0)
+    gain = torch.where(p < 1, (o - p).clamp(min=0) / (1 - p).clamp(min=torch.finfo(p.dtype).tiny), 0.0)
+    return {"drop": drop, "gain": gain, "increase": (o > p).float()}
+
+
+def recognition(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    targets=None,
+    *,
+    preprocess: Preprocess | None = None,
+    normalize: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    output=None,
+    forward_kwargs: dict | None = None,
+) -> dict[str, Tensor]:
+    """Per-image ``p`` (clean probability of the target class), ``o`` (probability of the image masked by
+    its map in pixel space), and the AD/AG/AI contributions ``drop``, ``gain``, ``increase`` (fractions;
+    reports multiply by 100). ``targets``: ground-truth classes, or ``None`` for the predicted class."""
+    maps = check_maps(maps, images, normalize)
+    preprocess = preprocess or Preprocess()
+    with evaluation(model, output, forward_kwargs) as fn:
+        t, logits = resolve_targets(fn, images, targets, batch_size)
+        masked = preprocess.mask(images, maps)
+        o = torch.cat(
+            [probability(fn(chunk), tc) for chunk, tc in zip(masked.split(batch_size), t.split(batch_size))]
+        )
+    p = probability(logits, t)
+    return {"p": p, "o": o, **drop_gain_increase(p, o), "target": t}
+
+
+def accuracy(logits: Tensor, targets: Tensor, k: int = 1) -> Tensor:
+    """Per-image top-``k`` correctness (B,) as floats."""
+    topk = logits.topk(k, dim=1).indices
+    return (topk == torch.as_tensor(targets, device=logits.device)[:, None]).any(dim=1).float()
+
+
+def average_precision(scores: Tensor, labels: Tensor) -> Tensor:
+    """Per-class average precision (C,) for multi-label scores/labels (N, C): area under the
+    precision-recall curve with the monotone precision envelope (Pascal VOC 2010+); NaN for a class with
+    no positive."""
+    scores, labels = scores.float().cpu(), labels.float().cpu()
+    order = scores.argsort(dim=0, descending=True, stable=True)
+    hits = labels.gather(0, order)
+    tp = hits.cumsum(0)
+    precision = tp / torch.arange(1, len(scores) + 1)[:, None]
+    envelope = precision.flip(0).cummax(0).values.flip(0)
+    positives = labels.sum(0)
+    ap = (envelope * hits).sum(0) / positives.clamp(min=1)
+    return torch.where(positives > 0, ap, float("nan"))
+
+
+def mean_average_precision(scores: Tensor, labels: Tensor) -> float:
+    """mAP over classes that have at least one positive (Pascal VOC classification)."""
+    ap = average_precision(scores, labels)
+    return float(ap[~ap.isnan()].mean())

@@ -1,0 +1,372 @@
+"""Metrics against closed-form references on a toy model whose probabilities are known functions."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from castream import Preprocess, metrics, saliency
+
+from _models import TinyNet
+
+RAW = Preprocess(mean=(0, 0, 0), std=(1, 1, 1))  # pixels are the model input: black = 0
+
+
+class Toy(nn.Module):
+    """logit_0 = 6 * mean(left half), logit_1 = 6 * mean(right half), logit_2 = 1."""
+
+    def forward(self, x):
+        w = x.shape[-1] // 2
+        left, right = x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3))
+        return torch.stack([6 * left, 6 * right, torch.ones_like(left)], 1)
+
+
+def toy_probability(x, c):
+    """The same function written out for one image (C, H, W)."""
+    w = x.shape[-1] // 2
+    logits = torch.tensor([6 * x[..., :w].mean(), 6 * x[..., w:].mean(), 1.0], dtype=torch.float64)
+    return float(torch.softmax(logits, 0)[c])
+
+
+def ordered_map(h=8, w=8, seed=0):
+    """A map with distinct values, so the saliency order is unambiguous."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(h * w, generator=g).view(h, w).double() / (h * w - 1)
+
+
+def images(n=3, h=8, w=8):
+    return torch.rand(n, 3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def test_recognition_matches_hand_computation():
+    x = images()
+    maps = torch.stack([ordered_map(seed=i) for i in range(3)])
+    t = torch.tensor([0, 1, 2])
+    out = metrics.recognition(Toy(), x, maps, t, preprocess=RAW)
+    for i in range(3):
+        p = toy_probability(x[i], t[i])
+        o = toy_probability(x[i] * maps[i], t[i])
+        assert out["p"][i].item() == pytest.approx(p, rel=1e-6)
+        assert out["o"][i].item() == pytest.approx(o, rel=1e-6)
+        assert out["drop"][i].item() == pytest.approx(max(p - o, 0) / p, abs=1e-6)
+        assert out["gain"][i].item() == pytest.approx(max(o - p, 0) / (1 - p), abs=1e-6)
+        assert out["increase"][i].item() == float(o > p)
+
+
+def test_drop_gain_at_the_limits_have_no_nan():
+    p = torch.tensor([1.0, 0.0, 0.5, 1.0])
+    o = torch.tensor([1.0, 0.3, 0.5, 0.2])
+    r = metrics.drop_gain_increase(p, o)
+    assert not any(v.isnan().any() for v in r.values())
+    assert r["gain"][[0, 2, 3]].tolist() == [0.0, 0.0, 0.0] and r["gain"][1].item() == pytest.approx(0.3)
+    assert r["drop"][3].item() == pytest.approx(0.8) and r["drop"][1] == 0
+    assert r["increase"].tolist() == [0.0, 1.0, 0.0, 0.0]  # strict
+
+
+def hand_curve(x, m, c, kind, step, baseline):
+    """Algorithms 1-2 by hand: one image, pixel by pixel in decreasing saliency."""
+    h, w = m.shape
+    order = sorted(range(h * w), key=lambda j: (-float(m.flatten()[j]), j))  # stable: ties by index
+    current = (baseline.clone() if kind == "insertion" else x.clone()).view(3, -1)
+    source = (x if kind == "insertion" else baseline).reshape(3, -1)
+    probs, fractions, done = [toy_probability(current.view(3, h, w), c)], [0.0], 0
+    while done < h * w:
+        for j in order[done : done + step]:
+            current[:, j] = source[:, j]
+        done = min(done + step, h * w)
+        probs.append(toy_probability(current.view(3, h, w), c))
+        fractions.append(done / (h * w))
+    return sum(
+        (probs[k] + probs[k + 1]) / 2 * (fractions[k + 1] - fractions[k]) for k in range(len(probs) - 1)
+    )
+
+
+@pytest.mark.parametrize("kind", ["insertion", "deletion"])
+@pytest.mark.parametrize("step", [None, 5])
+def test_causal_auc_matches_hand_computation(kind, step):
+    x = images()
+    maps = torch.stack([ordered_map(seed=i) for i in range(3)])
+    maps[1, :4] = 0.5  # ties, broken by a stable sort
+    t = torch.tensor([0, 1, 0])
+    fn = getattr(metrics, kind)
+    auc, curves = fn(
+        Toy(), x, maps, t, preprocess=RAW, step=step, baseline="black", batch_size=7, return_curves=True
+    )
+    pixel_step = step or math.ceil(64 / 224)
+    for i in range(3):
+        expected = hand_curve(
+            x[i], maps[i], t[i], kind, pixel_step, torch.zeros(3, 8, 8, dtype=torch.float64)
+        )
+        assert auc[i].item() == pytest.approx(expected, rel=1e-6)
+    assert curves.protocol == "thesis" and curves.fractions[0] == 0 and curves.fractions[-1] == 1
+    assert curves.probabilities.shape == (3, len(curves.fractions))
+
+
+def test_insertion_default_starts_from_blur_and_authors_preset():
+    x = torch.rand(2, 3, 32, 32)
+    maps = torch.rand(2, 32, 32)
+    t = torch.tensor([0, 1])
+    _, curves = metrics.insertion(Toy(), x, maps, t, preprocess=RAW, return_curves=True)
+    blurred = torchvision.transforms.functional.gaussian_blur(x, [11, 11], [5.0, 5.0])
+    torch.testing.assert_close(curves.probabilities[:, 0], torch.softmax(Toy()(blurred), 1)[[0, 1], t])
+    assert len(curves.fractions) == 1 + math.ceil(1024 / math.ceil(1024 / 224))
+    _, authors = metrics.deletion(
+        Toy(), x, maps, t, preprocess=RAW, protocol="authors-code", return_curves=True
+    )
+    assert authors.protocol == "authors-code" and len(authors.fractions) == 29
+    assert (
+        metrics.step_counts(224, 224).tolist()[:3] == [0, 224, 448]
+        and len(metrics.step_counts(224, 224)) == 225
+    )
+    assert metrics.step_counts(224, 224, "authors-code")[1] == 1792
+
+
+def test_evidence_map_beats_random_map():
+    x = torch.rand(4, 3, 16, 16)
+    t = torch.zeros(4, dtype=torch.long)  # class 0: evidence is the left half
+    evidence = torch.zeros(4, 16, 16)
+    evidence[..., :8] = 1
+    random = torch.rand(4, 16, 16)
+    ins = [metrics.insertion(Toy(), x, m, t, preprocess=RAW, baseline="black") for m in (evidence, random)]
+    dele = [metrics.deletion(Toy(), x, m, t, preprocess=RAW) for m in (evidence, random)]
+    assert (ins[0] > ins[1]).all() and (dele[0] < dele[1]).all()
+
+
+def test_fakecam_near_zero_ad_and_ag_and_all_ones_map_exactly_zero():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(4, 3, 64, 64)
+    fake = saliency.FakeCAM(model)(x)
+    r = metrics.recognition(model, x, fake)
+    assert r["drop"].mean() < 0.01 and r["gain"].mean() < 0.01
+    ones = metrics.recognition(model, x, torch.ones(4, 64, 64))
+    assert ones["drop"].abs().max() == 0 and ones["gain"].abs().max() == 0 and ones["increase"].sum() == 0
+
+
+def test_aopc_matches_hand_computation():
+    x = images(2)
+    maps = torch.zeros(2, 8, 8, dtype=torch.float64)
+    maps[0, :4, :4] = 1.0  # most relevant patch: top-left, then bottom-left
+    maps[0, 4:, :4] = 0.5
+    maps[1, 4:, 4:] = 1.0
+    maps[1, :4, 4:] = 0.3
+    t = torch.tensor([0, 1])
+    out = metrics.aopc(Toy(), x, maps, t, preprocess=RAW, patch_size=4, regions=2, baseline="black")
+    patches = [[(0, 0), (4, 0)], [(4, 4), (0, 4)]]
+    for i in range(2):
+        p0 = toy_probability(x[i], t[i])
+        z, drops = x[i].clone(), [0.0]
+        for r, c in patches[i]:
+            z[:, r : r + 4, c : c + 4] = 0
+            drops.append(p0 - toy_probability(z, t[i]))
+        assert out[i].item() == pytest.approx(sum(drops) / 3, abs=1e-6)
+
+
+def test_region_masks_are_non_overlapping_and_cumulative():
+    maps = torch.rand(3, 20, 20)
+    masks = metrics.region_masks(maps, patch_size=5, regions=6)
+    assert masks.shape == (3, 7, 20, 20) and not masks[:, 0].any()
+    added = masks[:, 1:].sum((2, 3)) - masks[:, :-1].sum((2, 3))
+    assert ((added > 0) & (added <= 25)).all()  # each step adds one patch (clipped at the border)
+    assert (masks[:, 1:] >= masks[:, :-1]).all()
+
+
+def test_max_sensitivity_matches_naive_loop_and_is_zero_for_fakecam():
+    model = TinyNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    method = saliency.GradCAM(model, "features")
+    out = metrics.max_sensitivity(method, x, [1, 2], radius=0.2, samples=4, seed=3)
+    reference = method(x, [1, 2])
+    g = torch.Generator().manual_seed(3)
+    worst = torch.zeros(2)
+    for _ in range(4):
+        noisy = x + 0.2 * (torch.rand(x.shape, generator=g) * 2 - 1)
+        diff = (method(noisy, [1, 2]) - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)
+        worst = torch.maximum(worst, diff)
+    torch.testing.assert_close(out, worst)
+    assert metrics.max_sensitivity(saliency.FakeCAM(model), x, samples=2).abs().max() == 0
+
+
+def test_adcc_formula_and_constant_maps():
+    model = TinyNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    out = metrics.adcc(saliency.FakeCAM(model), model, x, [0, 1])
+    # Fake-CAM: the same map for x and its masked copy (coherency 1), complexity 1 - 1/HW
+    torch.testing.assert_close(out["coherency"], torch.ones(2))
+    torch.testing.assert_close(out["complexity"], torch.full((2,), 1 - 1 / 256))
+    expected = 3 / (1 / out["coherency"] + 1 / (1 - out["complexity"]) + 1 / (1 - out["drop"]))
+    torch.testing.assert_close(out["adcc"], expected)
+    dead = TinyNet(dead=tuple(range(16))).eval()  # constant (zero) maps everywhere: defined, no NaN
+    constant = metrics.adcc(saliency.GradCAM(dead, "features"), dead, x, [0, 1])
+    assert constant["coherency"].tolist() == [1.0, 1.0] and not constant["adcc"].isnan().any()
+    assert metrics.pearson(torch.tensor([[1.0, 1, 1]]), torch.tensor([[1.0, 2, 3]])).item() == 0
+
+
+def test_localization_on_hand_made_maps():
+    maps = torch.zeros(4, 10, 10)
+    maps[0, 2:5, 3:7] = 1  # exactly the box
+    maps[1, 0:2, 0:2] = 1  # small blob outside the box ...
+    maps[1, 6:10, 6:10] = 0.8  # ... and a larger one inside it: the largest component wins
+    maps[2, 5, 5] = 1  # single peak inside the box
+    boxes = [
+        torch.tensor([[3.0, 2, 7, 5]]),
+        torch.tensor([[6.0, 6, 10, 10]]),
+        torch.tensor([[4.0, 4, 8, 8]]),
+        torch.zeros(0, 4),
+    ]
+    targets = torch.tensor([1, 2, 3, 4])
+    predictions = torch.tensor([1, 0, 3, 4])
+    probs = torch.tensor([0.5, 0.25, 1.0, 0.9])
+    out = metrics.localization(maps, boxes, targets, predictions, probs)
+    assert (
+        out["le"][0] == 0
+        and out["om"][0] == 0
+        and out["f1"][0] == 1
+        and out["sp"][0] == 1
+        and out["ep"][0] == 1
+    )
+    assert out["sm"][0].item() == pytest.approx(math.log(12 / 100) - math.log(0.5))
+    assert out["le"][1] == 0 and out["om"][1] == 1  # right box, wrong prediction
+    p = (16 * 0.8) / (4 + 16 * 0.8)
+    r = 16 * 0.8 / 16
+    assert out["ep"][1].item() == pytest.approx(p) and out["f1"][1].item() == pytest.approx(
+        2 * p * r / (p + r)
+    )
+    assert out["sp"][1] == 0  # the maximum (1.0) is in the small blob
+    assert out["sp"][2] == 1 and out["le"][2].item() == pytest.approx(1 - 1 / 16)
+    assert out["sm"][2].item() == pytest.approx(math.log(0.05))  # a 1-pixel box: area clipped at 5%
+    assert out["valid"].tolist() == [True, True, True, False] and out["le"][3].isnan()
+
+
+def test_box_accuracy_by_hand():
+    maps = torch.zeros(2, 10, 10)
+    maps[0, 0:5, 0:5] = 0.9
+    maps[1, 0:5, 0:10] = 0.4  # box (0, 0, 10, 5) for eta < 0.4, nothing above
+    boxes = [torch.tensor([[0.0, 0, 5, 5]]), torch.tensor([[0.0, 0, 5, 5]])]
+    ious = metrics.threshold_ious(maps, boxes)
+    assert ious[0, :90].eq(1).all() and ious[0, 90:].eq(0).all()
+    assert ious[1, :40].eq(0.5).all() and ious[1, 40:].eq(0).all()
+    # delta 0.3, 0.5: both images hit for eta < 0.4 -> 1.0; delta 0.7: only image 0 -> 0.5
+    assert metrics.box_accuracy(maps, boxes) == pytest.approx((1 + 1 + 0.5) / 3)
+
+
+def test_accuracy_and_map():
+    logits = torch.tensor([[2.0, 1, 0], [0, 3, 1], [1, 0, 2]])
+    assert metrics.accuracy(logits, torch.tensor([0, 2, 2])).tolist() == [1.0, 0.0, 1.0]
+    assert metrics.accuracy(logits, torch.tensor([0, 2, 2]), k=2).tolist() == [1.0, 1.0, 1.0]
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.3, 0.2], [0.1, 0.9]])
+    labels = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 0]])
+    # class 0: ranks 1 (hit), 2, 3 (hit): precisions 1 and 2/3 -> AP 5/6; class 1: ranks 1, 2 (hit) -> 1/2
+    ap = metrics.average_precision(scores, labels)
+    torch.testing.assert_close(ap, torch.tensor([5 / 6, 1 / 2]))
+    assert metrics.mean_average_precision(scores, labels) == pytest.approx(2 / 3)
+
+
+def test_sanity_check_randomizes_a_copy_head_first():
+    model = TinyNet().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 16, 16)
+    out = metrics.sanity_check(lambda m: saliency.GradCAM(m, "features"), model, x)
+    assert list(out) == ["fc", "features.3", "features.0"]
+    assert all(-1 <= v <= 1 for v in out.values()) and out["features.0"] < 0.9
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    fake = metrics.sanity_check(lambda m: saliency.FakeCAM(m), model, x)
+    assert all(v == pytest.approx(1.0) for v in fake.values())  # independent of the model: fails the test
+
+
+def test_bad_maps_and_labels():
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"shape \(2, 8, 8\)"):
+        metrics.recognition(Toy(), x, torch.rand(2, 4, 4), [0, 1], preprocess=RAW)
+    with pytest.raises(ValueError, match=r"\[0, 1\]; pass normalize=True"):
+        metrics.insertion(Toy(), x, torch.rand(2, 8, 8) * 3, [0, 1], preprocess=RAW)
+    assert metrics.insertion(
+        Toy(), x, torch.rand(2, 8, 8) * 3, [0, 1], preprocess=RAW, normalize=True
+    ).shape == (2,)
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.deletion(Toy(), x, torch.full((2, 8, 8), float("nan")), [0, 1], preprocess=RAW)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        metrics.recognition(Toy(), x, torch.rand(2, 8, 8), [0, 7], preprocess=RAW)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        metrics.insertion(Toy(), x, torch.rand(2, 8, 8), [0, 1], protocol="paper")
+    constant = metrics.deletion(Toy(), x, torch.zeros(2, 8, 8), [0, 1], preprocess=RAW)  # order by index
+    assert not constant.isnan().any()
+
+
+# --- aggregation -------------------------------------------------------------------------------------
+
+
+def test_aggregator_mean_ci_and_nan_skipping():
+    g = torch.Generator().manual_seed(0)
+    small, large = metrics.Aggregator(), metrics.Aggregator()
+    values = torch.rand(2000, generator=g)
+    small.update("ad", values[:50])
+    large.update("ad", values)
+    mean, low, high = small.compute()["ad"]
+    assert low <= mean <= high and mean == pytest.approx(float(values[:50].mean()))
+    _, low_l, high_l = large.compute()["ad"]
+    assert high_l - low_l < high - low
+    agg = metrics.Aggregator()
+    agg.update("le", torch.tensor([0.5, float("nan"), 0.25]))
+    summary = agg.summary()["le"]
+    assert summary["n"] == 2 and summary["skipped"] == 1 and summary["mean"] == pytest.approx(0.375)
+
+
+def test_aggregator_order_independent_and_boxacc_reducer():
+    values = torch.rand(10)
+    a, b = metrics.Aggregator(), metrics.Aggregator()
+    a.update("x", values)
+    b.update("x", values[5:], torch.arange(5, 10))
+    b.update("x", values[:5], torch.arange(5))
+    assert a.compute() == b.compute()
+    ious = torch.rand(6, 100)
+    c = metrics.Aggregator()
+    c.update("boxacc", ious)
+    assert c.compute()["boxacc"][0] == pytest.approx(metrics.box_accuracy_from_ious(ious))
+    with pytest.raises(ValueError, match="same image index twice"):
+        b.update("x", values[:1], torch.tensor([0]))
+        b.compute()
+    record = a.record(method="gradcam", protocol="thesis")
+    assert record["protocol"] == "thesis" and record["images"] == 10 and "torch" in record["versions"]
+
+
+def _merge_worker(rank: int, world: int, init: str, values: torch.Tensor, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    agg = metrics.Aggregator()
+    shard = torch.arange(rank, len(values), world)  # interleaved shards, like a DistributedSampler
+    agg.update("ad", values[shard], shard)
+    agg.merge()
+    if rank == 0:
+        queue.put(agg.compute())
+    dist.destroy_process_group()
+
+
+def test_two_process_merge_equals_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    values = torch.rand(37, generator=torch.Generator().manual_seed(5)).double()
+    single = metrics.Aggregator()
+    single.update("ad", values)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [ctx.Process(target=_merge_worker, args=(r, 2, init, values, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    merged = queue.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+    assert merged == single.compute()
+
+
+def test_blur_baseline_helper():
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(
+        RAW.baseline(x, "blur", kernel_size=5, sigma=5.0),
+        torchvision.transforms.functional.gaussian_blur(x, [5, 5], [5.0, 5.0]),
+    )
+    assert F.mse_loss(RAW.baseline(x, "black"), torch.zeros_like(x)) == 0
