@@ -1,3 +1,4 @@
+import argparse
 import subprocess
 import sys
 
@@ -16,14 +17,88 @@ def test_version_and_help(capsys):
     assert "usage: castream" in capsys.readouterr().out
 
 
+def _subcommands(parser, prefix="castream"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix} {name}", sub
+                yield from _subcommands(sub, f"{prefix} {name}")
+
+
 def test_every_subcommand_has_help():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    assert sub.choices
-    for name, subparser in sub.choices.items():
-        assert subparser.format_help().startswith("usage: castream " + name)
+    found = dict(_subcommands(build_parser()))
+    assert {"castream demo", "castream synth", "castream train classifier", "castream train stream"} <= set(
+        found
+    )
+    for name, sub in found.items():
+        text = sub.format_help()
+        assert text.startswith("usage: " + name) and "--quiet" in text and "--debug" in text
 
 
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "castream.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "castream" in out.stdout
+
+
+def test_synth_and_train_commands(tmp_path, capsys):
+    data = tmp_path / "synth"
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(data),
+                "--classes",
+                "3",
+                "--train",
+                "16",
+                "--val",
+                "8",
+                "--size",
+                "32",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    common = [
+        "--data",
+        f"synthetic:{data}",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--crop-scale",
+        "0.6",
+        "1.0",
+        "--quiet",
+    ]
+    assert main(["train", "classifier", "--out", str(tmp_path / "clf"), *common]) == 0
+    assert (tmp_path / "clf" / "model.safetensors").is_file()
+    assert (
+        main(
+            [
+                "train",
+                "stream",
+                "--out",
+                str(tmp_path / "stream"),
+                "--checkpoint",
+                str(tmp_path / "clf" / "model.safetensors"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "stream" / "stream.safetensors").is_file()
+    capsys.readouterr()
+    assert (
+        main(["train", "stream", "--out", str(tmp_path / "x"), "--data", f"synthetic:{tmp_path / 'none'}"])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("castream train: error:") and "annotations.json" in err and "Traceback" not in err

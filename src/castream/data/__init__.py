@@ -1,0 +1,39 @@
+"""Datasets: the built-in synthetic benchmark and real datasets in their official layouts."""
+
+from . import synthetic, transforms
+from .datasets import (
+    CIFAR100,
+    CUB200,
+    MIT67,
+    VOC2012,
+    VOC_CLASSES,
+    AnnotatedImages,
+    Batch,
+    ImageFolder,
+    ImageNet,
+    Sample,
+    collate,
+    voc_boxes,
+)
+from .synthetic import SyntheticShapes
+from .transforms import eval_transform, train_transform
+
+__all__ = [
+    "CIFAR100",
+    "CUB200",
+    "MIT67",
+    "VOC2012",
+    "VOC_CLASSES",
+    "AnnotatedImages",
+    "Batch",
+    "ImageFolder",
+    "ImageNet",
+    "Sample",
+    "SyntheticShapes",
+    "collate",
+    "eval_transform",
+    "synthetic",
+    "train_transform",
+    "transforms",
+    "voc_boxes",
+]

@@ -1,0 +1,311 @@
+"""Real datasets in their official layouts, all returning ``(image, label, target)``.
+
+``target`` holds ``"boxes"`` (n, 4) as ``(x0, y0, x1, y1)`` pixel coordinates of the *transformed*
+image (empty when the dataset has none), ``"box_labels"`` (n,) for multi-class annotations (VOC), and
+``"mask"`` (H, W) where the dataset has evidence masks (the synthetic benchmark). ``transform`` is a
+joint ``torchvision.transforms.v2`` transform of ``(image, target)`` (see ``castream.data.transforms``),
+so boxes and masks follow resizing, cropping and flipping. Without a transform the image is a PIL image.
+
+An unreadable image file is reported (a warning naming the path) and its item is ``None``;
+:func:`collate` drops such items and counts them, so a long run does not crash on one corrupt file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+
+@dataclass
+class Sample:
+    """One item before loading: where the image is, its label and boxes in original pixel coordinates."""
+
+    path: Path | None
+    label: int | Tensor
+    boxes: np.ndarray
+    box_labels: np.ndarray | None = None
+    mask: Path | None = None
+
+
+class Batch(NamedTuple):
+    images: Tensor
+    labels: Tensor
+    targets: list[dict]
+    skipped: int
+
+
+def collate(items: Sequence) -> Batch:
+    """Stack images and labels, keep per-image targets in a list, drop (and count) unreadable items."""
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), [], len(items))
+    images = torch.stack([item[0] for item in kept])
+    labels = torch.stack([torch.as_tensor(item[1]) for item in kept])
+    return Batch(images, labels, [item[2] for item in kept], len(items) - len(kept))
+
+
+class AnnotatedImages(Dataset):
+    """Base of every castream dataset: a list of :class:`Sample` and a joint transform."""
+
+    def __init__(self, samples: list[Sample], classes: Sequence[str], transform=None) -> None:
+        self.samples = samples
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[Image.Image, Sample, np.ndarray | None]:
+        """The image (RGB), its sample record and its evidence mask (or None)."""
+        sample = self.samples[index]
+        with Image.open(sample.path) as f:
+            image = f.convert("RGB")
+        mask = None
+        if sample.mask is not None:
+            with Image.open(sample.mask) as f:
+                mask = np.asarray(f.convert("L"))
+        return image, sample, mask
+
+    def __getitem__(self, index: int):
+        try:
+            image, sample, mask = self.load(index)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            warnings.warn(f"skipping unreadable image {self.samples[index].path}: {err}", stacklevel=2)
+            return None
+        size = (image.height, image.width)
+        target: dict = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.as_tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4),
+                format="XYXY",
+                canvas_size=size,
+            )
+        }
+        if sample.box_labels is not None:
+            target["box_labels"] = torch.as_tensor(sample.box_labels, dtype=torch.long)
+        if mask is not None:
+            target["mask"] = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask > 127)))
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        target = {k: v.as_subclass(Tensor) for k, v in target.items()}
+        if "mask" in target:
+            target["mask"] = target["mask"].float()
+        return image, sample.label, target
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"expected {what} at {path}")
+    return path
+
+
+def _folder_samples(folder: Path, classes: Sequence[str]) -> list[Sample]:
+    samples = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(
+                f"class folder {folder / name} contains no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+        samples += [Sample(p, label, np.zeros((0, 4), np.float32)) for p in files]
+    return samples
+
+
+def _class_folders(folder: Path) -> list[str]:
+    _require(folder, "a folder with one sub-folder per class (ImageFolder layout)")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{folder} has no class sub-folders (ImageFolder layout: {folder}/<class>/<image>)")
+    return classes
+
+
+class ImageFolder(AnnotatedImages):
+    """Any ``root/<class>/<image>`` folder (classes sorted by name)."""
+
+    def __init__(self, root: str | os.PathLike, transform=None) -> None:
+        root = Path(root)
+        classes = _class_folders(root)
+        super().__init__(_folder_samples(root, classes), classes, transform)
+
+
+def voc_boxes(xml: Path, names: set[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Boxes of a Pascal-VOC-format XML file (also ImageNet's): 1-based inclusive pixel indices converted
+    to ``(x0, y0, x1, y1)`` with exclusive ends; only objects named in ``names`` when given."""
+    root = ET.parse(xml).getroot()
+    boxes, labels = [], []
+    for obj in root.iter("object"):
+        name = obj.findtext("name", "").strip()
+        if names is not None and name not in names:
+            continue
+        box = obj.find("bndbox")
+        if box is None:
+            raise ValueError(f"{xml}: object {name!r} has no <bndbox>")
+        x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append([x0 - 1, y0 - 1, x1, y1])
+        labels.append(name)
+    return np.asarray(boxes, np.float32).reshape(-1, 4), labels
+
+
+class ImageNet(AnnotatedImages):
+    """ILSVRC-2012 in ImageFolder layout: ``root/{train,val}/<wnid>/<image>.JPEG``.
+
+    ``boxes``: the folder of the official per-image bounding-box XML files (e.g.
+    ``ILSVRC/Annotations/CLS-LOC/val``, files ``ILSVRC2012_val_00000001.xml``); each image gets the
+    boxes of its own class. Images without an XML file get no boxes.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "val",
+        transform=None,
+        boxes: str | os.PathLike | None = None,
+    ) -> None:
+        folder = Path(root) / split
+        classes = _class_folders(folder)
+        samples = _folder_samples(folder, classes)
+        if boxes is not None:
+            boxes = _require(Path(boxes), "the folder of ImageNet bounding-box XML files")
+            for s in samples:
+                xml = boxes / f"{s.path.stem}.xml"
+                if xml.exists():
+                    s.boxes, _ = voc_boxes(xml, {classes[s.label]})
+        super().__init__(samples, classes, transform)
+
+
+class CUB200(AnnotatedImages):
+    """CUB-200-2011 from its official files (``images.txt``, ``image_class_labels.txt``,
+    ``train_test_split.txt``, ``bounding_boxes.txt``, ``classes.txt``, ``images/``); split train/test."""
+
+    FILES = (
+        "images.txt",
+        "image_class_labels.txt",
+        "train_test_split.txt",
+        "bounding_boxes.txt",
+        "classes.txt",
+    )
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", transform=None) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"CUB-200-2011 splits are 'train' and 'test', got {split!r}")
+        root = Path(root)
+        tables = {}
+        for name in self.FILES:
+            lines = _require(root / name, f"the official CUB-200-2011 file {name}").read_text().split("\n")
+            tables[name] = dict(line.split(" ", 1) for line in lines if line.strip())
+        images = tables["images.txt"]
+        for name in self.FILES[1:4]:
+            if set(tables[name]) != set(images):
+                missing = sorted(set(images) ^ set(tables[name]), key=int)[:5]
+                raise ValueError(
+                    f"{root / name} does not list the same image ids as images.txt (e.g. {missing})"
+                )
+        classes = [tables["classes.txt"][k].strip() for k in sorted(tables["classes.txt"], key=int)]
+        samples = []
+        for key in sorted(images, key=int):
+            if (tables["train_test_split.txt"][key].strip() == "1") != (split == "train"):
+                continue
+            x, y, w, h = (float(v) for v in tables["bounding_boxes.txt"][key].split())
+            samples.append(
+                Sample(
+                    root / "images" / images[key].strip(),
+                    int(tables["image_class_labels.txt"][key]) - 1,
+                    np.array([[x, y, x + w, y + h]], np.float32),
+                )
+            )
+        super().__init__(samples, classes, transform)
+
+
+class VOC2012(AnnotatedImages):
+    """Pascal VOC 2012 classification: ``root`` = ``VOCdevkit/VOC2012`` with ``JPEGImages/``,
+    ``Annotations/`` and ``ImageSets/Main/{train,val,trainval}.txt``. Labels are 20-way multi-hot
+    (an image is positive for every class with an object in its XML, difficult ones included); the
+    target also has every object's box with ``box_labels``."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "val", transform=None) -> None:
+        root = Path(root)
+        ids = _require(
+            root / "ImageSets" / "Main" / f"{split}.txt", f"the official VOC list for split {split!r}"
+        )
+        samples = []
+        for image_id in ids.read_text().split():
+            xml = _require(root / "Annotations" / f"{image_id}.xml", "a VOC annotation file")
+            boxes, names = voc_boxes(xml)
+            unknown = set(names) - set(VOC_CLASSES)
+            if unknown:
+                raise ValueError(f"{xml} names unknown classes {sorted(unknown)}")
+            box_labels = np.array([VOC_CLASSES.index(n) for n in names], np.int64)
+            label = torch.zeros(len(VOC_CLASSES))
+            label[torch.as_tensor(box_labels, dtype=torch.long)] = 1
+            samples.append(Sample(root / "JPEGImages" / f"{image_id}.jpg", label, boxes, box_labels))
+        super().__init__(samples, VOC_CLASSES, transform)
+
+
+class CIFAR100(AnnotatedImages):
+    """CIFAR-100 from a local copy of the official *python version* (``cifar-100-python/{train,test,meta}``).
+
+    These files are Python pickles: loading a pickle can run arbitrary code, so only use files obtained
+    from the official source (https://www.cs.toronto.edu/~kriz/cifar.html).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", transform=None) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"CIFAR-100 splits are 'train' and 'test', got {split!r}")
+        root = Path(root)
+        folder = root if (root / "meta").exists() else root / "cifar-100-python"
+        with open(_require(folder / split, "the official CIFAR-100 python file"), "rb") as f:
+            data = pickle.load(f, encoding="bytes")
+        with open(_require(folder / "meta", "the official CIFAR-100 meta file"), "rb") as f:
+            meta = pickle.load(f, encoding="bytes")
+        pixels = np.asarray(data[b"data"], np.uint8)
+        labels = list(data[b"fine_labels"])
+        if len(pixels) != len(labels):
+            raise ValueError(f"{folder / split}: {len(pixels)} images but {len(labels)} labels")
+        self.pixels = pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        classes = [n.decode() for n in meta[b"fine_label_names"]]
+        empty = np.zeros((0, 4), np.float32)
+        super().__init__([Sample(None, int(y), empty) for y in labels], classes, transform)
+
+    def load(self, index: int):
+        return Image.fromarray(self.pixels[index]), self.samples[index], None
+
+
+class MIT67(AnnotatedImages):
+    """MIT Indoor Scenes (67 classes): ``root/Images/<class>/<image>`` with the official
+    ``TrainImages.txt`` / ``TestImages.txt`` lists."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "test", transform=None) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"MIT-67 splits are 'train' and 'test', got {split!r}")
+        root = Path(root)
+        classes = _class_folders(root / "Images")
+        listing = _require(root / f"{split.capitalize()}Images.txt", "the official MIT-67 split list")
+        empty = np.zeros((0, 4), np.float32)
+        samples = []
+        for line in listing.read_text().split():
+            name = line.split("/")[0]
+            if name not in classes:
+                raise ValueError(
+                    f"{listing} lists {line!r}, whose class folder is missing from {root / 'Images'}"
+                )
+            samples.append(Sample(root / "Images" / line, classes.index(name), empty))
+        super().__init__(samples, classes, transform)

@@ -1,0 +1,41 @@
+"""Datasets by specification string ``KIND:PATH`` (used by the CLI and the evaluation runner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .datasets import CIFAR100, CUB200, MIT67, VOC2012, AnnotatedImages, ImageFolder, ImageNet
+from .synthetic import SyntheticShapes
+
+# kind -> (class, train split, evaluation split); None: a plain folder without splits
+KINDS = {
+    "synthetic": (SyntheticShapes, "train", "val"),
+    "imagenet": (ImageNet, "train", "val"),
+    "cub": (CUB200, "train", "test"),
+    "voc": (VOC2012, "train", "val"),
+    "cifar100": (CIFAR100, "train", "test"),
+    "mit67": (MIT67, "train", "test"),
+    "folder": (ImageFolder, None, None),
+}
+
+
+def parse_spec(spec: str) -> tuple[str, Path]:
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in KINDS or not path:
+        raise ValueError(f"dataset must be KIND:PATH with KIND one of {sorted(KINDS)}, got {spec!r}")
+    return kind, Path(path)
+
+
+def open_dataset(spec: str, role: str = "eval", transform=None, **options) -> AnnotatedImages:
+    """Open ``KIND:PATH`` for ``role`` ``"train"`` or ``"eval"`` (the kind's official split for that role).
+    ``options`` go to the dataset (e.g. ``boxes=`` for ImageNet)."""
+    kind, path = parse_spec(spec)
+    cls, train_split, eval_split = KINDS[kind]
+    if cls is ImageFolder:
+        return cls(path, transform=transform)
+    split = train_split if role == "train" else eval_split
+    return cls(path, split, transform=transform, **options)
+
+
+def is_multilabel(dataset) -> bool:
+    return isinstance(dataset, VOC2012)

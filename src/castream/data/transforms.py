@@ -1,0 +1,60 @@
+"""Joint image/box/mask transforms matching torchvision's classification reference recipe.
+
+Train: RandomResizedCrop + horizontal flip; eval: resize to ``size * 256 / 224`` then centre crop
+``size`` (256 -> 224 at the default). Both end with ImageNet mean/std normalization. Boxes are clamped
+to the crop and boxes left empty are dropped (with their labels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _box_labels(inputs) -> torch.Tensor | None:
+    target = inputs[1] if isinstance(inputs, tuple) and len(inputs) > 1 else {}
+    return target.get("box_labels") if isinstance(target, dict) else None
+
+
+def _finish(mean: Sequence[float], std: Sequence[float]) -> list:
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(labels_getter=_box_labels),
+    ]
+
+
+def train_transform(
+    size: int = 224,
+    *,
+    scale: tuple[float, float] = (0.08, 1.0),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """RandomResizedCrop(size, scale) + RandomHorizontalFlip + normalization."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=scale, antialias=True),
+            v2.RandomHorizontalFlip(),
+            *_finish(mean, std),
+        ]
+    )
+
+
+def eval_transform(
+    size: int = 224,
+    *,
+    resize: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Resize the short side to ``resize`` (default ``round(size * 256 / 224)``), centre crop ``size``,
+    normalize."""
+    resize = resize or round(size * 256 / 224)
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_finish(mean, std)])

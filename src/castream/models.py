@@ -1,0 +1,79 @@
+"""Building classifiers by name and loading local weights (no download unless weights are requested)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .utils import atomic_write
+
+
+def build_model(name: str, *, num_classes: int | None = None, weights: str | None = None) -> nn.Module:
+    """A torchvision model by name (``resnet50``), or a timm one with the ``timm:`` prefix
+    (``timm:convnext_tiny``). ``weights`` (e.g. ``"IMAGENET1K_V1"``, or ``"pretrained"`` for timm) is the
+    only path that downloads; without it the model has random weights."""
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as err:
+            raise ImportError("timm models need `pip install castream[timm]`") from err
+        return timm.create_model(name[5:], pretrained=weights is not None, **kwargs)
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f"unknown torchvision classification model {name!r} (prefix timm: for timm models)")
+    return torchvision.models.get_model(name, weights=weights, **kwargs)
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Give a classifier of a supported family a new final linear layer for ``num_classes`` (fine-tuning)."""
+    from .backbones import describe
+
+    names = [
+        f"{head}.{name}" if name else head
+        for head in describe(model).head
+        for name, module in model.get_submodule(head).named_modules()
+        if isinstance(module, nn.Linear)
+    ]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no linear classifier to replace")
+    old = model.get_submodule(names[-1])
+    parent, _, attr = names[-1].rpartition(".")
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    setattr(
+        model.get_submodule(parent) if parent else model, attr, new.to(old.weight.device, old.weight.dtype)
+    )
+    return model
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
+    """The model's state dict as safetensors, written atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a local checkpoint into ``model``: safetensors, or a ``torch.save`` file (a state dict, or a
+    castream training checkpoint with a ``"model"`` entry) read with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("model", state) if isinstance(state, dict) else state
+    except Exception as err:
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"checkpoint {path} does not fit {type(model).__name__}: {str(err).splitlines()[0]}"
+        ) from None
+    return model

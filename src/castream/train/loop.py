@@ -1,0 +1,435 @@
+"""One training loop for every recipe: AMP, gradient accumulation, DDP, atomic checkpoints, exact resume.
+
+Determinism. Each training sample's augmentation is a function of ``(seed, epoch, index)`` alone
+(:class:`SeededDataset`), and each epoch's order is a permutation drawn from ``seed + epoch``
+(:class:`GlobalBatches`). A global batch is split over processes and accumulation steps the same way
+whatever their number, so a run on N processes computes the same gradients as one process, and a run
+resumed from a checkpoint continues exactly where the interrupted one stopped (mid-epoch included).
+
+Under ``torchrun`` the loop initializes ``torch.distributed`` itself (NCCL on CUDA, gloo on CPU); only
+rank 0 shows progress, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.datasets import Batch, collate
+from ..utils import atomic_write
+
+# Settings that may differ between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {"epochs", "workers", "checkpoint_every", "max_steps", "compile"}
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe's settings; the defaults are the CA-Stream recipe of thesis §3.4."""
+
+    epochs: int = 90
+    batch_size: int = 256  # global batch: all processes and accumulation steps together
+    device_batch: int | None = None  # per process and step (default: batch_size / world size)
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    milestones: tuple[int, ...] = (30, 60)  # epochs at which the learning rate is multiplied by gamma
+    gamma: float = 0.1
+    amp: str | None = None  # "bf16" or "fp16" autocast (CUDA); None = full precision
+    compile: bool = False
+    seed: int = 0
+    workers: int = 2
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
+    max_steps: int | None = None  # stop after N optimizer steps in total (for interruption tests)
+    extra: dict = field(default_factory=dict)  # recipe-specific settings, recorded in checkpoints
+
+    def __post_init__(self) -> None:
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(
+                f"need epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}"
+            )
+        self.milestones = tuple(int(m) for m in self.milestones)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Recipe:
+    """What is trained and how: subclasses define the module, its trainable parameters, the loss of a
+    batch, validation and what a checkpoint stores."""
+
+    name = "recipe"
+
+    def module(self) -> nn.Module:
+        raise NotImplementedError
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.module().parameters() if p.requires_grad]
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return self.module().state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module().load_state_dict(state)
+
+
+def distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device), initializing the process group under torchrun if needed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from several integers (SplitMix64 steps)."""
+    x = 0x9E3779B97F4A7C15
+    for v in values:
+        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that item ``i`` of epoch ``e`` draws its random augmentation from
+    ``seed(seed, e, i)``: independent of workers, processes and resumption."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_mix(self.seed, self.epoch, index))
+            return self.dataset[index]
+
+
+class GlobalBatches:
+    """Per-process index lists for one epoch: a seeded permutation cut into global batches; each global
+    batch is cut into ``accumulate`` micro-steps of ``world * device_batch`` samples, and every process
+    takes its slice. The last incomplete global batch is dropped."""
+
+    def __init__(
+        self,
+        size: int,
+        global_batch: int,
+        device_batch: int,
+        rank: int,
+        world: int,
+        seed: int,
+        epoch: int,
+        start_step: int = 0,
+    ) -> None:
+        self.order = torch.randperm(size, generator=torch.Generator().manual_seed(_mix(seed, epoch))).tolist()
+        self.steps = size // global_batch
+        self.global_batch, self.device_batch, self.rank, self.world = global_batch, device_batch, rank, world
+        self.accumulate = global_batch // (device_batch * world)
+        self.start_step = start_step
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.accumulate
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.steps):
+            chunk = self.order[step * self.global_batch : (step + 1) * self.global_batch]
+            for micro in range(self.accumulate):
+                part = chunk[
+                    micro * self.world * self.device_batch : (micro + 1) * self.world * self.device_batch
+                ]
+                yield part[self.rank * self.device_batch : (self.rank + 1) * self.device_batch]
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices ``rank, rank + world, ...``: each image exactly once over all processes (no padding)."""
+
+    def __init__(self, size: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, size, world))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+def all_reduce_sum(values: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+class Trainer:
+    """``Trainer(recipe, train_set, val_set, config, out_dir).fit()`` -> per-epoch history.
+
+    ``resume=True`` continues from ``out_dir/checkpoint.pt`` (an error if the config differs in anything
+    but epochs/workers/checkpointing). Writes ``checkpoint.pt`` (atomic) and ``log.jsonl`` (one JSON
+    line per epoch) in ``out_dir``.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        train_set: Dataset,
+        val_set: Dataset | None,
+        config: TrainConfig,
+        out_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        collate_fn: Callable = collate,
+    ) -> None:
+        self.recipe, self.config, self.out_dir = recipe, config, Path(out_dir)
+        self.train_set, self.val_set = SeededDataset(train_set, config.seed), val_set
+        self.resume, self.progress, self.log, self.collate_fn = resume, progress, log, collate_fn
+        self.rank, self.world, self.device = distributed()
+        device_batch = config.device_batch or config.batch_size // self.world
+        if device_batch < 1 or config.batch_size % (device_batch * self.world):
+            raise ValueError(
+                f"global batch {config.batch_size} is not a multiple of {self.world} processes x "
+                f"device batch {device_batch}"
+            )
+        self.device_batch = device_batch
+        if len(train_set) < config.batch_size:
+            raise ValueError(
+                f"the training set has {len(train_set)} images, fewer than one batch ({config.batch_size})"
+            )
+        self.checkpoint_path = self.out_dir / "checkpoint.pt"
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        config = self.config
+        module = self.recipe.module().to(self.device)
+        self.model = module
+        if self.world > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        if config.compile:
+            self.model = torch.compile(self.model)
+        params = self.recipe.parameters()
+        if not params:
+            raise ValueError(f"recipe {self.recipe.name!r} has no trainable parameter")
+        self.optimizer = torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, list(config.milestones), config.gamma
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
+
+    def _autocast(self):
+        if self.config.amp is None:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _save(self) -> None:
+        if self.rank != 0:
+            return
+        state = {
+            "recipe": self.recipe.name,
+            "model": self.recipe.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "rng": _rng_state(self.device),
+            "config": self.config.to_dict(),
+            "history": self.history,
+        }
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+
+    def _load(self) -> None:
+        if not self.checkpoint_path.is_file():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {self.checkpoint_path}")
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        if state.get("recipe") != self.recipe.name:
+            raise ValueError(
+                f"{self.checkpoint_path} is a {state.get('recipe')!r} checkpoint, not {self.recipe.name!r}"
+            )
+        stored, current = state["config"], self.config.to_dict()
+        differences = [
+            f"{k}: {stored.get(k)!r} -> {v!r}"
+            for k, v in current.items()
+            if k not in RESUMABLE_CHANGES and stored.get(k) != v
+        ]
+        if differences:
+            raise ValueError(
+                f"cannot resume {self.checkpoint_path} with a different config: {'; '.join(differences)}"
+            )
+        try:
+            self.recipe.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ValueError(f"{self.checkpoint_path} does not match this model: {err}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.history = state["global_step"], state["history"]
+        torch.set_rng_state(state["rng"]["cpu"].cpu())
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+
+    # -- loops ---------------------------------------------------------------------------------------
+    def _loader(self, epoch: int) -> DataLoader:
+        self.train_set.epoch = epoch
+        batches = GlobalBatches(
+            len(self.train_set),
+            self.config.batch_size,
+            self.device_batch,
+            self.rank,
+            self.world,
+            self.config.seed,
+            epoch,
+            self.step_in_epoch,
+        )
+        return DataLoader(
+            self.train_set,
+            batch_sampler=batches,
+            num_workers=self.config.workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _validate(self) -> dict[str, float]:
+        if self.val_set is None:
+            return {}
+        loader = DataLoader(
+            self.val_set,
+            batch_size=self.device_batch,
+            sampler=ShardSampler(len(self.val_set), self.rank, self.world),
+            num_workers=self.config.workers,
+            collate_fn=self.collate_fn,
+        )
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            result = self.recipe.validate(self.model, loader, self.device)
+        return result
+
+    def _train_epoch(self) -> dict[str, float]:
+        from tqdm import tqdm
+
+        self.model.train()
+        loader = self._loader(self.epoch)
+        accumulate = loader.batch_sampler.accumulate
+        totals = torch.zeros(3, device=self.device)  # loss sum, samples, skipped
+        bar = tqdm(
+            loader,
+            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+            disable=not self.progress or self.rank,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for micro, batch in enumerate(bar):
+            batch = Batch(
+                batch.images.to(self.device, non_blocking=True),
+                batch.labels.to(self.device),
+                batch.targets,
+                batch.skipped,
+            )
+            last = (micro + 1) % accumulate == 0
+            sync = self.model.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
+            with sync:  # DDP: no gradient all-reduce until the last micro-step of a global batch
+                with self._autocast():
+                    loss = self.recipe.loss(self.model, batch)
+                self.scaler.scale(loss / accumulate).backward()
+            size = len(batch.images)
+            totals += torch.tensor([float(loss.detach()) * size, size, batch.skipped], device=self.device)
+            if not last:
+                continue
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if self.config.checkpoint_every and self.global_step % self.config.checkpoint_every == 0:
+                self._save()
+            if self.config.max_steps is not None and self.global_step >= self.config.max_steps:
+                raise _StopTraining
+        all_reduce_sum(totals)
+        return {"train_loss": float(totals[0] / totals[1].clamp(min=1)), "skipped": int(totals[2])}
+
+    def fit(self) -> list[dict]:
+        self._build()
+        if self.resume:
+            self._load()
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            while self.epoch < self.config.epochs:
+                start = time.perf_counter()
+                record = {
+                    "epoch": self.epoch + 1,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    **self._train_epoch(),
+                }
+                record.update(self._validate())
+                record["seconds"] = round(time.perf_counter() - start, 2)
+                self.scheduler.step()
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self.history.append(record)
+                self._save()
+                if self.rank == 0:
+                    line = json.dumps(record)
+                    with open(self.out_dir / "log.jsonl", "a") as f:
+                        f.write(line + "\n")
+                    self.log(line)
+        except _StopTraining:
+            pass
+        return self.history
+
+
+class _StopTraining(Exception):
+    """Internal: ``max_steps`` reached."""

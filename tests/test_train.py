@@ -1,0 +1,235 @@
+"""The shared training loop: recipes, checkpoints, exact resume, accumulation and DDP equivalence."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+import castream
+from castream.data import SyntheticShapes, eval_transform, train_transform
+from castream.data.synthetic import generate
+from castream.train import ClassifierRecipe, TrainConfig, Trainer, train_classifier, train_stream
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = generate(tmp_path_factory.mktemp("synth") / "s", classes=3, train=48, val=12, size=32, workers=1)
+    train = SyntheticShapes(root, "train", transform=train_transform(32, scale=(0.6, 1.0)))
+    val = SyntheticShapes(root, "val", transform=eval_transform(32, resize=32))
+    return train, val
+
+
+def small_resnet(classes=3):
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=classes)
+
+
+def config(**kw):
+    base = dict(epochs=2, batch_size=8, lr=0.05, milestones=(1,), gamma=0.5, workers=0, seed=7)
+    return TrainConfig(**{**base, **kw})
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_classifier_training_writes_logs_checkpoints_and_weights(shapes, tmp_path):
+    train, val = shapes
+    model = small_resnet()
+    history = train_classifier(model, train, val, tmp_path, config(), progress=False, log=lambda s: None)
+    assert [h["epoch"] for h in history] == [1, 2] and history[1]["lr"] == 0.025
+    assert all(0 <= h["acc"] <= 1 for h in history)
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert lines == history
+    assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "model.safetensors").is_file()
+    reloaded = castream.models.load_weights(small_resnet(), tmp_path / "model.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(shapes, tmp_path):
+    train, _ = shapes
+    full = small_resnet()
+    Trainer(
+        ClassifierRecipe(full), train, None, config(), tmp_path / "full", progress=False, log=lambda s: None
+    ).fit()
+    interrupted = small_resnet()
+    Trainer(
+        ClassifierRecipe(interrupted),
+        train,
+        None,
+        config(max_steps=8, checkpoint_every=1),
+        tmp_path / "cut",
+        progress=False,
+        log=lambda s: None,
+    ).fit()  # stops mid-epoch 2 (6 steps per epoch)
+    resumed = small_resnet()
+    history = Trainer(
+        ClassifierRecipe(resumed),
+        train,
+        None,
+        config(),
+        tmp_path / "cut",
+        resume=True,
+        progress=False,
+        log=lambda s: None,
+    ).fit()
+    assert [h["epoch"] for h in history] == [1, 2]
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_gradient_accumulation_equals_the_full_batch(shapes, tmp_path):
+    # the stream recipe has no batch-dependent layer (the backbone is frozen in eval mode), so 4 micro-batches
+    # of 2 must give the update of one batch of 8
+    train, _ = shapes
+    full = castream.attach_stream(small_resnet(), probe_size=32)
+    micro = castream.attach_stream(small_resnet(), probe_size=32)
+    micro.stream.load_state_dict(full.stream.state_dict())
+    for model, device_batch, out in ((full, None, "full"), (micro, 2, "micro")):
+        Trainer(
+            castream.train.StreamRecipe(model),
+            train,
+            None,
+            config(epochs=1, max_steps=2, device_batch=device_batch),
+            tmp_path / out,
+            progress=False,
+        ).fit()
+    for k, v in full.stream.state_dict().items():
+        torch.testing.assert_close(micro.stream.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_stream_training_changes_only_the_stream(shapes, tmp_path):
+    train, val = shapes
+    backbone = small_resnet()
+    before = params(backbone)
+    model = castream.attach_stream(backbone, probe_size=32)
+    stream_before = params(model.stream)
+    history = train_stream(model, train, val, tmp_path, config(epochs=1), progress=False, log=lambda s: None)
+    assert set(history[0]) >= {"acc_gap", "acc_ca", "train_loss"}
+    assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
+    assert any(not torch.equal(v, stream_before[k]) for k, v in model.stream.state_dict().items())
+    loaded = castream.load_stream(small_resnet(), tmp_path / "stream.safetensors")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.stream.state_dict().values(), model.stream.state_dict().values())
+    )
+
+
+def test_resume_errors(shapes, tmp_path):
+    train, _ = shapes
+    Trainer(
+        ClassifierRecipe(small_resnet()),
+        train,
+        None,
+        config(epochs=1, max_steps=1, checkpoint_every=1),
+        tmp_path,
+        progress=False,
+    ).fit()
+    with pytest.raises(ValueError, match=r"different config: lr: 0.05 -> 0.1"):
+        Trainer(
+            ClassifierRecipe(small_resnet()),
+            train,
+            None,
+            config(lr=0.1),
+            tmp_path,
+            resume=True,
+            progress=False,
+        ).fit()
+    with pytest.raises(ValueError, match="does not match this model"):
+        Trainer(
+            ClassifierRecipe(small_resnet(5)),
+            train,
+            None,
+            config(epochs=1),
+            tmp_path,
+            resume=True,
+            progress=False,
+        ).fit()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(ClassifierRecipe(small_resnet()), train, None, config(), tmp_path / "none", resume=True).fit()
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(shapes, tmp_path, monkeypatch):
+    train, _ = shapes
+    trainer = Trainer(
+        ClassifierRecipe(small_resnet()),
+        train,
+        None,
+        config(epochs=1, max_steps=1, checkpoint_every=1),
+        tmp_path,
+        progress=False,
+    )
+    trainer.fit()
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def failing_save(obj, f, *a, **k):
+        with open(f, "wb") as out:
+            out.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        trainer._save()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    assert not list(tmp_path.glob(".checkpoint.pt.*"))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="not a multiple"):
+        Trainer(
+            ClassifierRecipe(small_resnet()),
+            list(range(100)),
+            None,
+            TrainConfig(batch_size=10, device_batch=3),
+            "unused",
+        )
+
+
+def _ddp_worker(rank, world, init, root, out, queue):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    train = SyntheticShapes(root, "train", transform=train_transform(32, scale=(0.6, 1.0)))
+    model = castream.attach_stream(small_resnet(), probe_size=32)
+    Trainer(
+        castream.train.StreamRecipe(model), train, None, config(epochs=1, max_steps=1), out, progress=False
+    ).fit()
+    if rank == 0:
+        queue.put({k: v.clone() for k, v in model.stream.state_dict().items()})
+    dist.destroy_process_group()
+
+
+def test_two_process_ddp_step_equals_single_process(shapes, tmp_path):
+    import torch.multiprocessing as mp
+
+    train, _ = shapes
+    root = train.samples[0].path.parents[2]
+    single = castream.attach_stream(small_resnet(), probe_size=32)
+    Trainer(
+        castream.train.StreamRecipe(single),
+        train,
+        None,
+        config(epochs=1, max_steps=1),
+        tmp_path / "one",
+        progress=False,
+    ).fit()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [
+        ctx.Process(target=_ddp_worker, args=(r, 2, init, root, tmp_path / "ddp", queue)) for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    distributed = queue.get(timeout=300)
+    for p in procs:
+        p.join(timeout=60)
+    for k, v in single.stream.state_dict().items():
+        torch.testing.assert_close(distributed[k], v, rtol=1e-5, atol=1e-6)
