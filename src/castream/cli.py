@@ -32,6 +32,7 @@ def _synth(args: argparse.Namespace) -> int:
         size=args.size,
         bias=args.bias,
         seed=args.seed,
+        scale=tuple(args.shape_scale),
         workers=args.workers,
     )
     _log(args)(f"synthetic benchmark in {root}")
@@ -48,6 +49,14 @@ def _add_synth(sub) -> None:
     p.add_argument("--val", type=int, default=1_000, help="validation images")
     p.add_argument("--size", type=int, default=128, help="resolution (pixels)")
     p.add_argument("--bias", type=float, default=0.0, help="probability of a class-coloured background")
+    p.add_argument(
+        "--shape-scale",
+        type=float,
+        nargs=2,
+        default=(0.1, 0.2),
+        metavar=("MIN", "MAX"),
+        help="radius of the class shapes as a fraction of the image size",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
     p.set_defaults(func=_synth)
@@ -82,6 +91,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--milestones", type=int, nargs="*", default=[30, 60], help="epochs where lr is multiplied by gamma"
     )
     p.add_argument("--gamma", type=float, default=0.1)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument(
+        "--schedule",
+        choices=["multistep", "onecycle"],
+        default="multistep",
+        help="multistep: x gamma at each milestone; onecycle: per-step one-cycle to --lr",
+    )
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int, default=0)
@@ -102,6 +118,8 @@ def _train_config(args: argparse.Namespace, **extra):
         weight_decay=args.weight_decay,
         milestones=tuple(args.milestones),
         gamma=args.gamma,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
         amp=args.amp,
         compile=args.compile,
         seed=args.seed,
@@ -122,8 +140,11 @@ def _training_data(args: argparse.Namespace):
 
 def _classifier(args: argparse.Namespace, classes: int):
     """The model to train or explain: built by name, fitted to ``classes``, optionally from local weights."""
+    import torch
+
     from castream.models import build_model, load_weights, replace_head
 
+    torch.manual_seed(args.seed)  # initial weights of anything built from scratch
     if args.weights:
         model = build_model(args.model, weights=args.weights)
         model = replace_head(model, classes) if castream.describe(model).num_classes != classes else model
@@ -154,10 +175,13 @@ def _train_classifier(args: argparse.Namespace) -> int:
 def _train_stream(args: argparse.Namespace) -> int:
     """Train a CA-Stream on a frozen classifier (thesis §3.4 recipe by default); the stream goes to
     OUT/stream.safetensors."""
+    import torch
+
     from castream.train import train_stream
 
     train, val = _training_data(args)
     backbone = _classifier(args, len(train.classes))
+    torch.manual_seed(args.seed)
     model = castream.attach_stream(
         backbone, block=args.block, start=args.start, class_specific=args.class_specific, probe_size=args.size
     )
@@ -204,29 +228,238 @@ def _add_train(sub) -> None:
     s.set_defaults(func=_train_stream)
 
 
+# --- evaluate ------------------------------------------------------------------------------------------
+
+
+def _method_options(items: list[str]) -> dict:
+    """``METHOD.KEY=VALUE`` pairs -> {method: {key: value}} (values parsed as JSON when possible)."""
+    import json
+
+    options: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ValueError(
+                f"method options are METHOD.KEY=VALUE (e.g. scorecam.batch_size=256), got {item!r}"
+            )
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        options.setdefault(method, {})[name] = parsed
+    return options
+
+
+def _pairs(items: list[str], option: str) -> dict:
+    pairs = dict(item.split("=", 1) for item in items if "=" in item)
+    if len(pairs) != len(items):
+        raise ValueError(f"{option} takes LABEL=PATH, got {items}")
+    return pairs
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Evaluate saliency methods on a model through GAP and CA-Stream pooling over a dataset: every metric
+    per image, aggregates with 95% CIs, tables and figures in OUT (results.json, results.csv, results.md).
+    Resumable: re-running the same command skips finished images. Runs unchanged under torchrun."""
+    from castream.evaluate import EvalConfig, Runner
+
+    poolings = args.poolings or (["gap", "ca"] if args.stream else ["gap"])
+    config = EvalConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        weights=args.weights,
+        checkpoint=args.checkpoint,
+        stream=args.stream,
+        poolings=tuple(poolings),
+        methods=tuple(args.methods),
+        metrics=tuple(args.metrics),
+        protocol=args.protocol,
+        images=args.images,
+        batch_size=args.batch_size,
+        metric_batch=args.metric_batch,
+        size=args.size,
+        resize=args.resize,
+        seed=args.seed,
+        boxes=args.boxes,
+        method_options=_method_options(args.option),
+    )
+    results = Runner(config, progress=not args.quiet, log=_log(args)).run()
+    if results is not None and not args.quiet:
+        from pathlib import Path
+
+        print((Path(args.out) / "results.md").read_text())
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    from castream.evaluate import DEFAULT_METRICS, METRIC_GROUPS
+
+    p = sub.add_parser(
+        "evaluate", help="evaluate saliency methods (GAP vs CA)", description=_evaluate.__doc__, **SUBCOMMAND
+    )
+    p.add_argument("--model", required=True, help="torchvision name, or timm:NAME")
+    p.add_argument(
+        "--data", required=True, help="KIND:PATH (synthetic, imagenet, cub, voc, cifar100, mit67, folder)"
+    )
+    p.add_argument("--out", required=True, help="output folder (shards, results, figures)")
+    p.add_argument("--weights", default=None, help="pretrained weights to download (e.g. IMAGENET1K_V1)")
+    p.add_argument("--checkpoint", default=None, help="local classifier weights (.safetensors or .pt)")
+    p.add_argument("--stream", default=None, help="CA-Stream checkpoint (enables pooling ca)")
+    p.add_argument(
+        "--poolings",
+        nargs="+",
+        choices=["gap", "ca"],
+        default=None,
+        help="default: gap, and ca with --stream",
+    )
+    p.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "scorecam"])
+    p.add_argument("--metrics", nargs="+", choices=list(METRIC_GROUPS), default=list(DEFAULT_METRICS))
+    p.add_argument("--protocol", choices=["thesis", "authors-code"], default="thesis")
+    p.add_argument("--images", type=int, default=None, help="number of evaluation images (seeded selection)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per saliency batch")
+    p.add_argument("--metric-batch", type=int, default=64, help="perturbed images per forward in metrics")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument(
+        "--resize", type=int, default=None, help="resize before the centre crop (default size*256/224)"
+    )
+    p.add_argument("--boxes", default=None, help="ImageNet: folder of the official bounding-box XML files")
+    p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE", help="method options")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=CHECKPOINT",
+        help="more checkpoints of the same model, evaluated side by side (e.g. a regularized one)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_evaluate)
+
+
+# --- explain -------------------------------------------------------------------------------------------
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Explain the prediction on IMAGE files: an overlay (PNG) and the raw map (.npy, H x W float32) per
+    image in OUT, and the top-5 classes printed."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from castream import saliency, viz
+    from castream.data import eval_transform
+    from castream.models import build_model, checkpoint_classes, load_weights
+
+    classes = checkpoint_classes(args.model, args.checkpoint) if args.checkpoint else args.num_classes
+    model = (
+        build_model(args.model, weights=args.weights)
+        if args.weights
+        else build_model(args.model, num_classes=classes)
+    )
+    if args.checkpoint:
+        load_weights(model, args.checkpoint)
+    names = _class_names(args, model)
+    if args.stream:
+        model = castream.load_stream(model, args.stream)
+    model.eval()
+    transform = eval_transform(args.size, boxes=False)
+    images = torch.stack([transform(Image.open(path).convert("RGB")) for path in args.images])
+    kwargs = {"pooling": args.pooling} if args.stream else {}
+    method = saliency.get(args.method)(model, forward_kwargs=kwargs)
+    with torch.no_grad():
+        probabilities = model(images, **kwargs).softmax(1)
+    targets = None if args.target is None else [args.target] * len(images)
+    maps = method(images, targets)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, image, m, p in zip(args.images, images, maps, probabilities):
+        stem = f"{Path(path).stem}_{args.method.replace('+', 'p')}"
+        viz.save_overlay(out / f"{stem}.png", image, m)
+        np.save(out / f"{stem}.npy", m.numpy().astype(np.float32))
+        top = p.topk(min(5, len(p)))
+        listing = ", ".join(
+            f"{names[i] if names else i} {v:.3f}" for v, i in zip(top.values.tolist(), top.indices.tolist())
+        )
+        print(f"{path}: {listing} -> {out / stem}.png")
+    return 0
+
+
+def _class_names(args: argparse.Namespace, model) -> list[str] | None:
+    if args.labels:
+        from pathlib import Path
+
+        return Path(args.labels).read_text().split("\n")
+    if args.weights and not args.model.startswith("timm:"):
+        import torchvision
+
+        return list(torchvision.models.get_model_weights(args.model)[args.weights].meta["categories"])
+    return None
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser(
+        "explain", help="explain predictions on image files", description=_explain.__doc__, **SUBCOMMAND
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", default="resnet50", help="torchvision name, or timm:NAME")
+    p.add_argument("--weights", default=None, help="pretrained weights to download (e.g. IMAGENET1K_V1)")
+    p.add_argument("--checkpoint", default=None, help="local weights (.safetensors or .pt)")
+    p.add_argument("--num-classes", type=int, default=1000, help="classes of a random-weight model")
+    p.add_argument("--stream", default=None, help="CA-Stream checkpoint")
+    p.add_argument("--pooling", choices=["ca", "gap"], default="ca", help="with --stream")
+    p.add_argument("--method", default="gradcam", help=f"one of {castream.saliency.available()}")
+    p.add_argument("--target", type=int, default=None, help="class to explain (default: the prediction)")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--labels", default=None, help="text file with one class name per line")
+    p.add_argument("--out", default="explanations")
+    p.set_defaults(func=_explain)
+
+
+# --- bench ---------------------------------------------------------------------------------------------
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Run the speed benchmarks and print their JSON (quick sizes by default, --full for the issues' ones)."""
+    from castream import bench
+
+    bench.run(args.names or None, full=args.full)
+    return 0
+
+
+def _add_bench(sub) -> None:
+    from castream.bench import QUICK
+
+    p = sub.add_parser("bench", help="run the speed benchmarks", description=_bench.__doc__, **SUBCOMMAND)
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"among {list(QUICK)} (default: all)")
+    p.add_argument("--full", action="store_true", help="224 x 224, ResNet-18/50 (slow on a CPU)")
+    p.set_defaults(func=_bench)
+
+
 # --- demo ----------------------------------------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Smoke example: build a streamed ResNet-50 (random weights, no download) and print its size."""
-    import torch
-    import torchvision
+    """The offline end-to-end demo: synthetic benchmark, ResNet-18 classifier, CA-Stream, GAP vs CA
+    evaluation with Grad-CAM, Grad-CAM++, Score-CAM and Opti-CAM, report (printed at the end). Cached:
+    a second run reuses everything."""
+    from castream.demo import run_demo
 
-    model = castream.attach_stream(torchvision.models.resnet50())
-    stream = castream.count_parameters(model.stream)
-    total = castream.count_parameters(model, trainable_only=False)
-    gap = castream.count_flops(model, (1, 3, 224, 224), pooling="gap")
-    ca = castream.count_flops(model, (1, 3, 224, 224), pooling="ca")
-    with torch.no_grad():
-        logits = model(torch.randn(2, 3, 224, 224))
-    print(f"ResNet-50 + CA-Stream: stream {stream:,} parameters, total {total:,} ({total / 1e6:.2f} M)")
-    print(f"GFLOPs per 224x224 image: GAP {gap / 1e9:.3f}, CA {ca / 1e9:.3f} (+{(ca - gap) / 1e9:.4f})")
-    print(f"logits {tuple(logits.shape)}, raw attention maps {[tuple(a.shape) for a in model.attention]}")
+    run_demo(args.out, progress=not args.quiet, log=_log(args))
+    if not args.quiet:
+        from pathlib import Path
+
+        print((Path(args.out) / "report" / "results.md").read_text())
     return 0
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="run the offline demo", description=_demo.__doc__, **SUBCOMMAND)
+    p = sub.add_parser(
+        "demo", help="run the offline end-to-end demo", description=_demo.__doc__, **SUBCOMMAND
+    )
+    p.add_argument("--out", default="runs/demo", help="output folder (cache and report)")
     p.set_defaults(func=_demo)
 
 
@@ -251,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"castream {castream.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_synth, _add_train):
+    for add in (_add_demo, _add_synth, _add_train, _add_explain, _add_evaluate, _add_bench):
         add(sub)
     return parser
 

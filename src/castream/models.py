@@ -56,24 +56,44 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a local checkpoint into ``model``: safetensors, or a ``torch.save`` file (a state dict, or a
-    castream training checkpoint with a ``"model"`` entry) read with ``weights_only=True``."""
+def read_state(path: str | os.PathLike) -> dict:
+    """A state dict from a local file: safetensors, or a ``torch.save`` file (a state dict, or a castream
+    training checkpoint with a ``"model"`` entry) read with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("model", state) if isinstance(state, dict) else state
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+    return state.get("model", state) if isinstance(state, dict) else state
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a local checkpoint (see :func:`read_state`) into ``model``."""
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(read_state(path))
     except RuntimeError as err:
         raise ValueError(
             f"checkpoint {path} does not fit {type(model).__name__}: {str(err).splitlines()[0]}"
         ) from None
     return model
+
+
+def checkpoint_classes(name: str, path: str | os.PathLike) -> int:
+    """Number of classes of a local checkpoint of model ``name``, read from its classifier's weight."""
+    from .backbones import describe
+
+    model = build_model(name)
+    heads = [
+        f"{h}.{n}.weight".replace("..", ".") if n else f"{h}.weight"
+        for h in describe(model).head
+        for n, m in model.get_submodule(h).named_modules()
+        if isinstance(m, nn.Linear)
+    ]
+    state = read_state(path)
+    if not heads or heads[-1] not in state:
+        raise ValueError(f"cannot find the classifier weight {heads[-1:]} of {name} in {path}")
+    return int(state[heads[-1]].shape[0])

@@ -44,6 +44,7 @@ class SyntheticConfig:
     size: int = 128
     bias: float = 0.0
     seed: int = 0
+    scale: tuple[float, float] = (0.1, 0.2)  # radius of the class shapes, as a fraction of the image size
 
 
 # --- signed distance functions in a shape's unit frame (radius ~1) --------------------------------------
@@ -170,7 +171,7 @@ def render(config: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray,
     instances = [SHAPES[label]] * int(rng.integers(1, 4)) + ["distractor"] * int(rng.integers(0, 3))
     ys, xs = _grid(size)
     for kind in instances:
-        radius = rng.uniform(0.1, 0.2) * size if kind != "distractor" else rng.uniform(0.12, 0.25) * size
+        radius = rng.uniform(*config.scale) * size if kind != "distractor" else rng.uniform(0.12, 0.25) * size
         center = _place(rng, size, radius, placed)
         if center is None:
             continue
@@ -234,6 +235,7 @@ def generate(
     size: int = 128,
     bias: float = 0.0,
     seed: int = 0,
+    scale: tuple[float, float] = (0.1, 0.2),
     workers: int | None = None,
 ) -> Path:
     """Write the benchmark to ``root`` once and return it; an existing identical set is reused.
@@ -247,9 +249,14 @@ def generate(
         raise ValueError(
             f"need size >= 32, 0 <= bias <= 1 and non-negative counts; got {size}, {bias}, {train}, {val}"
         )
-    config = SyntheticConfig(classes, size, bias, seed)
+    if not 0 < scale[0] <= scale[1] <= 0.45:
+        raise ValueError(
+            f"scale must be a (min, max) radius fraction with 0 < min <= max <= 0.45, got {scale}"
+        )
+    config = SyntheticConfig(classes, size, bias, seed, (float(scale[0]), float(scale[1])))
     root = Path(root)
     expected = {"format": FORMAT, "config": asdict(config), "counts": {"train": train, "val": val}}
+    expected = json.loads(json.dumps(expected))  # as stored (tuples become lists)
     annotations = root / "annotations.json"
     if annotations.exists():
         stored = json.loads(annotations.read_text())
@@ -305,7 +312,8 @@ class SyntheticShapes(AnnotatedImages):
         document = json.loads(path.read_text())
         if document.get("format") != FORMAT:
             raise ValueError(f"{path} is not a castream synthetic annotation file")
-        self.config = SyntheticConfig(**document["config"])
+        stored = document["config"]
+        self.config = SyntheticConfig(**{**stored, "scale": tuple(stored.get("scale", (0.1, 0.2)))})
         samples = [
             Sample(
                 root / e["file"],
@@ -327,10 +335,12 @@ class SyntheticShapes(AnnotatedImages):
         size: int = 128,
         bias: float = 0.0,
         seed: int = 0,
+        scale: tuple[float, float] = (0.1, 0.2),
         transform=None,
     ) -> RenderedShapes:
         """The same images rendered on the fly (nothing written to disk)."""
-        return RenderedShapes(SyntheticConfig(classes, size, bias, seed), split, count, transform)
+        config = SyntheticConfig(classes, size, bias, seed, (float(scale[0]), float(scale[1])))
+        return RenderedShapes(config, split, count, transform)
 
 
 class RenderedShapes(AnnotatedImages):

@@ -20,14 +20,13 @@ def _box_labels(inputs) -> torch.Tensor | None:
     return target.get("box_labels") if isinstance(target, dict) else None
 
 
-def _finish(mean: Sequence[float], std: Sequence[float]) -> list:
-    return [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-        v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(labels_getter=_box_labels),
-    ]
+def _finish(mean: Sequence[float], std: Sequence[float], boxes: bool) -> list:
+    steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return (
+        [*steps, v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(labels_getter=_box_labels)]
+        if boxes
+        else steps
+    )
 
 
 def train_transform(
@@ -36,13 +35,15 @@ def train_transform(
     scale: tuple[float, float] = (0.08, 1.0),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    boxes: bool = True,
 ) -> v2.Compose:
-    """RandomResizedCrop(size, scale) + RandomHorizontalFlip + normalization."""
+    """RandomResizedCrop(size, scale) + RandomHorizontalFlip + normalization (``boxes=False`` for a bare
+    image without a target)."""
     return v2.Compose(
         [
             v2.RandomResizedCrop(size, scale=scale, antialias=True),
             v2.RandomHorizontalFlip(),
-            *_finish(mean, std),
+            *_finish(mean, std, boxes),
         ]
     )
 
@@ -53,8 +54,9 @@ def eval_transform(
     resize: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    boxes: bool = True,
 ) -> v2.Compose:
     """Resize the short side to ``resize`` (default ``round(size * 256 / 224)``), centre crop ``size``,
-    normalize."""
+    normalize (``boxes=False`` for a bare image without a target)."""
     resize = resize or round(size * 256 / 224)
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_finish(mean, std)])
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_finish(mean, std, boxes)])

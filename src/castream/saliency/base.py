@@ -59,6 +59,7 @@ class SaliencyMethod:
     name: ClassVar[str] = ""
     uses_layer: ClassVar[bool] = True
     multi_layer: ClassVar[bool] = False
+    masks_input: ClassVar[bool] = False  # forwards masked images: takes preprocess=
 
     def __init__(
         self,

@@ -41,6 +41,7 @@ class OptiCAM(SaliencyMethod):
     """
 
     name = "opticam"
+    masks_input = True
     OBJECTIVES = ("mask", "diff")
 
     def __init__(

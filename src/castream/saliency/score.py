@@ -31,6 +31,8 @@ def pair_chunks(selected: Tensor, chunk: int) -> Iterator[tuple[Tensor, Tensor, 
 class MaskingMethod(SaliencyMethod):
     """A method that forwards masked copies of the images (pixel-space masking, PROTOCOL.md)."""
 
+    masks_input = True
+
     inputs_per_pair = 1
 
     def __init__(

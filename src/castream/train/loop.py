@@ -45,6 +45,8 @@ class TrainConfig:
     nesterov: bool = False
     milestones: tuple[int, ...] = (30, 60)  # epochs at which the learning rate is multiplied by gamma
     gamma: float = 0.1
+    optimizer: str = "sgd"  # "sgd" (momentum, weight decay) or "adamw"
+    schedule: str = "multistep"  # "multistep" (milestones, per epoch) or "onecycle" (per step, peak lr)
     amp: str | None = None  # "bf16" or "fp16" autocast (CUDA); None = full precision
     compile: bool = False
     seed: int = 0
@@ -56,6 +58,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        if self.optimizer not in ("sgd", "adamw") or self.schedule not in ("multistep", "onecycle"):
+            raise ValueError(
+                f"optimizer must be sgd/adamw and schedule multistep/onecycle, got "
+                f"{self.optimizer!r}, {self.schedule!r}"
+            )
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(
                 f"need epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}"
@@ -251,16 +258,25 @@ class Trainer:
         params = self.recipe.parameters()
         if not params:
             raise ValueError(f"recipe {self.recipe.name!r} has no trainable parameter")
-        self.optimizer = torch.optim.SGD(
-            params,
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.nesterov,
-        )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, list(config.milestones), config.gamma
-        )
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                params,
+                lr=config.lr,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay,
+                nesterov=config.nesterov,
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        if config.schedule == "multistep":
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                self.optimizer, list(config.milestones), config.gamma
+            )
+        else:
+            steps = config.epochs * (len(self.train_set) // config.batch_size)
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, config.lr, total_steps=steps, pct_start=0.2
+            )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
 
@@ -390,6 +406,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.config.schedule == "onecycle":
+                self.scheduler.step()
             self.step_in_epoch += 1
             self.global_step += 1
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
@@ -416,7 +434,8 @@ class Trainer:
                 }
                 record.update(self._validate())
                 record["seconds"] = round(time.perf_counter() - start, 2)
-                self.scheduler.step()
+                if self.config.schedule == "multistep":
+                    self.scheduler.step()
                 self.epoch += 1
                 self.step_in_epoch = 0
                 self.history.append(record)

@@ -1,4 +1,4 @@
-"""Shared timing helpers for the benchmark scripts (they print JSON; nothing here asserts speed)."""
+"""Shared timing helpers for the benchmarks (they print JSON; nothing here asserts speed)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,118 @@
+"""Saliency speed: each method's time divided by the limit the saliency issue sets for it.
+
+- gradient methods: vs the model's plain forward + backward (to the parameters) on the same batch (≤ 1.1)
+- Score-CAM / Ablation-CAM / SA-CAM: vs the forward-only limit, i.e. the time of forwarding as many
+  images as the method must score, in batches of ``batch_size``, measured in the same run (≤ 1.2)
+- Opti-CAM: vs ``iterations`` x (forward + backward to the input) of the batch (≤ 1.2)
+
+Prints one JSON record per (model, method, autocast). Example:
+    python benchmarks/saliency.py --models resnet18 resnet50 --size 224 --batch 8
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+
+from castream import saliency
+
+from ._timing import base_parser, emit, environment, timed
+
+GRADIENT = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "guidedbackprop"]
+FORWARD_ONLY = ["scorecam", "ablationcam", "sacam"]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def bench_model(name: str, dtype: torch.dtype | None, args, device: torch.device) -> None:
+    model = getattr(torchvision.models, name)().eval().to(device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    chunk = torch.randn(args.score_batch, 3, args.size, args.size, device=device)
+    channels = model.layer4[-1].conv1.in_channels
+    base = {
+        "model": name,
+        "size": args.size,
+        "batch": args.batch,
+        "autocast": str(dtype),
+        **environment(device),
+    }
+
+    def forward_backward() -> None:
+        with autocast(device, dtype):
+            model(x).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def forward_input_backward() -> None:
+        xi = x.clone().requires_grad_(True)
+        with autocast(device, dtype):
+            torch.autograd.grad(model(xi).sum(), xi)
+
+    def forward_chunk() -> None:
+        with torch.no_grad(), autocast(device, dtype):
+            model(chunk)
+
+    fb = timed(forward_backward, device, args.repeats)
+    for method_name in args.methods:
+        options = {}
+        if method_name in FORWARD_ONLY:
+            options["batch_size"] = args.score_batch
+        if method_name == "opticam":
+            options["max_iter"] = args.opticam_iterations
+        method = saliency.get(method_name)(model, **options)
+
+        def run(method=method) -> None:
+            with autocast(device, dtype):
+                method(x)
+
+        gradient = method_name in GRADIENT
+        seconds = timed(run, device, args.repeats if gradient else 1, warmup=1 if gradient else 0)
+        record = {**base, "method": method_name, "seconds": round(seconds, 4)}
+        if gradient:
+            record.update(reference="forward+backward", reference_seconds=round(fb, 4), target=1.1)
+        elif method_name == "opticam":
+            iters = int(method.iterations.max())
+            per_iter = timed(forward_input_backward, device, args.repeats)
+            record.update(
+                reference=f"{iters} x forward+input-backward",
+                target=1.2,
+                reference_seconds=round(per_iter * iters, 4),
+                iterations=iters,
+            )
+        else:
+            images = args.batch * channels * (2 if method_name == "sacam" else 1)
+            chunks = -(-images // args.score_batch)
+            one = timed(forward_chunk, device, 1)
+            record.update(
+                reference=f"{chunks} forwards of {args.score_batch} images",
+                target=1.2,
+                reference_seconds=round(one * chunks, 4),
+                masked_images=images,
+            )
+        record["ratio"] = round(record["seconds"] / record["reference_seconds"], 3)
+        emit(record)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--methods", nargs="+", default=[*GRADIENT, "opticam", *FORWARD_ONLY])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--score-batch", type=int, default=128, help="images per forward of Score/Ablation/SA-CAM"
+    )
+    parser.add_argument("--opticam-iterations", type=int, default=100)
+    parser.add_argument("--autocast", choices=["none", "bf16", "both"], default="none")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    for name in args.models:
+        for dtype in {"none": [None], "bf16": [torch.bfloat16], "both": [None, torch.bfloat16]}[
+            args.autocast
+        ]:
+            bench_model(name, dtype, args, device)
+
+
+if __name__ == "__main__":
+    main()

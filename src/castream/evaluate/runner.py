@@ -1,0 +1,316 @@
+"""The evaluation runner: model x pooling x saliency method over a dataset, every metric per image.
+
+Work is cut into fixed batches of images (a seeded selection of the evaluation split, in order). Batch
+``b`` belongs to process ``b % world``, so every image is computed in the same batch as in a
+single-process run and gets bit-identical values. Each finished batch appends its per-image records to
+the process's shard file (``<out>/shards/<cell>.rank<r>.jsonl``) in one flushed, fsync'ed write; a
+re-run of the same command skips finished batches, so an interrupted run (Ctrl-C, kill) loses no
+finished image. Rank 0 merges all shards into the report when every process is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .. import metrics
+from ..data import collate, eval_transform
+from ..data.registry import is_multilabel, open_dataset
+from ..models import build_model, load_weights, replace_head
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..saliency import get as get_method
+from ..stream import StreamModel, load_stream
+from ..train.loop import distributed
+
+METRIC_GROUPS = ("recognition", "insertion", "deletion", "localization", "aopc", "max-sensitivity", "adcc")
+DEFAULT_METRICS = ("recognition", "insertion", "deletion", "localization")
+
+
+@dataclass
+class EvalConfig:
+    """Everything an evaluation depends on; recorded in results.json and checked when resuming."""
+
+    model: str
+    data: str
+    out: str
+    weights: str | None = None
+    checkpoint: str | None = None
+    stream: str | None = None
+    poolings: tuple[str, ...] = ("gap", "ca")
+    methods: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam")
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    protocol: str = "thesis"
+    images: int | None = None
+    batch_size: int = 8
+    metric_batch: int = 64
+    size: int = 224
+    resize: int | None = None  # eval resize before the centre crop (default size * 256 / 224)
+    seed: int = 0
+    method_options: dict = field(default_factory=dict)
+    boxes: str | None = None  # ImageNet bounding-box XML folder
+    compare: dict = field(default_factory=dict)  # label -> checkpoint of more models of the same architecture
+
+    def __post_init__(self) -> None:
+        for name, allowed, values in (
+            ("pooling", ("gap", "ca"), self.poolings),
+            ("metric", METRIC_GROUPS, self.metrics),
+        ):
+            unknown = sorted(set(values) - set(allowed))
+            if unknown:
+                raise ValueError(f"unknown {name} {unknown}; expected a subset of {list(allowed)}")
+        if "ca" in self.poolings and not self.stream:
+            raise ValueError("pooling 'ca' needs a trained stream checkpoint (stream=...)")
+        if self.protocol not in metrics.PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {list(metrics.PROTOCOLS)}")
+        for method in self.methods:
+            get_method(method)
+        self.poolings, self.methods, self.metrics = (
+            tuple(self.poolings),
+            tuple(self.methods),
+            tuple(self.metrics),
+        )
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def fingerprint(self) -> dict:
+        """What must not change between an interrupted run and its resumption."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("out",)}
+
+
+def load_classifier(name: str, classes: int, weights: str | None, checkpoint: str | None) -> nn.Module:
+    """The classifier to explain, with ``classes`` outputs, from pretrained or local weights."""
+    from ..backbones import describe
+
+    model = build_model(name, weights=weights) if weights else build_model(name, num_classes=classes)
+    if weights and describe(model).num_classes != classes:
+        model = replace_head(model, classes)
+    return load_weights(model, checkpoint) if checkpoint else model
+
+
+def _cell(label: str, pooling: str, method: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "_." else "_" for c in label)
+    return f"{safe}-{pooling}-{method.replace('+', 'p')}"
+
+
+class Runner:
+    """``Runner(config).run()`` evaluates every cell and writes the report into ``config.out``."""
+
+    def __init__(self, config: EvalConfig, *, progress: bool = True, log=print) -> None:
+        self.config, self.progress, self.log = config, progress, log
+        self.out = Path(config.out)
+        self.rank, self.world, self.device = distributed()
+        self.preprocess = Preprocess(IMAGENET_MEAN, IMAGENET_STD)
+        options = {"boxes": config.boxes} if config.boxes else {}
+        self.dataset = open_dataset(
+            config.data, "eval", eval_transform(config.size, resize=config.resize), **options
+        )
+        self.multilabel = is_multilabel(self.dataset)
+        self.indices = self._selection()
+        classes = len(self.dataset.classes)
+        backbone = load_classifier(config.model, classes, config.weights, config.checkpoint)
+        model = load_stream(backbone, config.stream) if config.stream else backbone
+        self.models = {config.model: model.to(self.device).eval()}
+        for label, checkpoint in config.compare.items():
+            if label in self.models:
+                raise ValueError(f"model label {label!r} is used twice")
+            self.models[label] = (
+                load_classifier(config.model, classes, None, checkpoint).to(self.device).eval()
+            )
+
+    def cells(self) -> list[tuple[str, str, str]]:
+        """(model label, pooling, method) of every cell: CA pooling only for models with a stream."""
+        return [
+            (label, pooling, method)
+            for label, model in self.models.items()
+            for pooling in self.config.poolings
+            if pooling == "gap" or isinstance(model, StreamModel)
+            for method in self.config.methods
+        ]
+
+    def poolings(self, label: str) -> list[str]:
+        return [p for p in self.config.poolings if p == "gap" or isinstance(self.models[label], StreamModel)]
+
+    def _selection(self) -> list[int]:
+        count = (
+            len(self.dataset) if self.config.images is None else min(self.config.images, len(self.dataset))
+        )
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed))
+        return sorted(order[:count].tolist())
+
+    def batches(self) -> list[list[int]]:
+        size = self.config.batch_size
+        return [self.indices[i : i + size] for i in range(0, len(self.indices), size)]
+
+    def forward_kwargs(self, label: str, pooling: str) -> dict:
+        return {"pooling": pooling} if isinstance(self.models[label], StreamModel) else {}
+
+    # -- shards ------------------------------------------------------------------------------------------
+    def _shard(self, cell: str) -> Path:
+        return self.out / "shards" / f"{cell}.rank{self.rank}.jsonl"
+
+    def finished(self, cell: str) -> set[int]:
+        """Image indices with a record in any shard of ``cell`` (every process's, so the world size may
+        change between runs)."""
+        done = set()
+        for path in (self.out / "shards").glob(f"{cell}.rank*.jsonl"):
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a torn last line from a kill during write
+                    continue
+                done.update(r["index"] for r in record["images"])
+        return done
+
+    def _append(self, cell: str, record: dict) -> None:
+        path = self._shard(cell)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _check_config(self) -> None:
+        path = self.out / "config.json"
+        current = self.config.fingerprint()
+        if path.exists():
+            stored = json.loads(path.read_text())
+            differences = [
+                f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in current.items() if stored.get(k) != v
+            ]
+            if differences:
+                raise ValueError(
+                    f"{self.out} holds results of another evaluation ({'; '.join(differences)}); "
+                    "use another --out"
+                )
+        elif self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(current, indent=1))
+
+    def build_method(self, name: str, label: str, pooling: str):
+        """The saliency method ``name`` explaining model ``label`` through ``pooling``, with its options."""
+        options = dict(self.config.method_options.get(name, {}))
+        cls = get_method(name)
+        if cls.masks_input:
+            options.setdefault("preprocess", self.preprocess)
+        return cls(self.models[label], forward_kwargs=self.forward_kwargs(label, pooling), **options)
+
+    # -- work ----------------------------------------------------------------------------------------------
+    def _load(self, indices: list[int]):
+        batch = collate([self.dataset[i] for i in indices])
+        if batch.skipped:
+            raise ValueError(f"{batch.skipped} unreadable image(s) among evaluation indices {indices}")
+        return batch.images.to(self.device), batch.labels.to(self.device), batch.targets
+
+    def _targets(self, labels: Tensor, logits: Tensor) -> Tensor:
+        """The ground-truth class; for multi-label images the positive class with the highest logit."""
+        if labels.dim() == 1:
+            return labels
+        return logits.masked_fill(labels == 0, float("-inf")).argmax(dim=1)
+
+    def _my_batches(self) -> Iterator[tuple[int, list[int]]]:
+        for b, indices in enumerate(self.batches()):
+            if b % self.world == self.rank:
+                yield b, indices
+
+    def evaluate_accuracy(self, label: str, pooling: str) -> None:
+        cell = _cell(label, pooling, "accuracy")
+        done = self.finished(cell)
+        for _, indices in self._my_batches():
+            if set(indices) <= done:
+                continue
+            images, labels, _ = self._load(indices)
+            with torch.no_grad():
+                logits = self.models[label](images, **self.forward_kwargs(label, pooling)).float()
+            if self.multilabel:
+                rows = [
+                    {"index": i, "scores": s.tolist(), "labels": y.tolist()}
+                    for i, s, y in zip(indices, logits, labels)
+                ]
+            else:
+                correct = metrics.accuracy(logits, labels)
+                rows = [{"index": i, "accuracy": float(c)} for i, c in zip(indices, correct)]
+            self._append(cell, {"images": rows})
+
+    def evaluate_cell(self, label: str, pooling: str, method_name: str) -> None:
+        from tqdm import tqdm
+
+        config, cell = self.config, _cell(label, pooling, method_name)
+        done = self.finished(cell)
+        model, kwargs = self.models[label], self.forward_kwargs(label, pooling)
+        method = self.build_method(method_name, label, pooling)
+        todo = [(b, idx) for b, idx in self._my_batches() if not set(idx) <= done]
+        shared = {"preprocess": self.preprocess, "batch_size": config.metric_batch, "forward_kwargs": kwargs}
+        for _, indices in tqdm(
+            todo, desc=cell, disable=not self.progress or self.rank or not todo, leave=False
+        ):
+            images, labels, targets_meta = self._load(indices)
+            with torch.no_grad():
+                logits = model(images, **kwargs).float()
+            targets = self._targets(labels, logits)
+            start = time.perf_counter()
+            maps = method(images, targets)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            values = self._metrics(model, method, maps, images, targets, logits, targets_meta, shared)
+            rows = []
+            for j, index in enumerate(indices):
+                row = {"index": index}
+                for name, v in values.items():
+                    row[name] = v[j].tolist() if isinstance(v, Tensor) else v[j]
+                rows.append(row)
+            self._append(cell, {"images": rows, "seconds": seconds, "batch": len(indices)})
+
+    def _metrics(self, model, method, maps, images, targets, logits, targets_meta, shared) -> dict:
+        config, out = self.config, {}
+        if "recognition" in config.metrics:
+            r = metrics.recognition(model, images, maps, targets, **shared)
+            out.update(ad=r["drop"], ag=r["gain"], ai=r["increase"])
+        for kind in ("insertion", "deletion"):
+            if kind in config.metrics:
+                auc, curves = getattr(metrics, kind)(
+                    model, images, maps, targets, protocol=config.protocol, return_curves=True, **shared
+                )
+                out[kind] = auc
+                out[f"{kind}_curve"] = curves.probabilities.round(decimals=5)
+        if "aopc" in config.metrics:
+            out["aopc"] = metrics.aopc(model, images, maps, targets, seed=config.seed, **shared)
+        if "max-sensitivity" in config.metrics:
+            out["max_sensitivity"] = metrics.max_sensitivity(method, images, targets, seed=config.seed)
+        if "adcc" in config.metrics:
+            a = metrics.adcc(method, model, images, targets, preprocess=self.preprocess)
+            out.update(adcc=a["adcc"], coherency=a["coherency"], complexity=a["complexity"])
+        if "localization" in config.metrics:
+            boxes = [t["boxes"] for t in targets_meta]
+            probabilities = logits.softmax(1).gather(1, targets[:, None]).squeeze(1)
+            loc = metrics.localization(maps, boxes, targets, logits.argmax(1), probabilities)
+            out.update({k: v for k, v in loc.items() if k != "valid"})
+            out["boxacc"] = metrics.threshold_ious(maps, boxes)
+        return out
+
+    def run(self) -> dict | None:
+        """Evaluate every cell (resuming), then rank 0 writes and returns the report."""
+        from .report import write_report
+
+        self._check_config()
+        for label in self.models:
+            for pooling in self.poolings(label):
+                self.evaluate_accuracy(label, pooling)
+        for label, pooling, method in self.cells():
+            self.evaluate_cell(label, pooling, method)
+            if self.rank == 0:
+                self.log(f"{label} {pooling} {method}: done")
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if self.rank != 0:
+            return None
+        return write_report(self)
