@@ -283,6 +283,10 @@ def test_evaluation_config_errors(artifacts, tmp_path):
                 "1",
             ],
         ),
+        (
+            "gradreg",
+            ["--model", "cifar_resnet18", "--size", "32", "--batch", "4", "--classes", "5", "--repeats", "1"],
+        ),
     ],
 )
 def test_benchmarks_run_and_print_json(name, args, capsys):

@@ -7,11 +7,16 @@ backward that passes only *positive* gradients, and only where the input was in 
 range. It works through a ``torch.overrides.TorchFunctionMode`` that intercepts these calls, so no
 module is swapped, no hook is registered, and functional calls inside library blocks (e.g. torchvision
 ResNet's shared in-place ``relu``) are covered as well as modules.
+
+``with switchable_relu():`` records the same activations with :class:`SwitchableReLU`, whose backward is
+the standard one, or the guided one inside ``with guided_backward():``. One forward graph then gives
+both the guided and the standard input gradient (the gradient regularizer of thesis ch. 4 uses it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +24,8 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 
-class GuidedReLU(torch.autograd.Function):
-    """``clamp(x, low, high)`` whose backward is ``ReLU(grad) * 1[low < x < high]``."""
+class _ClampedActivation(torch.autograd.Function):
+    """``clamp(x, low, high)`` that keeps the mask of its linear range for a custom backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, low: float, high: float | None) -> Tensor:
@@ -28,10 +33,38 @@ class GuidedReLU(torch.autograd.Function):
         ctx.save_for_backward(open_)
         return x.clamp(min=low, max=high)
 
+
+class GuidedReLU(_ClampedActivation):
+    """Backward ``ReLU(grad) * 1[low < x < high]``: positive gradients through the linear range only."""
+
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (open_,) = ctx.saved_tensors
         return grad.clamp(min=0) * open_, None, None
+
+
+# A process-wide switch, not a context variable: CUDA backward passes run on autograd worker threads.
+_GUIDED = [False]
+
+
+@contextlib.contextmanager
+def guided_backward() -> Iterator[None]:
+    """Backward passes run inside this block treat every :class:`SwitchableReLU` as guided."""
+    previous, _GUIDED[0] = _GUIDED[0], True
+    try:
+        yield
+    finally:
+        _GUIDED[0] = previous
+
+
+class SwitchableReLU(_ClampedActivation):
+    """Backward ``grad * 1[low < x < high]`` (the true gradient, twice differentiable), or the guided
+    rule inside :func:`guided_backward`."""
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (open_,) = ctx.saved_tensors
+        return (grad.clamp(min=0) if _GUIDED[0] else grad) * open_, None, None
 
 
 _RELU = {F.relu, torch.relu, Tensor.relu}
@@ -56,8 +89,10 @@ def _bounds(func, args: tuple, kwargs: dict) -> tuple[float, float | None, bool]
     return None
 
 
-class guided_relu(TorchFunctionMode):
-    """Context manager: ReLU-type activations backpropagate guided gradients. ``calls`` counts them."""
+class _ActivationMode(TorchFunctionMode):
+    """Computes ReLU-type calls with ``function`` while active; ``calls`` counts them."""
+
+    function: type[_ClampedActivation]
 
     def __init__(self) -> None:
         super().__init__()
@@ -72,8 +107,30 @@ class guided_relu(TorchFunctionMode):
         self.calls += 1
         low, high, in_place = bounds
         x = args[0]
-        out = GuidedReLU.apply(x, low, high)
+        out = self.function.apply(x, low, high)
         return x.copy_(out) if in_place else out
+
+
+def require_activations(mode: _ActivationMode) -> None:
+    """Guided backpropagation needs at least one ReLU-type activation in the forward."""
+    if mode.calls == 0:
+        raise ValueError(
+            "the model has no ReLU-type activation (ReLU, ReLU6, hardtanh at 0): guided backpropagation "
+            "is undefined for it"
+        )
+
+
+class guided_relu(_ActivationMode):
+    """Context manager: ReLU-type activations backpropagate guided gradients."""
+
+    function = GuidedReLU
+
+
+class switchable_relu(_ActivationMode):
+    """Context manager: ReLU-type activations backpropagate the standard gradient, or the guided one
+    inside :func:`guided_backward`."""
+
+    function = SwitchableReLU
 
 
 def guided_gradient(
@@ -89,11 +146,7 @@ def guided_gradient(
     with torch.enable_grad():
         with guided_relu() as mode:
             logits = forward(x)
-        if mode.calls == 0:
-            raise ValueError(
-                "the model has no ReLU-type activation (ReLU, ReLU6, hardtanh at 0): guided "
-                "backpropagation is undefined for it"
-            )
+        require_activations(mode)
         t = targets(logits) if callable(targets) else targets
         (grad,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), x)
     return grad

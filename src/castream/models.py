@@ -13,11 +13,36 @@ from torch import nn
 from .utils import atomic_write
 
 
+def cifar_resnet18(num_classes: int = 100) -> nn.Module:
+    """ResNet-18 for 32 x 32 inputs (thesis §4.3.1): torchvision's network with a 3x3 stride-1 first
+    convolution and no max-pool, so stages run at 32, 16, 8 and 4 pixels."""
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def cifar_mobilenet_v2(num_classes: int = 100) -> nn.Module:
+    """MobileNet-V2 for 32 x 32 inputs (thesis §4.3.1): torchvision's network with a stride-1 first
+    convolution, so the last feature map is 2 x 2 instead of 1 x 1."""
+    model = torchvision.models.mobilenet_v2(num_classes=num_classes)
+    model.features[0][0].stride = (1, 1)
+    return model
+
+
+CIFAR_MODELS = {"cifar_resnet18": cifar_resnet18, "cifar_mobilenet_v2": cifar_mobilenet_v2}
+
+
 def build_model(name: str, *, num_classes: int | None = None, weights: str | None = None) -> nn.Module:
-    """A torchvision model by name (``resnet50``), or a timm one with the ``timm:`` prefix
-    (``timm:convnext_tiny``). ``weights`` (e.g. ``"IMAGENET1K_V1"``, or ``"pretrained"`` for timm) is the
-    only path that downloads; without it the model has random weights."""
+    """A torchvision model by name (``resnet50``), a timm one with the ``timm:`` prefix
+    (``timm:convnext_tiny``), or a CIFAR variant (``cifar_resnet18``, ``cifar_mobilenet_v2``).
+    ``weights`` (e.g. ``"IMAGENET1K_V1"``, or ``"pretrained"`` for timm) is the only path that downloads;
+    without it the model has random weights."""
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if name in CIFAR_MODELS:
+        if weights:
+            raise ValueError(f"{name} has no pretrained weights")
+        return CIFAR_MODELS[name](**kwargs)
     if name.startswith("timm:"):
         try:
             import timm

@@ -24,11 +24,13 @@ QUICK = {
     ],
     "causal": ["--model", "resnet18", "--size", "64", "--images", "2", "--batch-sizes", "64", "128"],
     "train": ["--model", "resnet18", "--size", "64", "--batch", "32", "--synthetic-images", "400"],
+    "gradreg": ["--model", "cifar_resnet18", "--size", "32", "--batch", "32"],
 }
 FULL = {
     "saliency": ["--models", "resnet18", "resnet50", "--size", "224", "--batch", "8"],
     "causal": ["--model", "resnet50", "--size", "224", "--images", "2"],
     "train": ["--model", "resnet50", "--size", "224", "--batch", "32"],
+    "gradreg": ["--model", "cifar_resnet18", "--size", "32", "--batch", "128"],
 }
 
 

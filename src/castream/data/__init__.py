@@ -16,7 +16,7 @@ from .datasets import (
     voc_boxes,
 )
 from .synthetic import SyntheticShapes
-from .transforms import eval_transform, train_transform
+from .transforms import cifar_train_transform, eval_transform, train_transform
 
 __all__ = [
     "CIFAR100",
@@ -30,6 +30,7 @@ __all__ = [
     "ImageNet",
     "Sample",
     "SyntheticShapes",
+    "cifar_train_transform",
     "collate",
     "eval_transform",
     "synthetic",

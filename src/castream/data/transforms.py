@@ -60,3 +60,17 @@ def eval_transform(
     normalize (``boxes=False`` for a bare image without a target)."""
     resize = resize or round(size * 256 / 224)
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_finish(mean, std, boxes)])
+
+
+def cifar_train_transform(
+    size: int = 32,
+    *,
+    padding: int = 4,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """The CIFAR recipe (thesis §4.3.1): RandomCrop(size, padding) + RandomHorizontalFlip + normalization.
+    ImageNet statistics by default, so the evaluation's Preprocess needs no change."""
+    return v2.Compose(
+        [v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip(), *_finish(mean, std, True)]
+    )

@@ -90,7 +90,8 @@ class Recipe:
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module().parameters() if p.requires_grad]
 
-    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """The loss to minimize, optionally with named terms to log (per-epoch means)."""
         raise NotImplementedError
 
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
@@ -379,6 +380,7 @@ class Trainer:
         loader = self._loader(self.epoch)
         accumulate = loader.batch_sampler.accumulate
         totals = torch.zeros(3, device=self.device)  # loss sum, samples, skipped
+        logged: dict[str, Tensor] = {}  # size-weighted sums of the recipe's extra loss terms
         bar = tqdm(
             loader,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
@@ -398,9 +400,12 @@ class Trainer:
             with sync:  # DDP: no gradient all-reduce until the last micro-step of a global batch
                 with self._autocast():
                     loss = self.recipe.loss(self.model, batch)
+                loss, terms = loss if isinstance(loss, tuple) else (loss, {})
                 self.scaler.scale(loss / accumulate).backward()
             size = len(batch.images)
             totals += torch.tensor([float(loss.detach()) * size, size, batch.skipped], device=self.device)
+            for name, value in terms.items():
+                logged[name] = logged.get(name, 0) + value.detach().float() * size
             if not last:
                 continue
             self.scaler.step(self.optimizer)
@@ -416,7 +421,10 @@ class Trainer:
             if self.config.max_steps is not None and self.global_step >= self.config.max_steps:
                 raise _StopTraining
         all_reduce_sum(totals)
-        return {"train_loss": float(totals[0] / totals[1].clamp(min=1)), "skipped": int(totals[2])}
+        record = {"train_loss": float(totals[0] / totals[1].clamp(min=1)), "skipped": int(totals[2])}
+        for name in sorted(logged):
+            record[f"train_{name}"] = float(all_reduce_sum(logged[name]) / totals[1].clamp(min=1))
+        return record
 
     def fit(self) -> list[dict]:
         self._build()
