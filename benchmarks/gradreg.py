@@ -1,7 +1,4 @@
-"""Gradient-regularized training step vs a standard step (thesis ch. 4): target ratio ≤ 3.0.
-
-python benchmarks/gradreg.py --model cifar_resnet18 --size 32 --batch 128
-"""
+"""Speed benchmark: see castream.bench.gradreg (options: python benchmarks/gradreg.py --help)."""
 
 from castream.bench.gradreg import main
 

@@ -1,8 +1,4 @@
-"""CA-Stream training step vs the backbone's inference forward on the same batch (target ≤ 1.3), and the
-synthetic benchmark's generation throughput (images/s).
-
-    python benchmarks/train.py --model resnet50 --size 224 --batch 32
-"""
+"""Speed benchmark: see castream.bench.train (options: python benchmarks/train.py --help)."""
 
 from castream.bench.train import main
 

@@ -63,7 +63,7 @@ def test_synthetic_is_deterministic_cached_and_consistent(tmp_path):
             target["mask"], target_m["mask"]
         )
         boxes, mask = target["boxes"], target["mask"]
-        assert 1 <= len(boxes) <= 3 and mask.shape == (48, 48)
+        assert len(boxes) in (1, 2, 3) and mask.shape == (48, 48)
         covered = torch.zeros_like(mask, dtype=torch.bool)
         for x0, y0, x1, y1 in boxes.long().tolist():
             assert mask[y0:y1, x0:x1].any()  # every box holds evidence

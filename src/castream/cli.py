@@ -247,29 +247,19 @@ def _add_train(sub) -> None:
         **SUBCOMMAND,
     )
     recipes = p.add_subparsers(dest="recipe", metavar="RECIPE", required=True)
-    c = recipes.add_parser(
-        "classifier", help="train a classifier", description=_train_classifier.__doc__, **SUBCOMMAND
-    )
-    _add_training_options(c)
-    c.set_defaults(func=_train_classifier)
-    s = recipes.add_parser(
-        "stream",
-        help="train a CA-Stream on a frozen classifier",
-        description=_train_stream.__doc__,
-        **SUBCOMMAND,
-    )
-    _add_training_options(s)
+
+    def recipe(name: str, help: str, func) -> argparse.ArgumentParser:
+        parser = recipes.add_parser(name, help=help, description=func.__doc__, **SUBCOMMAND)
+        _add_training_options(parser)
+        parser.set_defaults(func=func)
+        return parser
+
+    recipe("classifier", "train a classifier", _train_classifier)
+    s = recipe("stream", "train a CA-Stream on a frozen classifier", _train_stream)
     s.add_argument("--block", choices=["ca", "proj"], default="ca")
     s.add_argument("--start", type=int, default=0, help="placement S_k-S_L")
     s.add_argument("--class-specific", action="store_true", help="one query per class")
-    s.set_defaults(func=_train_stream)
-    g = recipes.add_parser(
-        "gradreg",
-        help="train a classifier with the interpretable-gradient regularizer",
-        description=_train_gradreg.__doc__,
-        **SUBCOMMAND,
-    )
-    _add_training_options(g)
+    g = recipe("gradreg", "train a classifier with the interpretable-gradient regularizer", _train_gradreg)
     g.add_argument(
         "--error",
         choices=["cosine", "mae", "mse", "histogram"],
@@ -278,7 +268,6 @@ def _add_train(sub) -> None:
     )
     g.add_argument("--lam", type=float, default=7.5e-3, help="regularization weight λ (thesis Table 4.3)")
     g.set_defaults(
-        func=_train_gradreg,
         model="cifar_resnet18",
         size=32,
         augment="cifar",

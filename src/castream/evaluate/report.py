@@ -62,13 +62,13 @@ def _aggregate(rows: dict[int, dict], seed: int) -> metrics.Aggregator:
     return agg
 
 
-def _fmt(entry: dict | None, percent: bool, ci: bool = True) -> str:
+def _fmt(entry: dict | None, percent: bool) -> str:
+    """``mean [low, high]``: a percentage with 2 decimals, or a raw value with 3."""
     if entry is None or entry["n"] == 0:
         return "–"
-    scale = 100 if percent else 1
-    digits = 2 if percent else 3
-    text = f"{entry['mean'] * scale:.{digits}f}"
-    return f"{text} ({entry['low'] * scale:.{digits}f}–{entry['high'] * scale:.{digits}f})" if ci else text
+    scale, digits = (100, 2) if percent else (1, 3)
+    mean, low, high = (entry[k] * scale for k in ("mean", "low", "high"))
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _accuracy(runner, label: str, pooling: str) -> dict:
@@ -180,7 +180,7 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str])
         acc = row["accuracy"]
         value = f"{acc['value'] * 100:.2f}"
         if "low" in acc:
-            value += f" ({acc['low'] * 100:.2f}–{acc['high'] * 100:.2f})"
+            value += f" [{acc['low'] * 100:.2f}, {acc['high'] * 100:.2f}]"
         lines.append(
             f"| {row['model']} | {POOLING_NAMES[row['pooling']]} | {row['gflops']:.3f} | "
             f"{row['parameters'] / 1e6:.2f}M | {value} |"

@@ -111,22 +111,49 @@ def _causal(
     return (auc, Curves(fractions, curves, protocol)) if return_curves else auc
 
 
-def insertion(
-    model: nn.Module,
-    images: Tensor,
-    maps: Tensor,
-    targets=None,
-    *,
-    preprocess: Preprocess | None = None,
-    protocol: str = "thesis",
-    step: int | None = None,
-    baseline: str | Tensor | None = None,
-    batch_size: int | None = None,
-    return_curves: bool = False,
-    normalize: bool = False,
-    output=None,
-    forward_kwargs: dict | None = None,
-):
+def _causal_metric(kind: str, doc: str):
+    """Build :func:`insertion` / :func:`deletion`: one signature, documented once."""
+
+    def metric(
+        model: nn.Module,
+        images: Tensor,
+        maps: Tensor,
+        targets=None,
+        *,
+        preprocess: Preprocess | None = None,
+        protocol: str = "thesis",
+        step: int | None = None,
+        baseline: str | Tensor | None = None,
+        batch_size: int | None = None,
+        return_curves: bool = False,
+        normalize: bool = False,
+        output=None,
+        forward_kwargs: dict | None = None,
+    ):
+        return _causal(
+            kind,
+            model,
+            images,
+            maps,
+            targets,
+            preprocess=preprocess,
+            protocol=protocol,
+            step=step,
+            baseline=baseline,
+            batch_size=batch_size,
+            return_curves=return_curves,
+            normalize=normalize,
+            output=output,
+            forward_kwargs=forward_kwargs,
+        )
+
+    metric.__name__ = metric.__qualname__ = kind
+    metric.__doc__ = doc
+    return metric
+
+
+insertion = _causal_metric(
+    "insertion",
     """Insertion AUC per image (B,) in [0, 1] (thesis Algorithm 1).
 
     Start from ``baseline`` (the protocol's: a Gaussian blur of the image, kernel 11, σ 5 for
@@ -134,61 +161,16 @@ def insertion(
     (stable tie-breaking), ``step`` pixels at a time (default ``ceil(H*W/224)``, or ``ceil(H*W/28)`` for
     ``"authors-code"``). The curve is the target probability against the fraction of pixels inserted
     (0 and 1 included); the AUC is the trapezoid rule. All steps of all images run in batched forwards of
-    ``batch_size`` images. ``return_curves=True`` returns ``(auc, Curves)``.
-    """
-    return _causal(
-        "insertion",
-        model,
-        images,
-        maps,
-        targets,
-        preprocess=preprocess,
-        protocol=protocol,
-        step=step,
-        baseline=baseline,
-        batch_size=batch_size,
-        return_curves=return_curves,
-        normalize=normalize,
-        output=output,
-        forward_kwargs=forward_kwargs,
-    )
+    ``batch_size`` images. ``return_curves=True`` returns ``(auc, Curves)``. Higher is better.
+    """,
+)
 
-
-def deletion(
-    model: nn.Module,
-    images: Tensor,
-    maps: Tensor,
-    targets=None,
-    *,
-    preprocess: Preprocess | None = None,
-    protocol: str = "thesis",
-    step: int | None = None,
-    baseline: str | Tensor | None = None,
-    batch_size: int | None = None,
-    return_curves: bool = False,
-    normalize: bool = False,
-    output=None,
-    forward_kwargs: dict | None = None,
-):
+deletion = _causal_metric(
+    "deletion",
     """Deletion AUC per image (B,) in [0, 1] (thesis Algorithm 2): the most salient pixels are set to the
     ``baseline`` first (black in pixel space for ``"thesis"``, the dataset mean colour for
-    ``"authors-code"``); otherwise as :func:`insertion`. Lower is better."""
-    return _causal(
-        "deletion",
-        model,
-        images,
-        maps,
-        targets,
-        preprocess=preprocess,
-        protocol=protocol,
-        step=step,
-        baseline=baseline,
-        batch_size=batch_size,
-        return_curves=return_curves,
-        normalize=normalize,
-        output=output,
-        forward_kwargs=forward_kwargs,
-    )
+    ``"authors-code"``); otherwise as :func:`insertion`. Lower is better.""",
+)
 
 
 def region_masks(maps: Tensor, patch_size: int, regions: int) -> Tensor:

@@ -80,12 +80,12 @@ class SaliencyMethod:
     def output(self) -> OutputSelector:
         return self._logits.output
 
-    # -- context manager: nothing persists between calls, so exiting only drops references ----------
+    # -- context manager: hooks exist only during a call, so there is nothing to release on exit ----
     def __enter__(self) -> SaliencyMethod:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.layers = []
+        return None
 
     def __repr__(self) -> str:
         layers = ", ".join(n for n, _ in self.layers)
@@ -166,14 +166,15 @@ class SaliencyMethod:
                     raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
                 if name in store:
                     raise RuntimeError(f"layer {name!r} ran twice in one forward; choose another layer")
-                if replace is not None and name in replace:
-                    output = replace[name](output)
+                if replace is not None and name in replace:  # substituted activations (Ablation-CAM)
+                    store[name] = replace[name](output)
+                    return store[name]
                 if track_grad:
                     leaf = output if output.requires_grad else output.detach().requires_grad_(True)
                     store[name] = leaf
                     return leaf.clone()
-                store[name] = output.clone()
-                return output if replace is not None and name in replace else None
+                store[name] = output.clone()  # a later in-place op must not alter the stored activation
+                return None
 
             return hook
 
