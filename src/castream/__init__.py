@@ -20,6 +20,18 @@ from .stream import (
 )
 from .utils import count_flops, count_parameters
 
+_LAZY = {"bench", "data", "demo", "evaluate", "guided", "maps", "models", "train", "viz"}
+
+
+def __getattr__(name: str):
+    """Subpackages load on first use (``castream.data``, ``castream.train``, ...), keeping import light."""
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'castream' has no attribute {name!r}")
+
+
 try:
     __version__ = version("castream")
 except PackageNotFoundError:  # running from a source tree without installation
