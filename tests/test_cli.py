@@ -102,3 +102,38 @@ def test_synth_and_train_commands(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert err.startswith("castream train: error:") and "annotations.json" in err and "Traceback" not in err
+
+
+def test_ctrl_c_during_start_up_prints_one_line():
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from castream.cli import main; import sys; sys.exit(main(['bench', '--help']))",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.4)  # inside main(), while torch is being imported
+    if proc.poll() is not None:
+        pytest.skip("start-up finished before the signal could be sent")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "castream: interrupted", err
+
+
+def test_synth_refuses_a_foreign_folder(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert (
+        main(
+            ["synth", "--out", str(tmp_path), "--classes", "3", "--train", "2", "--val", "2", "--size", "32"]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "not a castream synthetic set" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -2,6 +2,7 @@
 
 import colorsys
 import json
+import os
 import pickle
 
 import numpy as np
@@ -19,6 +20,7 @@ from castream.data import (
     SyntheticShapes,
     collate,
     eval_transform,
+    synthetic,
     train_transform,
 )
 from castream.data.synthetic import SyntheticConfig, generate, render
@@ -48,6 +50,7 @@ def test_synthetic_is_deterministic_cached_and_consistent(tmp_path):
     b = generate(tmp_path / "b", classes=4, train=10, val=4, size=48, seed=3, workers=2)
     doc_a, doc_b = (json.loads((p / "annotations.json").read_text()) for p in (a, b))
     assert doc_a["splits"] == doc_b["splits"] and doc_a["classes"] == ["disc", "square", "triangle", "star"]
+    assert doc_a["format"] == synthetic.FORMAT
     mtime = (a / "annotations.json").stat().st_mtime_ns
     assert generate(a, classes=4, train=10, val=4, size=48, seed=3) == a  # cached
     assert (a / "annotations.json").stat().st_mtime_ns == mtime
@@ -59,32 +62,71 @@ def test_synthetic_is_deterministic_cached_and_consistent(tmp_path):
         image, label, target = data[i]
         image_m, label_m, target_m = memory[i]
         assert np.array_equal(np.asarray(image), np.asarray(image_m)) and label == label_m
-        assert torch.equal(target["boxes"], target_m["boxes"]) and torch.equal(
-            target["mask"], target_m["mask"]
-        )
-        boxes, mask = target["boxes"], target["mask"]
-        assert len(boxes) in (1, 2, 3) and mask.shape == (48, 48)
-        covered = torch.zeros_like(mask, dtype=torch.bool)
-        for x0, y0, x1, y1 in boxes.long().tolist():
-            assert mask[y0:y1, x0:x1].any()  # every box holds evidence
+        for key in ("boxes", "box_labels", "classes", "mask"):
+            assert torch.equal(target[key], target_m[key]), key
+        assert torch.equal(target["mask"].bool(), target["classes"] == label + 1)
+        assert (target["box_labels"] == label).any()  # the label's evidence is always visible
+
+
+def _interior(class_map: np.ndarray, value: int) -> np.ndarray:
+    """Pixels of ``value`` whose 3 x 3 neighbourhood is all ``value`` (no anti-aliased edge)."""
+    padded = np.pad(class_map == value, 1)
+    h, w = class_map.shape
+    return np.all(
+        [padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], 0
+    )
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3, 4, 5, 6, 7])
+def test_synthetic_class_maps_and_boxes_match_the_pixels(index):
+    config = synthetic.make_config(classes=6, size=64, scale=(0.16, 0.26), others=0.9, seed=1)
+    scene = render(config, "val", index)
+    pixels = scene.pixels.astype(np.float32) / 255
+    assert scene.label in scene.box_labels.tolist()
+    for c in np.unique(scene.box_labels):
+        inside = _interior(scene.classes, c + 1)
+        colours = scene.colours[scene.box_labels == c]
+        # an interior pixel of class c has the colour of one of c's instances (pixel noise: sigma 0.03)
+        distance = np.abs(pixels[inside][:, None, :] - colours[None]).max(-1).min(-1)
+        assert inside.sum() > 10 and np.quantile(distance, 0.99) < 0.15, (c, distance.max())
+        # every class-c pixel lies in one of c's boxes, and every box of c holds class-c pixels
+        covered = np.zeros_like(scene.classes, dtype=bool)
+        for x0, y0, x1, y1 in scene.boxes[scene.box_labels == c].astype(int):
+            assert (scene.classes[y0:y1, x0:x1] == c + 1).any()
             covered[y0:y1, x0:x1] = True
-        assert not (mask.bool() & ~covered).any()  # all evidence lies in the boxes
+        assert not ((scene.classes == c + 1) & ~covered).any()
+    # the label dominates: no other class shows more than DOMINANCE times its visible area
+    areas = np.bincount(scene.classes.ravel(), minlength=8)[1:]
+    assert all(areas[c] <= synthetic.DOMINANCE * areas[scene.label] for c in range(6) if c != scene.label)
 
 
-def _background_hue(pixels, mask):
-    rgb = pixels[mask == 0].reshape(-1, 3).mean(0) / 255
+def test_synthetic_other_classes_appear_as_documented():
+    def fraction(others):
+        config = synthetic.make_config(classes=6, size=64, scale=(0.16, 0.26), others=others)
+        scenes = [render(config, "train", i) for i in range(300)]
+        return np.mean([bool((s.box_labels != s.label).any()) for s in scenes])
+
+    assert fraction(0.0) == 0.0
+    # `others` is the probability that other instances are drawn; a few are dropped (no room, or they
+    # would rival the label: the dominance rule), so the observed share is a little lower (README)
+    assert 0.5 <= fraction(0.9) <= 0.9
+    assert 0.35 <= fraction(0.6) <= 0.6
+
+
+def _background_hue(pixels, class_map):
+    rgb = pixels[class_map == 0].reshape(-1, 3).mean(0) / 255
     return colorsys.rgb_to_hsv(*rgb)[0]
 
 
 def test_context_bias_makes_background_predictive():
     def nearest_centroid_accuracy(bias):
-        config = SyntheticConfig(classes=4, size=32, bias=bias, seed=0)
+        config = SyntheticConfig(classes=4, size=32, bias=bias, seed=0, others=0.0)
         feats, labels = [], []
         for i in range(240):
-            pixels, label, _, mask = render(config, "train", i)
-            hue = _background_hue(pixels, mask) * 2 * np.pi
+            scene = render(config, "train", i)
+            hue = _background_hue(scene.pixels, scene.classes) * 2 * np.pi
             feats.append([np.cos(hue), np.sin(hue)])
-            labels.append(label)
+            labels.append(scene.label)
         feats, labels = np.array(feats), np.array(labels)
         centroids = np.stack([feats[:120][labels[:120] == c].mean(0) for c in range(4)])
         predicted = ((feats[120:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
@@ -97,8 +139,39 @@ def test_context_bias_makes_background_predictive():
 def test_synthetic_bad_input(tmp_path):
     with pytest.raises(ValueError, match="classes must lie"):
         generate(tmp_path / "x", classes=13)
+    with pytest.raises(TypeError, match="classes must be an integer"):
+        generate(tmp_path / "x", classes=4.5)
+    with pytest.raises(ValueError, match="others must be a probability"):
+        generate(tmp_path / "x", others=1.5)
     with pytest.raises(FileNotFoundError, match=r"annotations\.json"):
         SyntheticShapes(tmp_path / "missing")
+
+
+def test_synthetic_never_touches_foreign_folders(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a castream synthetic set"):
+        generate(mine, classes=3, train=2, val=2, size=32, workers=1)
+    assert (mine / "thesis.tex").read_text() == "precious" and sorted(os.listdir(mine)) == ["thesis.tex"]
+    assert sorted(os.listdir(tmp_path)) == ["mine"]  # no temporary folder left behind
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert generate(empty, classes=3, train=2, val=2, size=32, workers=1) == empty
+    assert (empty / "annotations.json").is_file()
+
+
+def test_synthetic_old_format_is_refused_clearly(tmp_path):
+    root = generate(tmp_path / "s", classes=3, train=2, val=2, size=32, workers=1)
+    document = json.loads((root / "annotations.json").read_text())
+    (root / "annotations.json").write_text(json.dumps({**document, "format": "castream-synthetic/1"}))
+    with pytest.raises(ValueError, match="older castream"):
+        SyntheticShapes(root, "val")
+    with pytest.raises(ValueError, match="older castream"):
+        generate(root, classes=3, train=2, val=2, size=32, workers=1)
+    (root / "annotations.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"cannot read.*annotations\.json"):
+        SyntheticShapes(root, "val")
 
 
 def test_transforms_move_boxes_and_masks(tmp_path):
@@ -232,3 +305,44 @@ def test_layout_errors_name_what_was_expected(tmp_path):
         (tmp_path / "m" / "Images" / "c").mkdir(parents=True)
         write_image(tmp_path / "m" / "Images" / "c" / "i.jpg")
         MIT67(tmp_path / "m", "test")
+
+
+class _Payload:
+    """A pickle that would write a file when loaded (the attack the restricted unpickler blocks)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_cifar100_refuses_pickles_that_run_code(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    victim = tmp_path / "pwned.txt"
+    with open(folder / "train", "wb") as f:
+        pickle.dump({b"data": _Payload(victim), b"fine_labels": [1]}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [b"a"]}, f)
+    with pytest.raises(ValueError, match=r"train as an official CIFAR-100 file: refusing to load io\.open"):
+        CIFAR100(tmp_path, "train")
+    assert not victim.exists()
+    with open(folder / "train", "wb") as f:
+        pickle.dump([1, 2], f)
+    with pytest.raises(ValueError, match="expected a dict"):
+        CIFAR100(tmp_path, "train")
+
+
+def test_16_bit_images_keep_their_range_and_bombs_are_skipped(tmp_path, monkeypatch):
+    folder = tmp_path / "folder" / "a"
+    folder.mkdir(parents=True)
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024).astype(np.uint16)
+    Image.fromarray(ramp).save(folder / "deep.png")
+    image, _, _ = ImageFolder(tmp_path / "folder")[0]
+    pixels = np.asarray(image)
+    assert pixels.shape == (8, 8, 3) and pixels[0, 0, 0] == 0 and 240 <= pixels[7, 7, 0] <= 255
+    assert len(np.unique(pixels[..., 0])) == 64  # the ramp survives (convert("RGB") saturates it)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 64 px > 2 * 10: PIL's decompression-bomb error
+    with pytest.warns(UserWarning, match="deep.png"):
+        assert ImageFolder(tmp_path / "folder")[0] is None

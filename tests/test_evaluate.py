@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 
 import castream
@@ -15,7 +14,7 @@ from castream.cli import main
 from castream.data import SyntheticShapes, eval_transform, train_transform
 from castream.data.synthetic import generate
 from castream.evaluate import EvalConfig, Runner
-from castream.models import save_weights
+from castream.models import build_model, save_weights
 from castream.train import TrainConfig, train_stream
 
 
@@ -25,7 +24,7 @@ def artifacts(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     root = generate(tmp / "synth", classes=3, train=16, val=12, size=32, workers=1)
     torch.manual_seed(0)
-    classifier = torchvision.models.resnet18(num_classes=3)
+    classifier = build_model("resnet10_os16", num_classes=3)
     save_weights(classifier, tmp / "model.safetensors")
     model = castream.attach_stream(classifier, probe_size=32)
     train = SyntheticShapes(root, "train", transform=train_transform(32, scale=(0.6, 1.0)))
@@ -42,7 +41,7 @@ def artifacts(tmp_path_factory):
 
 def config(artifacts, out, **kw):
     base = dict(
-        model="resnet18",
+        model="resnet10_os16",
         data=f"synthetic:{artifacts['root']}",
         checkpoint=str(artifacts["checkpoint"]),
         stream=str(artifacts["stream"]),
@@ -67,7 +66,7 @@ def test_cli_end_to_end(artifacts, tmp_path, capsys):
         [
             "evaluate",
             "--model",
-            "resnet18",
+            "resnet10_os16",
             "--data",
             f"synthetic:{artifacts['root']}",
             "--checkpoint",
@@ -107,7 +106,9 @@ def test_cli_end_to_end(artifacts, tmp_path, capsys):
         assert (out / name).is_file(), name
     rows = read_csv(out / "results.csv")
     assert [(r["pooling"], r["method"]) for r in rows] == [
-        (p, m) for p in ("gap", "ca") for m in ("gradcam", "gradcam++", "scorecam", "opticam")
+        (p, m)
+        for p in ("gap", "ca")
+        for m in ("gradcam", "gradcam++", "scorecam", "opticam", "fakecam", "random")
     ]
     expected = {
         "ad",
@@ -141,10 +142,10 @@ def test_cli_end_to_end(artifacts, tmp_path, capsys):
     assert results["protocol"]["name"] == "thesis" and results["versions"]["castream"] == castream.__version__
     params = {m["pooling"]: m["parameters"] for m in results["models"]}
     assert (
-        params["ca"] > params["gap"] == castream.count_parameters(torchvision.models.resnet18(num_classes=3))
+        params["ca"] > params["gap"] == castream.count_parameters(build_model("resnet10_os16", num_classes=3))
     )
     markdown = (out / "results.md").read_text()
-    assert "| NETWORK | ATTRIBUTION | POOLING | AD↓ | AG↑ | AI↑ | I↑ | D↓ |" in markdown
+    assert "| NETWORK | ATTRIBUTION | POOLING | N | AD↓ | AG↑ | AI↑ | I↑ | D↓ |" in markdown
     assert "OM↓" in markdown and "GFLOPS" in markdown and "protocol `thesis`" in markdown
 
 
@@ -187,7 +188,12 @@ def _eval_worker(rank, world, init, cfg, queue):
 def test_two_process_evaluation_equals_single_process(artifacts, tmp_path):
     import torch.multiprocessing as mp
 
-    Runner(config(artifacts, tmp_path / "single"), progress=False).run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: CPU convolutions round differently with other thread counts
+    try:
+        Runner(config(artifacts, tmp_path / "single"), progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     init = f"file://{tmp_path / 'rendezvous'}"
@@ -198,7 +204,7 @@ def test_two_process_evaluation_equals_single_process(artifacts, tmp_path):
     assert sorted(queue.get(timeout=300) for _ in procs) == [0, 1]
     for p in procs:
         p.join(timeout=60)
-    assert len(list((tmp_path / "ddp" / "shards").glob("resnet18-gap-gradcam.rank*.jsonl"))) == 2
+    assert len(list((tmp_path / "ddp" / "shards").glob("resnet10_os16-gap-gradcam.rank*.jsonl"))) == 2
     assert read_csv(tmp_path / "ddp" / "results.csv") == read_csv(tmp_path / "single" / "results.csv")
 
 
@@ -250,7 +256,7 @@ def test_evaluation_config_errors(artifacts, tmp_path):
                 "--models",
                 "resnet18",
                 "--size",
-                "32",
+                "64",
                 "--batch",
                 "2",
                 "--methods",
@@ -303,9 +309,131 @@ def test_compare_models_side_by_side(artifacts, tmp_path):
     )
     Runner(cfg, progress=False).run()
     rows = {(r["model"], r["pooling"]): r for r in read_csv(tmp_path / "results.csv")}
-    assert set(rows) == {("resnet18", "gap"), ("resnet18", "ca"), ("same", "gap")}  # no stream for "same"
-    main_gap, same = rows[("resnet18", "gap")], rows[("same", "gap")]
+    assert set(rows) == {
+        ("resnet10_os16", "gap"),
+        ("resnet10_os16", "ca"),
+        ("same", "gap"),
+    }  # no stream for "same"
+    main_gap, same = rows[("resnet10_os16", "gap")], rows[("same", "gap")]
     assert {k: v for k, v in main_gap.items() if k != "model"} == {
         k: v for k, v in same.items() if k != "model"
     }
     assert "| same |" in (tmp_path / "results.md").read_text()
+
+
+def test_method_images_baselines_discrimination_and_paired_comparisons(artifacts, tmp_path):
+    cfg = config(
+        artifacts,
+        tmp_path,
+        methods=("gradcam", "scorecam"),
+        images=9,
+        method_images={"scorecam": 3},
+        metrics=("recognition", "localization", "discrimination"),
+        method_options={"random": {"grid": 2}},
+    )
+    assert cfg.methods == ("gradcam", "scorecam", "fakecam", "random")
+    results = Runner(cfg, progress=False).run()
+    images = {(c["pooling"], c["method"]): c["images"] for c in results["cells"]}
+    assert images[("gap", "scorecam")] == images[("ca", "scorecam")] == 3 and images[("ca", "random")] == 9
+    cell = next(c for c in results["cells"] if c["method"] == "gradcam")
+    assert {"discrimination", "energy_target", "sp_target", "sp"} <= set(cell["metrics"])
+    # the comparison is the paired bootstrap of the per-image rows of the two cells
+    from castream.evaluate.report import read_shards
+
+    gap, _ = read_shards(tmp_path, "resnet10_os16-gap-gradcam")
+    ca, _ = read_shards(tmp_path, "resnet10_os16-ca-gradcam")
+    common = sorted(gap)
+    expected = castream.metrics.paired_bootstrap(
+        torch.tensor([gap[i]["ad"] for i in common]), torch.tensor([ca[i]["ad"] for i in common]), seed=0
+    )
+    entry = next(e for e in results["comparisons"] if e["method"] == "gradcam")
+    assert entry["images"] == 9 and entry["metrics"]["ad"] == expected
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| NETWORK | ATTRIBUTION | POOLING | N | AD↓ | AG↑ | AI↑ |" in markdown
+    assert "CA vs GAP:" in markdown and "with 2 × 2 feature maps" in markdown
+
+
+def test_localization_scores_the_target_class_boxes_only(artifacts):
+    from castream.data import class_boxes
+
+    target = {
+        "boxes": torch.tensor([[0.0, 0, 4, 4], [5.0, 5, 9, 9], [1.0, 1, 2, 2]]),
+        "box_labels": torch.tensor([2, 0, 2]),
+    }
+    assert class_boxes(target, 2).tolist() == [[0, 0, 4, 4], [1, 1, 2, 2]]
+    assert class_boxes(target, 1).shape == (0, 4)
+    assert class_boxes({"boxes": target["boxes"]}, 1).shape == (3, 4)  # single-class annotation
+
+
+@pytest.mark.parametrize(
+    "field,value,error",
+    [
+        ("images", -3, "images must be an integer >= 1, got"),
+        ("images", 0, "images must be an integer >= 1, got"),
+        ("batch_size", 0, "batch_size must be an integer >= 1, got"),
+        ("metric_batch", 0, "metric_batch must be an integer >= 1, got"),
+        ("method_images", {"scorecam": 0}, r"method_images\['scorecam'\] must be an integer >= 1, got"),
+        ("method_images", {"opticam": 2}, "not among the methods"),
+        ("baselines", ("zeros",), "unknown baseline"),
+    ],
+)
+def test_evaluation_counts_are_validated(tmp_path, field, value, error):
+    with pytest.raises(ValueError, match=error):
+        EvalConfig(
+            model="resnet10_os16",
+            data="synthetic:x",
+            out=str(tmp_path),
+            poolings=("gap",),
+            methods=("scorecam",),
+            **{field: value},
+        )
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--compare", "justapath"], "--compare takes LABEL=PATH, got 'justapath'"),
+        (["--compare", "a=x", "--compare", "a=y"], "--compare names 'a' twice"),
+        (["--method-images", "scorecam=many"], "--method-images takes METHOD=N with an integer N"),
+    ],
+)
+def test_evaluate_cli_rejects_malformed_pairs(tmp_path, capsys, args, fragment):
+    code = main(
+        ["evaluate", "--model", "resnet10_os16", "--data", "synthetic:x", "--out", str(tmp_path), *args]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_torn_shard_line_is_recovered_not_lost(artifacts, tmp_path):
+    cfg = config(artifacts, tmp_path / "full", methods=("gradcam",), baselines=(), metrics=("recognition",))
+    Runner(cfg, progress=False).run()
+    cut = config(artifacts, tmp_path / "cut", methods=("gradcam",), baselines=(), metrics=("recognition",))
+    Runner(cut, progress=False).run()
+    shard = tmp_path / "cut" / "shards" / "resnet10_os16-gap-gradcam.rank0.jsonl"
+    lines = shard.read_bytes().split(b"\n")
+    assert len(lines) == 4 and lines[-1] == b""  # 3 batches of 3 images
+    shard.write_bytes(b"\n".join(lines[:2]) + b"\n" + lines[2][:25])  # killed while writing batch 3
+    (tmp_path / "cut" / "results.csv").unlink()
+    Runner(cut, progress=False).run()
+    assert read_csv(tmp_path / "cut" / "results.csv") == read_csv(tmp_path / "full" / "results.csv")
+    assert [r["images"] for r in read_csv(tmp_path / "cut" / "results.csv")] == ["9"] * 2
+    shard.write_bytes(b'{"images": 3}\n' + shard.read_bytes())  # valid JSON of the wrong form
+    with pytest.raises(ValueError, match=r"jsonl:1: a shard line must be"):
+        Runner(cut, progress=False).run()
+
+
+def test_unreadable_evaluation_image_is_skipped_and_listed(artifacts, tmp_path):
+    import shutil
+
+    root = tmp_path / "synth"
+    shutil.copytree(artifacts["root"], root)
+    document = json.loads((root / "annotations.json").read_text())
+    broken = root / document["splits"]["val"][4]["file"]
+    broken.write_bytes(b"not a png")
+    cfg = config(artifacts, tmp_path / "out", data=f"synthetic:{root}", methods=("gradcam",), baselines=())
+    with pytest.warns(UserWarning):
+        results = Runner(cfg, progress=False).run()
+    assert [c["images"] for c in results["cells"]] == [8, 8]
+    assert [s["index"] for s in results["skipped"]] == [4] and broken.name in results["skipped"][0]["reason"]
+    assert "**Skipped:** 1 unreadable image" in (tmp_path / "out" / "results.md").read_text()

@@ -370,3 +370,146 @@ def test_blur_baseline_helper():
         torchvision.transforms.functional.gaussian_blur(x, [5, 5], [5.0, 5.0]),
     )
     assert F.mse_loss(RAW.baseline(x, "black"), torch.zeros_like(x)) == 0
+
+
+# --- class discrimination, pointing-game ties, paired bootstrap --------------------------------------
+
+
+def _two_classes() -> torch.Tensor:
+    """A 4 x 4 class map: class 0 (value 1) in the top-left 2 x 2, class 2 (value 3) in the bottom-right."""
+    classes = torch.zeros(4, 4, dtype=torch.long)
+    classes[:2, :2] = 1
+    classes[2:, 2:] = 3
+    return classes
+
+
+def test_class_discrimination_on_hand_made_maps():
+    classes = _two_classes()
+    on_target = (classes == 1).float()
+    both = (classes > 0).float()
+    wrong = 0.5 * (classes == 1).float() + (classes == 3).float()
+    zero = torch.zeros(4, 4)
+    small_other = on_target.clone()
+    small_other[3, 3] = small_other[3, 2] = 1.0  # 2 of the other class's 4 pixels, all at the maximum
+    maps = torch.stack([on_target, both, wrong, zero, small_other])
+    out = metrics.class_discrimination(maps, classes.expand(5, 4, 4), torch.zeros(5, dtype=torch.long))
+    expected = {
+        "energy_target": [1.0, 0.5, 1 / 3, 0, 4 / 6],
+        "energy_other": [0.0, 0.5, 2 / 3, 0, 2 / 6],
+        # mean saliency per pixel: 1 vs 0; 1 vs 1; 0.5 vs 1; none (0.5); 1 vs 0.5
+        "discrimination": [1.0, 0.5, 1 / 3, 0.5, 2 / 3],
+        "sp_target": [1.0, 1, 0, 1, 1],  # the zero map ties everywhere (Quantus' rule)
+        "sp_other": [0.0, 1, 1, 1, 1],
+    }
+    for key, values in expected.items():
+        torch.testing.assert_close(out[key], torch.tensor(values), msg=key)
+    # an image holding only its target class: the metrics that need another class are NaN
+    alone = metrics.class_discrimination(on_target[None], (classes == 1).long()[None], 0)
+    assert alone["energy_target"].item() == 1 and alone["sp_target"].item() == 1
+    assert all(alone[k].isnan().all() for k in ("energy_other", "discrimination", "sp_other"))
+    with pytest.raises(ValueError, match="class maps"):
+        metrics.class_discrimination(maps, classes.float().expand(5, 4, 4), 0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        metrics.class_discrimination(maps * 255, classes.expand(5, 4, 4), 0)
+
+
+def test_pointing_game_ties_do_not_depend_on_orientation():
+    # a plateau of two maximal pixels: (0, 0) outside the box, (0, 3) inside it
+    m = torch.tensor([[1.0, 0.2, 0.2, 1.0], [0.1, 0.1, 0.1, 0.1], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    boxes = [torch.tensor([[3.0, 0.0, 4.0, 2.0]])]
+    mirrored_boxes = [torch.tensor([[0.0, 0.0, 1.0, 2.0]])]
+    common = (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.ones(1))
+    sp = metrics.localization(m[None], boxes, *common)["sp"]
+    sp_mirrored = metrics.localization(m.flip(-1)[None], mirrored_boxes, *common)["sp"]
+    assert sp.item() == sp_mirrored.item() == 1.0
+    # within the relative tolerance counts as a tie; clearly below does not
+    region = torch.zeros(1, 4, 4, dtype=torch.bool)
+    region[0, 3, 3] = True
+    near = torch.zeros(1, 4, 4)
+    near[0, 0, 0], near[0, 3, 3] = 1.0, 1.0 - 1e-8
+    assert metrics.pointing_hits(near, region).item()
+    near[0, 3, 3] = 0.99
+    assert not metrics.pointing_hits(near, region).item()
+
+
+def test_paired_bootstrap_against_exact_enumeration():
+    import itertools
+
+    diffs = torch.tensor([-1.0, 1.0, 2.0, 4.0])
+    a = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    out = metrics.paired_bootstrap(a, a + diffs, resamples=20000, seed=1)
+    # exact bootstrap distribution: all 4^4 resamples equally likely
+    means = sorted(sum(diffs[list(idx)].tolist()) / 4 for idx in itertools.product(range(4), repeat=4))
+    exact_low, exact_high = means[int(0.025 * 256)], means[int(0.975 * 256)]
+    assert out["mean"] == pytest.approx(1.5) and out["n"] == 4
+    assert abs(out["low"] - exact_low) <= 0.25 and abs(out["high"] - exact_high) <= 0.25
+    # pairing: a constant shift is significant although the two samples overlap almost entirely
+    shifted = metrics.paired_bootstrap(a, a + 1, seed=0)
+    assert shifted["low"] == shifted["high"] == pytest.approx(1.0) and shifted["significant"]
+    balanced = metrics.paired_bootstrap(a, a + torch.tensor([-1.0, 1.0, -1.0, 1.0]), seed=0)
+    assert not balanced["significant"] and balanced["low"] < 0 < balanced["high"]
+    nan = metrics.paired_bootstrap(torch.tensor([1.0, float("nan")]), torch.tensor([2.0, 5.0]))
+    assert nan["n"] == 1 and nan["mean"] == 1.0
+    with pytest.raises(ValueError, match="same images"):
+        metrics.paired_bootstrap(torch.ones(3), torch.ones(4))
+
+
+def test_random_map_is_seeded_per_image_and_independent_of_batching():
+    model = TinyNet()
+    images = torch.randn(4, 3, 16, 16)
+    method = saliency.get("random")(model, grid=4, seed=3)
+    maps = method(images)
+    assert maps.shape == (4, 16, 16) and maps.min() >= 0 and maps.max() <= 1
+    torch.testing.assert_close(method(images[2:3]), maps[2:3])  # alone or in a batch: the same map
+    torch.testing.assert_close(method(images.flip(0)), maps.flip(0))
+    assert not torch.allclose(maps[0], maps[1])
+    assert method(images, upsample=False).shape == (4, 4, 4)
+    assert not torch.allclose(saliency.get("random")(model, grid=4, seed=4)(images), maps)
+    with pytest.raises(ValueError, match="grid"):
+        saliency.get("random")(model, grid=0)
+
+
+@pytest.mark.parametrize(
+    "maps,boxes,error",
+    [
+        (torch.full((1, 4, 4), float("nan")), [torch.tensor([[0.0, 0, 2, 2]])], "NaN"),
+        (torch.full((1, 4, 4), 255.0), [torch.tensor([[0.0, 0, 2, 2]])], r"\[0, 1\]"),
+        (-torch.ones(1, 4, 4), [torch.tensor([[0.0, 0, 2, 2]])], r"\[0, 1\]"),
+        (torch.rand(1, 4, 4), [torch.tensor([[0.0, 0, 2]])], r"shape \(n, 4\)"),
+        (torch.rand(1, 4, 4), [torch.tensor([[2.0, 0, 1, 2]])], "x0 < x1"),
+        (torch.rand(1, 4, 4), [torch.tensor([[0.0, float("inf"), 1, 2]])], "NaN or Inf"),
+        (torch.rand(1, 4, 4), [torch.tensor([[5.0, 5, 9, 9]])], "entirely outside"),
+        (torch.rand(2, 4, 4), [torch.tensor([[0.0, 0, 2, 2]])], "one box tensor per map"),
+    ],
+)
+def test_localization_refuses_bad_maps_and_boxes(maps, boxes, error):
+    n = len(maps)
+    with pytest.raises(ValueError, match=error):
+        metrics.localization(
+            maps, boxes, torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), torch.ones(n)
+        )
+    with pytest.raises(ValueError, match=error):
+        metrics.box_accuracy(maps, boxes)
+
+
+def test_localization_checks_probabilities_and_clamps_boxes():
+    maps, boxes = torch.rand(1, 4, 4), [torch.tensor([[-3.0, -3, 2, 2]])]
+    zeros = torch.zeros(1, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"probabilities must lie in \[0, 1\]"):
+        metrics.localization(maps, boxes, zeros, zeros, torch.tensor([1.5]))
+    clamped = metrics.localization(maps, [torch.tensor([[0.0, 0, 2, 2]])], zeros, zeros, torch.ones(1))
+    out = metrics.localization(maps, boxes, zeros, zeros, torch.ones(1))
+    assert all(torch.equal(out[k], clamped[k]) for k in clamped)
+
+
+def test_counts_are_validated_not_defaulted():
+    model, images = TinyNet(), torch.rand(2, 3, 16, 16)
+    maps = torch.rand(2, 16, 16)
+    with pytest.raises(ValueError, match="step must be an integer >= 1, got 0"):
+        metrics.insertion(model, images, maps, step=0)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        metrics.deletion(model, images, maps, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        metrics.recognition(model, images, maps, batch_size=0)
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        saliency.get("scorecam")(model, batch_size=2.5)

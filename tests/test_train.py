@@ -78,6 +78,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(shapes, tmp_path):
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 
+    def log(folder):  # every field but the wall-clock time
+        lines = (tmp_path / folder / "log.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert log("cut") == log("full") and len(log("full")) == 2
+
 
 def test_gradient_accumulation_equals_the_full_batch(shapes, tmp_path):
     # the stream recipe has no batch-dependent layer (the backbone is frozen in eval mode), so 4 micro-batches

@@ -4,32 +4,53 @@ CA-Stream attention pooling for frozen CNNs, one API for saliency methods, and t
 them under a documented protocol.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from . import metrics, saliency
-from .backbones import BackboneSpec, describe
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from .stream import (
-    CAStream,
-    CrossAttention,
-    StreamConfig,
-    StreamModel,
-    attach_stream,
-    load_stream,
-    save_stream,
-)
-from .utils import count_flops, count_parameters
-
-_LAZY = {"bench", "data", "demo", "evaluate", "guided", "maps", "models", "train", "viz"}
+# Every public name loads on first use (PEP 562), so ``import castream`` (and the console script's start,
+# where a Ctrl-C must give one line, not a traceback) does not import torch.
+_NAMES = {
+    "BackboneSpec": "backbones",
+    "describe": "backbones",
+    "IMAGENET_MEAN": "preprocess",
+    "IMAGENET_STD": "preprocess",
+    "Preprocess": "preprocess",
+    "CAStream": "stream",
+    "CrossAttention": "stream",
+    "StreamConfig": "stream",
+    "StreamModel": "stream",
+    "attach_stream": "stream",
+    "load_stream": "stream",
+    "save_stream": "stream",
+    "count_flops": "utils",
+    "count_parameters": "utils",
+}
+_SUBPACKAGES = {
+    "bench",
+    "data",
+    "demo",
+    "evaluate",
+    "guided",
+    "maps",
+    "metrics",
+    "models",
+    "saliency",
+    "train",
+    "viz",
+}
 
 
 def __getattr__(name: str):
-    """Subpackages load on first use (``castream.data``, ``castream.train``, ...), keeping import light."""
-    if name in _LAZY:
-        import importlib
-
-        return importlib.import_module(f".{name}", __name__)
+    """Public names and subpackages (``castream.data``, ``castream.train``, ...) load on first use."""
+    if name in _SUBPACKAGES:
+        return import_module(f".{name}", __name__)
+    if name in _NAMES:
+        return getattr(import_module(f".{_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'castream' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_NAMES, *_SUBPACKAGES})
 
 
 try:

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -45,8 +46,23 @@ class Logits:
         self.forward_kwargs = dict(forward_kwargs or {})
 
     def select(self, out: Any) -> Tensor:
-        if self.output is not None:
-            out = self.output(out) if callable(self.output) else out[self.output]
+        if self.output is not None and not callable(self.output):
+            try:
+                out = out[self.output]
+            except (KeyError, IndexError, TypeError):
+                valid = (
+                    list(out)
+                    if isinstance(out, dict)
+                    else f"indices 0..{len(out) - 1}"
+                    if isinstance(out, tuple | list)
+                    else "none"
+                )
+                raise ValueError(
+                    f"output={self.output!r} does not select anything from the model's {type(out).__name__} "
+                    f"output; valid: {valid}"
+                ) from None
+        elif self.output is not None:
+            out = self.output(out)
         if not isinstance(out, Tensor):
             raise TypeError(
                 f"{type(self.model).__name__} returned a {type(out).__name__}; pass output= (an index, a key "
@@ -57,7 +73,32 @@ class Logits:
         return out
 
     def __call__(self, x: Tensor, **extra: Any) -> Tensor:
-        logits = self.select(self.model(x, **self.forward_kwargs, **extra))
+        parameter = next(self.model.parameters(), None)
+        if parameter is not None and parameter.is_meta:
+            raise ValueError(
+                f"{type(self.model).__name__} has its parameters on the meta device (no values); load its "
+                "weights (e.g. load_state_dict(..., assign=True)) before explaining or evaluating it"
+            )
+        if (
+            parameter is not None
+            and parameter.is_floating_point()
+            and parameter.dtype != x.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
+            raise TypeError(
+                f"images are {x.dtype} but {type(self.model).__name__}'s parameters are {parameter.dtype}; "
+                f"cast one of them (e.g. images.to({parameter.dtype}))"
+            )
+        try:
+            out = self.model(x, **self.forward_kwargs, **extra)
+        except RuntimeError as err:
+            if "too small" not in str(err) and "smaller than kernel" not in str(err).lower():
+                raise
+            raise ValueError(
+                f"images of {x.shape[-2]}x{x.shape[-1]} pixels are smaller than {type(self.model).__name__} "
+                f"accepts ({str(err).splitlines()[0]}); use larger images"
+            ) from None
+        logits = self.select(out)
         if not torch.isfinite(logits).all():
             raise ValueError(f"{type(self.model).__name__} produced NaN or Inf logits")
         return logits
@@ -66,7 +107,7 @@ class Logits:
 def check_images(images: Tensor) -> Tensor:
     if not isinstance(images, Tensor) or not images.is_floating_point():
         raise TypeError(f"expected a floating-point image tensor, got {type(images).__name__}")
-    if images.dim() != 4 or images.shape[0] == 0:
+    if images.dim() != 4 or 0 in images.shape:
         raise ValueError(f"expected a non-empty batch of images (B, C, H, W), got {tuple(images.shape)}")
     return images
 
@@ -76,8 +117,15 @@ def check_targets(targets, logits: Tensor) -> Tensor:
     batch, classes = logits.shape
     if targets is None:
         return logits.argmax(dim=1)
+    if isinstance(targets, Tensor | np.ndarray | np.integer) and np.ndim(targets) == 0:
+        targets = int(targets.item()) if not isinstance(targets, np.integer) else int(targets)
     if isinstance(targets, int) and not isinstance(targets, bool):
         targets = torch.full((batch,), targets, dtype=torch.long)
+    if isinstance(targets, str | bytes) or (
+        isinstance(targets, list | tuple)
+        and not all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in targets)
+    ):
+        raise TypeError(f"targets must be an int or {batch} integer class indices, got {targets!r}")
     t = torch.as_tensor(targets, device=logits.device)
     if t.dim() != 1 or t.shape[0] != batch or t.dtype.is_floating_point or t.dtype == torch.bool:
         raise ValueError(

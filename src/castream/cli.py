@@ -13,6 +13,10 @@ from collections.abc import Sequence
 import castream
 
 
+class UsageError(ValueError):
+    """A malformed command-line value: reported in one line with exit code 2, like argparse's errors."""
+
+
 def _log(args: argparse.Namespace):
     return (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
 
@@ -33,6 +37,7 @@ def _synth(args: argparse.Namespace) -> int:
         bias=args.bias,
         seed=args.seed,
         scale=tuple(args.shape_scale),
+        others=args.others,
         workers=args.workers,
     )
     _log(args)(f"synthetic benchmark in {root}")
@@ -49,6 +54,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--val", type=int, default=1_000, help="validation images")
     p.add_argument("--size", type=int, default=128, help="resolution (pixels)")
     p.add_argument("--bias", type=float, default=0.0, help="probability of a class-coloured background")
+    p.add_argument(
+        "--others", type=float, default=0.75, help="probability that a scene holds other classes too"
+    )
     p.add_argument(
         "--shape-scale",
         type=float,
@@ -77,6 +85,12 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for checkpoints and logs")
     p.add_argument("--size", type=int, default=224, help="training crop size")
     p.add_argument(
+        "--resize",
+        type=int,
+        default=None,
+        help="validation: resize before the centre crop (default size*256/224; = --size for no crop)",
+    )
+    p.add_argument(
         "--crop-scale", type=float, nargs=2, default=(0.08, 1.0), help="RandomResizedCrop scale range"
     )
     p.add_argument(
@@ -97,6 +111,12 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--milestones", type=int, nargs="*", default=[30, 60], help="epochs where lr is multiplied by gamma"
     )
     p.add_argument("--gamma", type=float, default=0.1)
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        help="cross-entropy label smoothing (torchvision V2: 0.1)",
+    )
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     p.add_argument(
         "--schedule",
@@ -124,6 +144,7 @@ def _train_config(args: argparse.Namespace, **extra):
         weight_decay=args.weight_decay,
         milestones=tuple(args.milestones),
         gamma=args.gamma,
+        label_smoothing=args.label_smoothing,
         optimizer=args.optimizer,
         schedule=args.schedule,
         amp=args.amp,
@@ -144,7 +165,7 @@ def _training_data(args: argparse.Namespace):
     else:
         augment, evaluate = (
             train_transform(args.size, scale=tuple(args.crop_scale)),
-            eval_transform(args.size),
+            eval_transform(args.size, resize=args.resize),
         )
     return open_dataset(args.data, "train", augment), open_dataset(args.data, "eval", evaluate)
 
@@ -303,11 +324,28 @@ def _method_options(items: list[str]) -> dict:
     return options
 
 
-def _pairs(items: list[str], option: str) -> dict:
-    pairs = dict(item.split("=", 1) for item in items if "=" in item)
-    if len(pairs) != len(items):
-        raise ValueError(f"{option} takes LABEL=PATH, got {items}")
+def _pairs(items: list[str], option: str, form: str = "LABEL=PATH") -> dict[str, str]:
+    """``KEY=VALUE`` items as a dict; a missing ``=``, an empty side or a repeated key is a usage error."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"{option} takes {form}, got {item!r}")
+        if key in pairs:
+            raise UsageError(f"{option} names {key!r} twice")
+        pairs[key] = value
     return pairs
+
+
+def _counts(items: list[str], option: str) -> dict[str, int]:
+    """``METHOD=N`` items with N a positive integer."""
+    counts = {}
+    for key, value in _pairs(items, option, "METHOD=N").items():
+        try:
+            counts[key] = int(value)
+        except ValueError:
+            raise UsageError(f"{option} takes METHOD=N with an integer N, got {key}={value}") from None
+    return counts
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -336,6 +374,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         boxes=args.boxes,
         method_options=_method_options(args.option),
+        compare=_pairs(args.compare, "--compare"),
+        method_images=_counts(args.method_images, "--method-images"),
+        baselines=tuple(args.baselines),
     )
     results = Runner(config, progress=not args.quiet, log=_log(args)).run()
     if results is not None and not args.quiet:
@@ -347,6 +388,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub) -> None:
     from castream.evaluate import DEFAULT_METRICS, METRIC_GROUPS
+    from castream.evaluate.runner import BASELINES
+    from castream.metrics import PROTOCOLS
 
     p = sub.add_parser(
         "evaluate", help="evaluate saliency methods (GAP vs CA)", description=_evaluate.__doc__, **SUBCOMMAND
@@ -368,8 +411,22 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "scorecam"])
     p.add_argument("--metrics", nargs="+", choices=list(METRIC_GROUPS), default=list(DEFAULT_METRICS))
-    p.add_argument("--protocol", choices=["thesis", "authors-code"], default="thesis")
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default="thesis", help="causal-metric preset")
     p.add_argument("--images", type=int, default=None, help="number of evaluation images (seeded selection)")
+    p.add_argument(
+        "--method-images",
+        action="append",
+        default=[],
+        metavar="METHOD=N",
+        help="evaluate METHOD on the first N images only (expensive methods)",
+    )
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        choices=list(BASELINES),
+        default=list(BASELINES),
+        help="baseline maps added to every evaluation (none: --baselines with no value)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="images per saliency batch")
     p.add_argument("--metric-batch", type=int, default=64, help="perturbed images per forward in metrics")
     p.add_argument("--size", type=int, default=224)
@@ -494,12 +551,13 @@ def _add_bench(sub) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The offline end-to-end demo: synthetic benchmark, ResNet-18 classifier, CA-Stream, GAP vs CA
-    evaluation with Grad-CAM, Grad-CAM++, Score-CAM and Opti-CAM, report (printed at the end). Cached:
-    a second run reuses everything."""
+    """The offline end-to-end demo: synthetic benchmark with several classes per scene, a torchvision
+    ResNet classifier with a CA-Stream (shipped weights, or --retrain), GAP vs CA evaluation of Grad-CAM,
+    Grad-CAM++, Score-CAM and Opti-CAM against the Fake-CAM and random-map baselines, report (printed at
+    the end). Cached: a second run reuses everything."""
     from castream.demo import run_demo
 
-    run_demo(args.out, progress=not args.quiet, log=_log(args))
+    run_demo(args.out, retrain=args.retrain, progress=not args.quiet, log=_log(args))
     if not args.quiet:
         from pathlib import Path
 
@@ -512,6 +570,12 @@ def _add_demo(sub) -> None:
         "demo", help="run the offline end-to-end demo", description=_demo.__doc__, **SUBCOMMAND
     )
     p.add_argument("--out", default="runs/demo", help="output folder (cache and report)")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train the classifier and the stream here (about 18 minutes on 2 CPU cores) instead of "
+        "using the shipped weights",
+    )
     p.set_defaults(func=_demo)
 
 
@@ -542,16 +606,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
     try:
-        return args.func(args)
+        parser = build_parser()  # imports torch (the subcommands' defaults): Ctrl-C here is one line too
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        return _run(args)
     except KeyboardInterrupt:
         print("castream: interrupted", file=sys.stderr)
         return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"castream {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except Exception as err:
         if args.debug:
             traceback.print_exc()

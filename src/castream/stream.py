@@ -258,6 +258,11 @@ def attach_stream(
     or ``"proj"`` (paper (11)); ``class_specific`` learns one query per class (paper Table 6).
     ``taps``/``head``/``head_input`` describe a model outside the supported families (see backbones).
     """
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(
+            "attach_stream needs the classifier as a torch.nn.Module, got "
+            f"{type(backbone).__name__} {backbone!r} (build it first, e.g. castream.models.build_model(name))"
+        )
     spec = describe(backbone, taps=taps, head=head, head_input=head_input, probe_size=probe_size)
     return _attach(backbone, spec, start=start, block=block, class_specific=class_specific)
 

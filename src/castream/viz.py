@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 from torch import Tensor
@@ -35,27 +36,41 @@ def save_overlay(
     plt.imsave(path, np.clip(overlay(image, saliency, preprocess), 0, 1))
 
 
+def _draw_boxes(ax, boxes: Sequence[tuple[Sequence[float], str]]) -> None:
+    for (x0, y0, x1, y1), colour in boxes:
+        ax.add_patch(
+            matplotlib.patches.Rectangle(
+                (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.2
+            )
+        )
+
+
 def saliency_grid(
     path,
     images: Tensor,
     columns: dict[str, Tensor],
     preprocess: Preprocess | None = None,
     titles: Sequence[str] | None = None,
+    boxes: Sequence[Sequence[tuple[Sequence[float], str]]] | None = None,
+    tile: float = 1.9,
 ) -> None:
-    """Rows = images; first column the input, then one overlay per named map tensor (B, H, W)."""
+    """Rows = images; first column the input (with ``boxes[r]``: (box, colour) pairs drawn on it), then
+    one overlay per named map tensor (B, H, W). ``tile`` is the size of one panel in inches."""
     rows, cols = len(images), 1 + len(columns)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(tile * cols, tile * rows), squeeze=False)
     for r in range(rows):
         axes[r, 0].imshow(to_pixels(images[r], preprocess))
-        axes[r, 0].set_ylabel(titles[r] if titles else "", fontsize=7)
+        if boxes is not None:
+            _draw_boxes(axes[r, 0], boxes[r])
+        axes[r, 0].set_ylabel(titles[r] if titles else "", fontsize=8)
         for c, (name, maps) in enumerate(columns.items(), start=1):
             axes[r, c].imshow(np.clip(overlay(images[r], maps[r], preprocess), 0, 1))
             if r == 0:
-                axes[r, c].set_title(name, fontsize=7)
+                axes[r, c].set_title(name, fontsize=8)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_title("input", fontsize=7)
+    axes[0, 0].set_title("input" + (" + boxes" if boxes is not None else ""), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -12,6 +12,7 @@ from .datasets import (
     ImageFolder,
     ImageNet,
     Sample,
+    class_boxes,
     collate,
     voc_boxes,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "Sample",
     "SyntheticShapes",
     "cifar_train_transform",
+    "class_boxes",
     "collate",
     "eval_transform",
     "synthetic",

@@ -1,8 +1,10 @@
 """Real datasets in their official layouts, all returning ``(image, label, target)``.
 
 ``target`` holds ``"boxes"`` (n, 4) as ``(x0, y0, x1, y1)`` pixel coordinates of the *transformed*
-image (empty when the dataset has none), ``"box_labels"`` (n,) for multi-class annotations (VOC), and
-``"mask"`` (H, W) where the dataset has evidence masks (the synthetic benchmark). ``transform`` is a
+image (empty when the dataset has none), ``"box_labels"`` (n,) where boxes of several classes are
+annotated (VOC, the synthetic benchmark; :func:`class_boxes` selects one class's), and where the dataset
+has a class map (the synthetic benchmark) ``"classes"`` (H, W) (0: no class, ``c + 1``: class ``c``) and
+``"mask"`` (H, W), the label's evidence. ``transform`` is a
 joint ``torchvision.transforms.v2`` transform of ``(image, target)`` (see ``castream.data.transforms``),
 so boxes and masks follow resizing, cropping and flipping. Without a transform the image is a PIL image.
 
@@ -47,6 +49,17 @@ class Sample:
     mask: Path | None = None
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An RGB copy of ``image``. 16- and 32-bit integer images are rescaled from their full range (PIL's
+    ``convert`` clips them to 8 bits, i.e. saturates almost everything to white)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if image.mode.startswith("I;16") else max(float(pixels.max()), 1.0)
+        gray = np.clip(pixels / scale * 255 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    return image.convert("RGB")
+
+
 class Batch(NamedTuple):
     images: Tensor
     labels: Tensor
@@ -76,10 +89,10 @@ class AnnotatedImages(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> tuple[Image.Image, Sample, np.ndarray | None]:
-        """The image (RGB), its sample record and its evidence mask (or None)."""
+        """The image (RGB), its sample record and its class map (or None)."""
         sample = self.samples[index]
         with Image.open(sample.path) as f:
-            image = f.convert("RGB")
+            image = to_rgb(f)
         mask = None
         if sample.mask is not None:
             with Image.open(sample.mask) as f:
@@ -89,7 +102,13 @@ class AnnotatedImages(Dataset):
     def __getitem__(self, index: int):
         try:
             image, sample, mask = self.load(index)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        except (
+            OSError,
+            UnidentifiedImageError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombError,
+        ) as err:
             warnings.warn(f"skipping unreadable image {self.samples[index].path}: {err}", stacklevel=2)
             return None
         size = (image.height, image.width)
@@ -103,13 +122,24 @@ class AnnotatedImages(Dataset):
         if sample.box_labels is not None:
             target["box_labels"] = torch.as_tensor(sample.box_labels, dtype=torch.long)
         if mask is not None:
-            target["mask"] = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask > 127)))
+            classes = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+            target["classes"] = tv_tensors.Mask(classes)
+            target["mask"] = tv_tensors.Mask(classes == int(sample.label) + 1)
         if self.transform is not None:
             image, target = self.transform(image, target)
         target = {k: v.as_subclass(Tensor) for k, v in target.items()}
         if "mask" in target:
             target["mask"] = target["mask"].float()
         return image, sample.label, target
+
+
+def class_boxes(target: dict, cls: int) -> Tensor:
+    """The boxes (n, 4) of class ``cls`` in a dataset target: those whose ``box_labels`` equal ``cls``, or
+    every box when the target has no ``box_labels`` (a single-class annotation)."""
+    boxes = target["boxes"]
+    if "box_labels" not in target:
+        return boxes
+    return boxes[torch.as_tensor(target["box_labels"], device=boxes.device) == int(cls)]
 
 
 def _require(path: Path, what: str) -> Path:
@@ -260,11 +290,47 @@ class VOC2012(AnnotatedImages):
         super().__init__(samples, VOC_CLASSES, transform)
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain containers, bytes, numbers and numpy arrays; refuses every other global (the way a
+    malicious pickle runs code is by naming one, e.g. ``os.system``, and calling it)."""
+
+    ALLOWED = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+        }
+    )
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: the official files hold only dicts, lists, bytes and "
+            "numpy arrays"
+        )
+
+
+def _load_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = _ArraysOnly(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"cannot read {path} as an official CIFAR-100 file: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} is not an official CIFAR-100 file (expected a dict, got {type(data).__name__})"
+        )
+    return data
+
+
 class CIFAR100(AnnotatedImages):
     """CIFAR-100 from a local copy of the official *python version* (``cifar-100-python/{train,test,meta}``).
 
-    These files are Python pickles: loading a pickle can run arbitrary code, so only use files obtained
-    from the official source (https://www.cs.toronto.edu/~kriz/cifar.html).
+    These files are Python pickles. A pickle can run arbitrary code when loaded, so they are read with a
+    restricted unpickler that builds only what the official files hold (dicts, lists, bytes, numbers and
+    numpy arrays) and refuses any other object with an error naming the file.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform=None) -> None:
@@ -272,16 +338,18 @@ class CIFAR100(AnnotatedImages):
             raise ValueError(f"CIFAR-100 splits are 'train' and 'test', got {split!r}")
         root = Path(root)
         folder = root if (root / "meta").exists() else root / "cifar-100-python"
-        with open(_require(folder / split, "the official CIFAR-100 python file"), "rb") as f:
-            data = pickle.load(f, encoding="bytes")
-        with open(_require(folder / "meta", "the official CIFAR-100 meta file"), "rb") as f:
-            meta = pickle.load(f, encoding="bytes")
-        pixels = np.asarray(data[b"data"], np.uint8)
-        labels = list(data[b"fine_labels"])
+        data = _load_cifar_pickle(_require(folder / split, "the official CIFAR-100 python file"))
+        meta = _load_cifar_pickle(_require(folder / "meta", "the official CIFAR-100 meta file"))
+        try:
+            pixels = np.asarray(data[b"data"], np.uint8)
+            labels = list(data[b"fine_labels"])
+            names = meta[b"fine_label_names"]
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{folder}: not an official CIFAR-100 python file (missing {err})") from None
         if len(pixels) != len(labels):
             raise ValueError(f"{folder / split}: {len(pixels)} images but {len(labels)} labels")
         self.pixels = pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        classes = [n.decode() for n in meta[b"fine_label_names"]]
+        classes = [n.decode() for n in names]
         empty = np.zeros((0, 4), np.float32)
         super().__init__([Sample(None, int(y), empty) for y in labels], classes, transform)
 

@@ -14,7 +14,7 @@ from .. import metrics, viz
 from ..saliency import RawAttention
 from ..stream import StreamModel
 from ..utils import count_flops, count_parameters
-from .runner import _cell
+from .runner import _cell, shard_records
 
 # metric key -> (column title, shown x100 as a percentage, lower is better)
 COLUMNS = {
@@ -25,12 +25,23 @@ COLUMNS = {
     "sp": ("SP", True, False), "ep": ("EP", True, False), "sm": ("SM", False, True),
     "aopc": ("AOPC", True, False), "max_sensitivity": ("MS", False, True), "adcc": ("ADCC", True, False),
     "coherency": ("Coherency", True, False), "complexity": ("Complexity", True, True),
+    "discrimination": ("CD", True, False), "energy_target": ("E_c", True, False),
+    "energy_other": ("E_o", True, True), "sp_target": ("SP_c", True, False), "sp_other": ("SP_o", True, True),
 }  # fmt: skip
 TABLES = {
     "Interpretability metrics (thesis Table 3.1 layout)": ("ad", "ag", "ai", "insertion", "deletion"),
     "Localization metrics (thesis Table 2.6 layout)": ("om", "le", "f1", "boxacc", "sp", "ep", "sm"),
+    "Class discrimination (castream's own metric; masks of every class in the image)": (
+        "discrimination",
+        "energy_target",
+        "energy_other",
+        "sp_target",
+        "sp_other",
+    ),
     "More metrics (thesis Table 2.3 layout)": ("aopc", "max_sensitivity", "adcc", "coherency", "complexity"),
 }
+# per-image metrics compared between GAP and CA with the paired bootstrap
+COMPARED = ("ad", "ag", "ai", "insertion", "deletion", "sp", "discrimination", "sp_target")
 POOLING_NAMES = {"gap": "GAP", "ca": "CA"}
 
 
@@ -38,17 +49,28 @@ def read_shards(out: Path, cell: str) -> tuple[dict[int, dict], list[tuple[float
     """Per-image rows of a cell (by image index, first record wins) and its (seconds, batch) timings."""
     rows: dict[int, dict] = {}
     timings = []
-    for path in sorted((out / "shards").glob(f"{cell}.rank*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            for row in record["images"]:
-                rows.setdefault(row["index"], row)
-            if "seconds" in record:
-                timings.append((record["seconds"], record["batch"]))
+    for record in _records(out, cell):
+        for row in record["images"]:
+            rows.setdefault(row["index"], row)
+        if "seconds" in record:
+            timings.append((record["seconds"], len(record["images"])))
     return rows, timings
+
+
+def _records(out: Path, cell: str):
+    for path in sorted((out / "shards").glob(f"{cell}.rank*.jsonl")):
+        yield from shard_records(path)
+
+
+def skipped_images(runner) -> list[dict]:
+    """Unreadable images left out of the evaluation (``{"index", "reason"}``), from the shards."""
+    found = {}
+    for label in runner.models:
+        for pooling in runner.poolings(label):
+            for record in _records(runner.out, _cell(label, pooling, "accuracy")):
+                for entry in record.get("skipped", []):
+                    found.setdefault(entry["index"], entry)
+    return [found[i] for i in sorted(found)]
 
 
 def _aggregate(rows: dict[int, dict], seed: int) -> metrics.Aggregator:
@@ -85,13 +107,18 @@ def _accuracy(runner, label: str, pooling: str) -> dict:
     agg = metrics.Aggregator(seed=runner.config.seed)
     agg.update("accuracy", torch.tensor([rows[i]["accuracy"] for i in indices]), torch.tensor(indices))
     summary = agg.summary()["accuracy"]
-    return {
+    out = {
         "name": "accuracy",
         "value": summary["mean"],
         "low": summary["low"],
         "high": summary["high"],
         "images": len(indices),
     }
+    if indices and "probability" in rows[indices[0]]:
+        p = torch.tensor([rows[i]["probability"] for i in indices], dtype=torch.float64)
+        q1, median, q3 = torch.quantile(p, torch.tensor([0.25, 0.5, 0.75], dtype=p.dtype)).tolist()
+        out["probability"] = {"mean": float(p.mean()), "q1": q1, "median": median, "q3": q3}
+    return out
 
 
 def _model_row(runner, label: str, pooling: str) -> dict:
@@ -110,15 +137,36 @@ def _model_row(runner, label: str, pooling: str) -> dict:
     }
 
 
+GRID_IMAGES = 6
+TARGET_BOX, OTHER_BOX = "lime", "red"
+
+
+def _grid_indices(runner) -> list[int]:
+    """Up to GRID_IMAGES images of the selection, those holding another class than the label first."""
+    candidates = runner.indices[: 4 * GRID_IMAGES]
+
+    def crowded(index: int) -> bool:
+        item = runner.dataset[index]
+        labels = item[2].get("box_labels") if item is not None else None
+        return labels is not None and bool((labels != torch.as_tensor(item[1])).any())
+
+    return sorted(candidates, key=lambda i: not crowded(i))[:GRID_IMAGES]
+
+
 def _figures(runner, cells: list[dict]) -> list[str]:
     out, config = runner.out, runner.config
     files = []
-    # saliency grid: the first images, every method through GAP and CA side by side, plus raw attention
-    indices = runner.indices[:4]
-    images, labels, _ = runner._load(indices)
+    # saliency grid: every method (baselines aside) through GAP and CA side by side, plus raw attention
+    indices = _grid_indices(runner)
+    _, images, labels, meta, _ = runner._load(indices)
+    if images is None:
+        return files
     columns = {}
     several = len(runner.models) > 1
+    targets = None
     for method_name in config.methods:
+        if method_name in config.baselines:
+            continue
         for label, pooling, name in runner.cells():
             if name != method_name:
                 continue
@@ -126,12 +174,25 @@ def _figures(runner, cells: list[dict]) -> list[str]:
                 logits = runner.models[label](images, **runner.forward_kwargs(label, pooling)).float()
             method = runner.build_method(method_name, label, pooling)
             title = f"{label} " * several + f"{method_name} {POOLING_NAMES[pooling]}"
-            columns[title] = method(images, runner._targets(labels, logits)).cpu()
+            targets = runner._targets(labels, logits)
+            columns[title] = method(images, targets).cpu()
     for label, model in runner.models.items():
         if isinstance(model, StreamModel):
             columns[f"{label} " * several + "raw attention"] = RawAttention(model)(images).cpu()
-    names = [runner.dataset.classes[int(t)] for t in (labels if labels.dim() == 1 else labels.argmax(1))]
-    viz.saliency_grid(out / "saliency_grid.png", images.cpu(), columns, runner.preprocess, names)
+    if targets is None:
+        with torch.no_grad():
+            targets = runner._targets(labels, next(iter(runner.models.values()))(images).float())
+    names = [runner.dataset.classes[int(t)] for t in targets]
+    boxes = []
+    for target, t in zip(meta, targets.tolist()):
+        classes = target.get("box_labels", torch.full((len(target["boxes"]),), t))
+        boxes.append(
+            [
+                (b, TARGET_BOX if c == t else OTHER_BOX)
+                for b, c in zip(target["boxes"].tolist(), classes.tolist())
+            ]
+        )
+    viz.saliency_grid(out / "saliency_grid.png", images.cpu(), columns, runner.preprocess, names, boxes)
     files.append("saliency_grid.png")
     curves = {}
     for kind in ("insertion", "deletion"):
@@ -159,28 +220,185 @@ def _figures(runner, cells: list[dict]) -> list[str]:
     return files
 
 
-def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str]) -> str:
+def comparisons(runner, rows: dict[tuple[str, str, str], dict[int, dict]]) -> list[dict]:
+    """GAP vs CA for every method of every model with a stream: per metric of COMPARED, the paired
+    bootstrap (PROTOCOL.md) of CA - GAP over the images both cells evaluated."""
+    out = []
+    for label in runner.models:
+        if set(runner.poolings(label)) != {"gap", "ca"}:
+            continue
+        for method in runner.config.methods:
+            gap, ca = rows[(label, "gap", method)], rows[(label, "ca", method)]
+            common = sorted(set(gap) & set(ca))
+            entry = {"model": label, "method": method, "images": len(common), "metrics": {}}
+            for key in COMPARED:
+                if common and key in gap[common[0]] and key in ca[common[0]]:
+                    a, b = ([float(r[i][key]) for i in common] for r in (gap, ca))
+                    entry["metrics"][key] = metrics.paired_bootstrap(
+                        torch.tensor(a), torch.tensor(b), seed=runner.config.seed
+                    )
+            out.append(entry)
+    return out
+
+
+def _pct(entry: dict | None, key: str = "mean") -> str:
+    return "–" if entry is None or entry.get("n", 1) == 0 else f"{entry[key] * 100:.1f}%"
+
+
+def summary(runner, cells: list[dict], models: list[dict], compared: list[dict]) -> str:
+    """A plain-language paragraph generated from the numbers (no sentence is hard-coded to a result)."""
+    config = runner.config
+    parts = []
+    for row in models:
+        acc = row["accuracy"]
+        text = (
+            f"{row['model']} with {POOLING_NAMES[row['pooling']]} pooling classifies "
+            f"{acc['value'] * 100:.1f}% of the {acc['images']} images correctly"
+        )
+        if "probability" in acc:
+            p = acc["probability"]
+            text += (
+                f"; its clean probability of the true class has mean {p['mean']:.2f} "
+                f"(quartiles {p['q1']:.2f} / {p['median']:.2f} / {p['q3']:.2f})"
+            )
+        parts.append(text + ".")
+    by = {(c["model"], c["pooling"], c["method"]): c for c in cells}
+    label, pooling = cells[0]["model"], cells[0]["pooling"]
+    real = [m for m in config.methods if m not in config.baselines]
+
+    def value(method: str, key: str) -> float | None:
+        cell = by.get((label, pooling, method))
+        entry = cell["metrics"].get(key) if cell else None
+        return None if entry is None or entry["n"] == 0 else entry["mean"]
+
+    pool = POOLING_NAMES[pooling]
+    for key, better in (("insertion", max), ("sp", max), ("ag", max), ("discrimination", max)):
+        scored = [(value(m, key), m) for m in real if value(m, key) is not None]
+        if not scored:
+            continue
+        best_value, best = better(scored)
+        base = [f"{b} {value(b, key) * 100:.1f}%" for b in config.baselines if value(b, key) is not None]
+        text = f"With {pool} pooling the best {COLUMNS[key][0]} ({'higher' if better is max else 'lower'} is "
+        text += f"better) is {best}'s {best_value * 100:.1f}%" + (
+            f", against {', '.join(base)}" if base else ""
+        )
+        matched = [
+            b for b in config.baselines if (v := value(b, key)) is not None and better(v, best_value) == v
+        ]
+        if matched:
+            text += (
+                f" — {' and '.join(matched)} score as well, so {COLUMNS[key][0]} does not separate the "
+                "methods from a map that explains nothing here"
+            )
+        parts.append(text + ".")
+    fake_ad, reals_ad = value("fakecam", "ad"), [value(m, "ad") for m in real if value(m, "ad") is not None]
+    if fake_ad is not None and reals_ad and fake_ad <= min(reals_ad):
+        parts.append(
+            f"Fake-CAM, which keeps the whole image and explains nothing, has the lowest AD "
+            f"({fake_ad * 100:.1f}%, best method {min(reals_ad) * 100:.1f}%): AD alone rewards trivial maps, "
+            "so read it together with AG, AI and insertion/deletion (thesis §2.4)."
+        )
+    if compared:
+        significant = []
+        for entry in compared:
+            if entry["method"] in config.baselines:
+                continue
+            keys = [
+                f"{COLUMNS[k][0]} {'+' if v['mean'] > 0 else ''}{v['mean'] * 100:.1f}"
+                for k, v in entry["metrics"].items()
+                if v["significant"]
+            ]
+            if keys:
+                significant.append(f"{entry['method']} ({', '.join(keys)})")
+        total = len([e for e in compared if e["method"] not in config.baselines])
+        parts.append(
+            f"CA vs GAP: {len(significant)} of {total} methods differ significantly "
+            "(paired bootstrap, 95%) on at least one metric"
+            + (": " + "; ".join(significant) + " (CA - GAP, points)." if significant else ".")
+        )
+    return " ".join(parts)
+
+
+def _comparison_table(compared: list[dict]) -> list[str]:
+    keys = [k for k in COMPARED if any(k in e["metrics"] for e in compared)]
+    lines = [
+        "",
+        "## GAP vs CA (paired bootstrap over the same images)",
+        "",
+        "CA − GAP in points, with the 95% interval of the difference; **sig.** when it excludes 0.",
+        "",
+        "| NETWORK | ATTRIBUTION | N | " + " | ".join(f"Δ{COLUMNS[k][0]}" for k in keys) + " |",
+        "|" + "---|" * (3 + len(keys)),
+    ]
+    for e in compared:
+        values = []
+        for k in keys:
+            v = e["metrics"].get(k)
+            if v is None or v["n"] == 0:
+                values.append("–")
+                continue
+            text = f"{v['mean'] * 100:+.2f} [{v['low'] * 100:+.2f}, {v['high'] * 100:+.2f}]"
+            values.append(text + (" **sig.**" if v["significant"] else " n.s."))
+        lines.append(f"| {e['model']} | {e['method']} | {e['images']} | " + " | ".join(values) + " |")
+    return lines
+
+
+def _coverage(cells: list[dict]) -> list[str]:
+    """A warning paragraph when a cell holds fewer images than it was asked for (an unfinished run)."""
+    short = [
+        f"{c['label']}: {c['images']} of {c['images_asked']}"
+        for c in cells
+        if c["images"] < c["images_asked"]
+    ]
+    if not short:
+        return []
+    return [f"**Incomplete:** some cells cover fewer images than asked ({'; '.join(short)}).", ""]
+
+
+def _skipped(entries: list[dict]) -> list[str]:
+    if not entries:
+        return []
+    listed = "; ".join(e["reason"] for e in entries[:10]) + ("; ..." if len(entries) > 10 else "")
+    return [f"**Skipped:** {len(entries)} unreadable image(s) left out of every table ({listed}).", ""]
+
+
+def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str], compared: list[dict]) -> str:
     config = runner.config
     settings = metrics.PROTOCOLS[config.protocol]
+    maps = runner.map_size()
     lines = [
         f"# castream evaluation: {config.model} on {config.data}",
         "",
-        f"{len(runner.indices)} evaluation images at {config.size}x{config.size}, seed {config.seed}. "
+        summary(runner, cells, models, compared),
+        "",
+        f"{len(runner.indices)} evaluation images at {config.size}x{config.size}, seed {config.seed}"
+        + (f"; explained layer {maps[0]} with {maps[1]} × {maps[2]} feature maps" if maps else "")
+        + ". "
         f"Causal metrics use protocol `{config.protocol}` (pixels per step ceil(H*W/{settings['steps']}), "
         f"insertion from a Gaussian blur with kernel {settings['blur_kernel']} and sigma "
         f"{settings['blur_sigma']}, deletion to {settings['deletion']}). Percentages except SM (nats) and "
-        "MS; in brackets a 95% bootstrap confidence interval over images. Target class: the ground truth.",
+        "MS; in brackets a 95% bootstrap confidence interval over images; N is the number of images of the "
+        "row. Target class: the ground truth. Baselines: " + ", ".join(config.baselines or ("none",)) + ".",
         "",
+        *_coverage(cells),
+        *_skipped(skipped_images(runner)),
         "## Recognition (thesis Table 3.3 layout)",
         "",
-        "| NETWORK | POOL | GFLOPS | #PARAM | " + ("mAP↑" if runner.multilabel else "ACC↑") + " |",
-        "|---|---|---|---|---|",
+        "| NETWORK | POOL | GFLOPS | #PARAM | "
+        + ("mAP↑" if runner.multilabel else "ACC↑ | p(true class): mean [q1, median, q3]")
+        + " |",
+        "|---|---|---|---|---|" + ("" if runner.multilabel else "---|"),
     ]
     for row in models:
         acc = row["accuracy"]
         value = f"{acc['value'] * 100:.2f}"
         if "low" in acc:
             value += f" [{acc['low'] * 100:.2f}, {acc['high'] * 100:.2f}]"
+        if not runner.multilabel:
+            p = acc.get("probability")
+            value += " | " + (
+                f"{p['mean']:.3f} [{p['q1']:.3f}, {p['median']:.3f}, {p['q3']:.3f}]" if p else "–"
+            )
         lines.append(
             f"| {row['model']} | {POOLING_NAMES[row['pooling']]} | {row['gflops']:.3f} | "
             f"{row['parameters'] / 1e6:.2f}M | {value} |"
@@ -194,8 +412,8 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str])
             "",
             f"## {title}",
             "",
-            "| NETWORK | ATTRIBUTION | POOLING | " + " | ".join(arrows) + " |",
-            "|" + "---|" * (3 + len(present)),
+            "| NETWORK | ATTRIBUTION | POOLING | N | " + " | ".join(arrows) + " |",
+            "|" + "---|" * (4 + len(present)),
         ]
         previous = (None, None)
         for c in cells:
@@ -203,9 +421,18 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str])
             method = c["method"] if (c["model"], c["method"]) != previous else ""
             previous = (c["model"], c["method"])
             values = [_fmt(c["metrics"].get(k), COLUMNS[k][1]) for k in present]
-            lines.append(
-                f"| {network} | {method} | {POOLING_NAMES[c['pooling']]} | " + " | ".join(values) + " |"
+            count = (
+                str(c["images"])
+                if c["images"] == c["images_asked"]
+                else f"{c['images']} of {c['images_asked']} ⚠"
             )
+            lines.append(
+                f"| {network} | {method} | {POOLING_NAMES[c['pooling']]} | {count} | "
+                + " | ".join(values)
+                + " |"
+            )
+    if compared:
+        lines += _comparison_table(compared)
     lines += [
         "",
         "## Time (thesis Table 2.1 layout)",
@@ -233,6 +460,7 @@ def _csv_rows(runner, cells: list[dict], models: list[dict]) -> list[dict]:
             "method": c["method"],
             "protocol": runner.config.protocol,
             "images": c["images"],
+            "images_asked": c["images_asked"],
             model["accuracy"]["name"]: round(model["accuracy"]["value"] * 100, 6),
             "parameters": model["parameters"],
             "gflops": round(model["gflops"], 6),
@@ -253,8 +481,10 @@ def write_report(runner) -> dict:
     cells = []
     several = len(runner.models) > 1
     fractions = metrics.step_counts(config.size, config.size, config.protocol).double() / config.size**2
+    all_rows = {}
     for label, pooling, method in runner.cells():
         rows, timings = read_shards(out, _cell(label, pooling, method))
+        all_rows[(label, pooling, method)] = rows
         curves = {
             kind: (fractions.tolist(), torch.tensor(series).mean(0).tolist())
             for kind in ("insertion", "deletion")
@@ -267,6 +497,7 @@ def write_report(runner) -> dict:
                 "method": method,
                 "label": f"{label} " * several + f"{method} {POOLING_NAMES[pooling]}",
                 "images": len(rows),
+                "images_asked": len(runner.method_indices(method)),
                 "metrics": _aggregate(rows, config.seed).summary(),
                 "seconds_per_8": sum(s for s, _ in timings) / max(1, sum(n for _, n in timings)) * 8,
                 "curves": curves,
@@ -276,6 +507,7 @@ def write_report(runner) -> dict:
         _model_row(runner, label, pooling) for label in runner.models for pooling in runner.poolings(label)
     ]
     figures = _figures(runner, cells)
+    compared = comparisons(runner, all_rows)
     results = {
         "config": config.to_dict(),
         "protocol": {"name": config.protocol, **metrics.PROTOCOLS[config.protocol]},
@@ -287,6 +519,9 @@ def write_report(runner) -> dict:
         "images": len(runner.indices),
         "models": models,
         "cells": [{k: v for k, v in c.items() if k != "label"} for c in cells],
+        "skipped": skipped_images(runner),
+        "comparisons": compared,
+        "summary": summary(runner, cells, models, compared),
         "figures": figures,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -296,5 +531,5 @@ def write_report(runner) -> dict:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.md").write_text(_markdown(runner, cells, models, figures))
+    (out / "results.md").write_text(_markdown(runner, cells, models, figures, compared))
     return results

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,16 +23,27 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import metrics
-from ..data import collate, eval_transform
+from ..data import class_boxes, collate, eval_transform
 from ..data.registry import is_multilabel, open_dataset
 from ..models import build_model, load_weights, replace_head
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..saliency import get as get_method
 from ..stream import StreamModel, load_stream
 from ..train.loop import distributed
+from ..utils import check_int
 
-METRIC_GROUPS = ("recognition", "insertion", "deletion", "localization", "aopc", "max-sensitivity", "adcc")
+METRIC_GROUPS = (
+    "recognition",
+    "insertion",
+    "deletion",
+    "localization",
+    "discrimination",
+    "aopc",
+    "max-sensitivity",
+    "adcc",
+)
 DEFAULT_METRICS = ("recognition", "insertion", "deletion", "localization")
+BASELINES = ("fakecam", "random")  # added to every evaluation: the scale of every metric
 
 
 @dataclass
@@ -57,8 +69,23 @@ class EvalConfig:
     method_options: dict = field(default_factory=dict)
     boxes: str | None = None  # ImageNet bounding-box XML folder
     compare: dict = field(default_factory=dict)  # label -> checkpoint of more models of the same architecture
+    method_images: dict = field(default_factory=dict)  # method -> evaluate it on the first N images only
+    baselines: tuple[str, ...] = BASELINES
 
     def __post_init__(self) -> None:
+        for name in ("batch_size", "metric_batch", "size", "images", "resize"):
+            if getattr(self, name) is not None or name not in ("images", "resize"):
+                check_int(name, getattr(self, name))
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"unknown baseline {unknown}; expected a subset of {list(BASELINES)}")
+        self.methods = tuple(dict.fromkeys([*self.methods, *self.baselines]))
+        for method, count in self.method_images.items():
+            if method not in self.methods:
+                raise ValueError(
+                    f"method_images names {method!r}, which is not among the methods {self.methods}"
+                )
+            check_int(f"method_images[{method!r}]", count)
         for name, allowed, values in (
             ("pooling", ("gap", "ca"), self.poolings),
             ("metric", METRIC_GROUPS, self.metrics),
@@ -72,10 +99,10 @@ class EvalConfig:
             raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {list(metrics.PROTOCOLS)}")
         for method in self.methods:
             get_method(method)
-        self.poolings, self.methods, self.metrics = (
+        self.poolings, self.metrics, self.baselines = (
             tuple(self.poolings),
-            tuple(self.methods),
             tuple(self.metrics),
+            tuple(self.baselines),
         )
 
     def to_dict(self) -> dict:
@@ -94,6 +121,33 @@ def load_classifier(name: str, classes: int, weights: str | None, checkpoint: st
     if weights and describe(model).num_classes != classes:
         model = replace_head(model, classes)
     return load_weights(model, checkpoint) if checkpoint else model
+
+
+def shard_records(path: Path) -> Iterator[dict]:
+    """The records of a shard file. Only its last line may be torn (a kill during a write: no newline
+    yet), and it is skipped; any other unreadable or malformed line is an error naming the file and line."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if number == len(lines):  # the unterminated last line
+                continue
+            raise ValueError(
+                f"{path}:{number}: corrupt shard line; delete the file to recompute it"
+            ) from None
+        rows = record.get("images") if isinstance(record, dict) else None
+        if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("index"), int) for r in rows
+        ):
+            raise ValueError(
+                f'{path}:{number}: a shard line must be {{"images": [{{"index": int, ...}}, ...]}}; '
+                "delete the file to recompute it"
+            )
+        yield record
 
 
 def _cell(label: str, pooling: str, method: str) -> str:
@@ -115,6 +169,11 @@ class Runner:
         )
         self.multilabel = is_multilabel(self.dataset)
         self.indices = self._selection()
+        if "discrimination" in config.metrics and (self.multilabel or "classes" not in self._first_target()):
+            raise ValueError(
+                f"metric group 'discrimination' needs per-class masks (the synthetic benchmark); "
+                f"{config.data} has none"
+            )
         classes = len(self.dataset.classes)
         backbone = load_classifier(config.model, classes, config.weights, config.checkpoint)
         model = load_stream(backbone, config.stream) if config.stream else backbone
@@ -139,6 +198,10 @@ class Runner:
     def poolings(self, label: str) -> list[str]:
         return [p for p in self.config.poolings if p == "gap" or isinstance(self.models[label], StreamModel)]
 
+    def _first_target(self) -> dict:
+        item = self.dataset[self.indices[0]] if self.indices else None
+        return item[2] if item is not None else {}
+
     def _selection(self) -> list[int]:
         count = (
             len(self.dataset) if self.config.images is None else min(self.config.images, len(self.dataset))
@@ -146,9 +209,34 @@ class Runner:
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed))
         return sorted(order[:count].tolist())
 
-    def batches(self) -> list[list[int]]:
-        size = self.config.batch_size
-        return [self.indices[i : i + size] for i in range(0, len(self.indices), size)]
+    def method_indices(self, method: str | None) -> list[int]:
+        """The images a method is evaluated on: the first ``method_images[method]`` of the selection (all
+        of them by default), so GAP and CA and any two methods see the same images."""
+        count = self.config.method_images.get(method, len(self.indices))
+        return self.indices[:count]
+
+    def batches(self, method: str | None = None) -> list[list[int]]:
+        size, indices = self.config.batch_size, self.method_indices(method)
+        return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+    def map_size(self) -> tuple[str, int, int] | None:
+        """(layer, h, w) of the layer the first layer-based method explains on the first model, from a
+        forward on the meta device; None when no method reads a layer."""
+        from ..backbones import probe_shapes
+
+        label = next(iter(self.models))
+        for method in self.config.methods:
+            if get_method(method).uses_layer:
+                pooling = self.poolings(label)[0]
+                name = self.build_method(method, label, pooling).layers[0][0]
+                try:
+                    (shape,), _ = probe_shapes(
+                        self.models[label], [name], (1, 3, self.config.size, self.config.size)
+                    )
+                except ValueError:  # not a 4-D map (a ViT token sequence)
+                    return None
+                return name, shape[2], shape[3]
+        return None
 
     def forward_kwargs(self, label: str, pooling: str) -> dict:
         return {"pooling": pooling} if isinstance(self.models[label], StreamModel) else {}
@@ -160,21 +248,28 @@ class Runner:
     def finished(self, cell: str) -> set[int]:
         """Image indices with a record in any shard of ``cell`` (every process's, so the world size may
         change between runs)."""
-        done = set()
-        for path in (self.out / "shards").glob(f"{cell}.rank*.jsonl"):
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line from a kill during write
-                    continue
-                done.update(r["index"] for r in record["images"])
-        return done
+        return {
+            row["index"]
+            for path in self._shards(cell)
+            for record in shard_records(path)
+            for row in record["images"] + record.get("skipped", [])
+        }
+
+    def _shards(self, cell: str) -> list[Path]:
+        return sorted((self.out / "shards").glob(f"{cell}.rank*.jsonl"))
 
     def _append(self, cell: str, record: dict) -> None:
         path = self._shard(cell)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with open(path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a record torn by a kill during its write: drop it, its batch reruns
+                    f.seek(0)
+                    f.truncate(f.read().rfind(b"\n") + 1)
+            f.seek(0, os.SEEK_END)
+            f.write((json.dumps(record) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
 
@@ -205,10 +300,23 @@ class Runner:
 
     # -- work ----------------------------------------------------------------------------------------------
     def _load(self, indices: list[int]):
-        batch = collate([self.dataset[i] for i in indices])
-        if batch.skipped:
-            raise ValueError(f"{batch.skipped} unreadable image(s) among evaluation indices {indices}")
-        return batch.images.to(self.device), batch.labels.to(self.device), batch.targets
+        """(kept indices, images, labels, targets, skipped): unreadable images are left out and returned
+        as ``{"index", "reason"}`` records (images is None when none is readable)."""
+        kept, items, skipped = [], [], []
+        for i in indices:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                item = self.dataset[i]
+            if item is None:
+                reason = str(caught[-1].message) if caught else "unreadable"
+                skipped.append({"index": i, "reason": reason})
+            else:
+                kept.append(i)
+                items.append(item)
+        if not items:
+            return kept, None, None, [], skipped
+        batch = collate(items)
+        return kept, batch.images.to(self.device), batch.labels.to(self.device), batch.targets, skipped
 
     def _targets(self, labels: Tensor, logits: Tensor) -> Tensor:
         """The ground-truth class; for multi-label images the positive class with the highest logit."""
@@ -216,8 +324,8 @@ class Runner:
             return labels
         return logits.masked_fill(labels == 0, float("-inf")).argmax(dim=1)
 
-    def _my_batches(self) -> Iterator[tuple[int, list[int]]]:
-        for b, indices in enumerate(self.batches()):
+    def _my_batches(self, method: str | None = None) -> Iterator[tuple[int, list[int]]]:
+        for b, indices in enumerate(self.batches(method)):
             if b % self.world == self.rank:
                 yield b, indices
 
@@ -227,7 +335,10 @@ class Runner:
         for _, indices in self._my_batches():
             if set(indices) <= done:
                 continue
-            images, labels, _ = self._load(indices)
+            indices, images, labels, _, skipped = self._load(indices)
+            if images is None:
+                self._append(cell, {"images": [], "skipped": skipped})
+                continue
             with torch.no_grad():
                 logits = self.models[label](images, **self.forward_kwargs(label, pooling)).float()
             if self.multilabel:
@@ -237,8 +348,12 @@ class Runner:
                 ]
             else:
                 correct = metrics.accuracy(logits, labels)
-                rows = [{"index": i, "accuracy": float(c)} for i, c in zip(indices, correct)]
-            self._append(cell, {"images": rows})
+                p = logits.softmax(1).gather(1, labels[:, None]).squeeze(1)
+                rows = [
+                    {"index": i, "accuracy": float(c), "probability": float(q)}
+                    for i, c, q in zip(indices, correct, p)
+                ]
+            self._append(cell, {"images": rows, "skipped": skipped})
 
     def evaluate_cell(self, label: str, pooling: str, method_name: str) -> None:
         from tqdm import tqdm
@@ -247,12 +362,15 @@ class Runner:
         done = self.finished(cell)
         model, kwargs = self.models[label], self.forward_kwargs(label, pooling)
         method = self.build_method(method_name, label, pooling)
-        todo = [(b, idx) for b, idx in self._my_batches() if not set(idx) <= done]
+        todo = [(b, idx) for b, idx in self._my_batches(method_name) if not set(idx) <= done]
         shared = {"preprocess": self.preprocess, "batch_size": config.metric_batch, "forward_kwargs": kwargs}
         for _, indices in tqdm(
             todo, desc=cell, disable=not self.progress or self.rank or not todo, leave=False
         ):
-            images, labels, targets_meta = self._load(indices)
+            indices, images, labels, targets_meta, skipped = self._load(indices)
+            if images is None:
+                self._append(cell, {"images": [], "skipped": skipped})
+                continue
             with torch.no_grad():
                 logits = model(images, **kwargs).float()
             targets = self._targets(labels, logits)
@@ -268,7 +386,9 @@ class Runner:
                 for name, v in values.items():
                     row[name] = v[j].tolist() if isinstance(v, Tensor) else v[j]
                 rows.append(row)
-            self._append(cell, {"images": rows, "seconds": seconds, "batch": len(indices)})
+            self._append(
+                cell, {"images": rows, "skipped": skipped, "seconds": seconds, "batch": len(indices)}
+            )
 
     def _metrics(self, model, method, maps, images, targets, logits, targets_meta, shared) -> dict:
         config, out = self.config, {}
@@ -289,8 +409,11 @@ class Runner:
         if "adcc" in config.metrics:
             a = metrics.adcc(method, model, images, targets, preprocess=self.preprocess)
             out.update(adcc=a["adcc"], coherency=a["coherency"], complexity=a["complexity"])
+        if "discrimination" in config.metrics:
+            classes = torch.stack([t["classes"] for t in targets_meta]).to(maps.device)
+            out.update(metrics.class_discrimination(maps, classes, targets))
         if "localization" in config.metrics:
-            boxes = [t["boxes"] for t in targets_meta]
+            boxes = [class_boxes(t, c) for t, c in zip(targets_meta, targets.tolist())]
             probabilities = logits.softmax(1).gather(1, targets[:, None]).squeeze(1)
             loc = metrics.localization(maps, boxes, targets, logits.argmax(1), probabilities)
             out.update({k: v for k, v in loc.items() if k != "valid"})
@@ -306,9 +429,11 @@ class Runner:
             for pooling in self.poolings(label):
                 self.evaluate_accuracy(label, pooling)
         for label, pooling, method in self.cells():
+            start = time.perf_counter()
             self.evaluate_cell(label, pooling, method)
             if self.rank == 0:
-                self.log(f"{label} {pooling} {method}: done")
+                count = len(self.method_indices(method))
+                self.log(f"{label} {pooling} {method}: {count} images, {time.perf_counter() - start:.1f} s")
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         if self.rank != 0:

@@ -4,9 +4,16 @@ Fractions in [0, 1] everywhere; percentages are applied only by reports.
 """
 
 from . import aggregate
-from .aggregate import Aggregator
+from .aggregate import Aggregator, paired_bootstrap
 from .causal import PROTOCOLS, Curves, aopc, deletion, insertion, region_masks, saliency_rank, step_counts
-from .localization import box_accuracy, box_accuracy_from_ious, localization, threshold_ious
+from .discrimination import class_discrimination
+from .localization import (
+    box_accuracy,
+    box_accuracy_from_ious,
+    localization,
+    pointing_hits,
+    threshold_ious,
+)
 from .recognition import accuracy, average_precision, drop_gain_increase, mean_average_precision, recognition
 from .robustness import adcc, max_sensitivity, pearson
 from .sanity import sanity_check, spearman
@@ -22,13 +29,16 @@ __all__ = [
     "average_precision",
     "box_accuracy",
     "box_accuracy_from_ious",
+    "class_discrimination",
     "deletion",
     "drop_gain_increase",
     "insertion",
     "localization",
     "max_sensitivity",
     "mean_average_precision",
+    "paired_bootstrap",
     "pearson",
+    "pointing_hits",
     "recognition",
     "region_masks",
     "saliency_rank",

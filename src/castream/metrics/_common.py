@@ -28,7 +28,11 @@ def check_maps(maps: Tensor, images: Tensor, normalize: bool = False) -> Tensor:
     """Maps ``(B, H, W)`` matching the images, finite, in [0, 1] (or min-max normalized on request)."""
     check_images(images)
     expected = (images.shape[0], *images.shape[-2:])
-    if not isinstance(maps, Tensor) or tuple(maps.shape) != expected:
+    if not isinstance(maps, Tensor):
+        raise TypeError(
+            f"maps must be a torch.Tensor of shape {expected} (B, H, W), got {type(maps).__name__}"
+        )
+    if tuple(maps.shape) != expected:
         raise ValueError(f"expected maps of shape {expected} (B, H, W), got {getattr(maps, 'shape', maps)}")
     if maps.isnan().any():
         raise ValueError("maps contain NaN")

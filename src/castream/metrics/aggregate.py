@@ -135,3 +135,31 @@ class Aggregator:
                 "python": platform.python_version(),
             },
         }
+
+
+def paired_bootstrap(
+    a: Tensor, b: Tensor, *, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> dict:
+    """Paired percentile bootstrap of ``mean(b) - mean(a)`` over images (PROTOCOL.md): ``a`` and ``b`` are
+    per-image values (n,) of the same images in the same order (e.g. GAP and CA pooling), and every
+    resample draws the same image indices for both, so the interval reflects the per-image differences.
+    Pairs with a NaN on either side are dropped (``n`` counts the pairs used). ``significant`` is True
+    when the ``confidence`` interval excludes 0."""
+    a, b = torch.as_tensor(a).double().flatten().cpu(), torch.as_tensor(b).double().flatten().cpu()
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same images: got {len(a)} and {len(b)} values")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
+    keep = ~(a.isnan() | b.isnan())
+    diff = (b - a)[keep]
+    n = len(diff)
+    if n == 0:
+        nan = float("nan")
+        return {"n": 0, "mean": nan, "low": nan, "high": nan, "significant": False}
+    draws = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+    boot = diff[draws].mean(dim=1)
+    alpha = (1 - confidence) / 2
+    low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=boot.dtype)).tolist()
+    return {"n": n, "mean": float(diff.mean()), "low": low, "high": high, "significant": not low <= 0 <= high}

@@ -45,6 +45,17 @@ def box_iou(box: tuple | None, boxes: Tensor) -> float:
     return float((inter / union.clamp(min=1e-12)).max())
 
 
+def pointing_hits(maps: Tensor, regions: Tensor, tolerance: float = 1e-6) -> Tensor:
+    """Pointing game (thesis (1.21)) with ties (PROTOCOL.md): per image (B,), whether any pixel whose value
+    lies within ``tolerance`` (relative) of the map's maximum falls in ``regions`` (B, H, W) bool. The
+    rule of Quantus' PointingGame; unlike ``argmax`` it does not depend on the image's orientation. A
+    constant map ties everywhere, so it hits whenever the region is not empty."""
+    flat = maps.flatten(1)
+    top = flat.max(dim=1, keepdim=True).values
+    peak = flat >= top - tolerance * top.abs()
+    return (peak & regions.flatten(1).to(peak.device)).any(dim=1)
+
+
 def union_mask(boxes: Tensor, height: int, width: int) -> Tensor:
     """Pixels whose centre lies in any box: the union U as an (H, W) boolean tensor."""
     ys = torch.arange(height, dtype=torch.float64)[:, None] + 0.5
@@ -56,16 +67,52 @@ def union_mask(boxes: Tensor, height: int, width: int) -> Tensor:
 
 
 def _check(maps: Tensor, boxes: Sequence[Tensor]) -> list[Tensor]:
-    if maps.dim() != 3:
-        raise ValueError(f"expected maps of shape (B, H, W), got {tuple(maps.shape)}")
+    """Maps (B, H, W) finite in [0, 1]; per image a box tensor (n, 4) of finite ``(x0, y0, x1, y1)`` with
+    x0 < x1 and y0 < y1, returned clamped to the image. A box entirely outside the image is invalid (not a
+    zero score), since it would silently score every map as a miss."""
+    if not isinstance(maps, Tensor) or maps.dim() != 3 or not maps.is_floating_point():
+        got = f"{tuple(maps.shape)} {maps.dtype}" if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"expected maps as a floating-point tensor of shape (B, H, W), got {got}")
+    if not torch.isfinite(maps).all():
+        raise ValueError("maps contain NaN or Inf")
+    if maps.numel() and (maps.min() < 0 or maps.max() > 1):
+        raise ValueError(
+            f"maps must lie in [0, 1], got values in [{float(maps.min()):.3g}, {float(maps.max()):.3g}]"
+        )
     if len(boxes) != len(maps):
         raise ValueError(f"expected one box tensor per map ({len(maps)}), got {len(boxes)}")
+    height, width = maps.shape[-2:]
     out = []
     for i, b in enumerate(boxes):
-        b = torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4) if len(b) else torch.zeros(0, 4)
-        if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
-            raise ValueError(f"boxes of image {i} must be (x0, y0, x1, y1) with x1 >= x0 and y1 >= y0")
-        out.append(b)
+        b = torch.as_tensor(b, dtype=torch.float64)
+        if b.numel() == 0:
+            out.append(torch.zeros(0, 4, dtype=torch.float64))
+            continue
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise ValueError(
+                f"boxes of image {i} must have shape (n, 4) (x0, y0, x1, y1), got {tuple(b.shape)}"
+            )
+        if not torch.isfinite(b).all():
+            raise ValueError(f"boxes of image {i} contain NaN or Inf: {b.tolist()}")
+        if (b[:, 2] <= b[:, 0]).any() or (b[:, 3] <= b[:, 1]).any():
+            raise ValueError(
+                f"boxes of image {i} must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {b.tolist()}"
+            )
+        clamped = torch.stack(
+            [
+                b[:, 0].clamp(0, width),
+                b[:, 1].clamp(0, height),
+                b[:, 2].clamp(0, width),
+                b[:, 3].clamp(0, height),
+            ],
+            1,
+        )
+        outside = (clamped[:, 2] <= clamped[:, 0]) | (clamped[:, 3] <= clamped[:, 1])
+        if outside.any():
+            raise ValueError(
+                f"boxes of image {i} lie entirely outside the {width}x{height} image: {b[outside].tolist()}"
+            )
+        out.append(clamped)
     return out
 
 
@@ -107,12 +154,19 @@ def localization(
     - ``om`` = 1 - max IoU(B, B_p) · 1[predicted = target] (1.16); ``le`` = 1 - max IoU(B, B_p) (1.17)
     - ``f1`` = 2PR/(P+R) with precision ``P`` = saliency mass inside U / total mass (1.18) and recall
       ``R`` = saliency mass inside U / |U| (1.19)
-    - ``sp``: the most salient pixel lies in U (1.21); ``ep`` = P (energy pointing game)
+    - ``sp``: a most salient pixel lies in U (1.21; ties as in :func:`pointing_hits`); ``ep`` = P (energy
+      pointing game)
     - ``sm`` = log max(0.05, |B_p| / (h w)) - log p_c (1.22), ``p_c`` = ``probabilities`` of the target
     - ``valid``: the image has at least one box.
     """
     boxes = _check(maps, boxes)
     batch, height, width = maps.shape
+    probabilities = torch.as_tensor(probabilities)
+    for name, value in (("targets", targets), ("predictions", predictions), ("probabilities", probabilities)):
+        if torch.as_tensor(value).shape != (batch,):
+            raise ValueError(f"{name} must have shape ({batch},), got {tuple(torch.as_tensor(value).shape)}")
+    if not torch.isfinite(probabilities).all() or probabilities.min() < 0 or probabilities.max() > 1:
+        raise ValueError(f"probabilities must lie in [0, 1], got {probabilities.tolist()}")
     maps_cpu = maps.detach().double().cpu()
     targets, predictions = torch.as_tensor(targets).cpu(), torch.as_tensor(predictions).cpu()
     probabilities = torch.as_tensor(probabilities).double().cpu()
@@ -131,7 +185,7 @@ def localization(
         out["le"][i] = 1 - iou
         out["om"][i] = 1 - iou * float(predictions[i] == targets[i])
         out["f1"][i] = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-        out["sp"][i] = float(inside.flatten()[m.flatten().argmax()])
+        out["sp"][i] = float(pointing_hits(m[None], inside[None])[0])
         out["ep"][i] = precision
         out["sm"][i] = math.log(max(0.05, area / (height * width))) - math.log(
             max(float(probabilities[i]), 1e-12)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..preprocess import Preprocess
+from ..utils import check_int
 from ._common import DEFAULT_BATCH, check_maps, evaluation, probability, resolve_targets
 
 
@@ -34,6 +35,7 @@ def recognition(
     its map in pixel space), and the AD/AG/AI contributions ``drop``, ``gain``, ``increase`` (fractions;
     reports multiply by 100). ``targets``: ground-truth classes, or ``None`` for the predicted class."""
     maps = check_maps(maps, images, normalize)
+    check_int("batch_size", batch_size)
     preprocess = preprocess or Preprocess()
     with evaluation(model, output, forward_kwargs) as fn:
         t, logits = resolve_targets(fn, images, targets, batch_size)

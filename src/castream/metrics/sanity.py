@@ -50,8 +50,18 @@ def sanity_check(
     caller's model is untouched: everything happens on a deep copy. Targets are fixed to those of the
     original model (its predictions when ``targets`` is None).
     """
+    if not callable(method_factory) or isinstance(method_factory, SaliencyMethod):
+        raise TypeError(
+            "method_factory must build a method from a model (e.g. lambda m: saliency.GradCAM(m)), got "
+            f"{type(method_factory).__name__}"
+        )
     clone = copy.deepcopy(model)
     original_method = method_factory(clone)
+    if not isinstance(original_method, SaliencyMethod):
+        raise TypeError(
+            "method_factory(model) must return a castream saliency method, got "
+            f"{type(original_method).__name__}"
+        )
     if targets is None:
         with original_method.session(), torch.no_grad():
             targets = original_method.logits(images).argmax(dim=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .attention import RawAttention, Rollout
 from .base import SaliencyMethod, TokenReshape
-from .baselines import CAM, FakeCAM
+from .baselines import CAM, FakeCAM, RandomMap
 from .gradient import GradCAM, GradCAMPlusPlus, GradientMethod, GuidedBackprop, HiResCAM, LayerCAM, XGradCAM
 from .opticam import OptiCAM
 from .score import SACAM, AblationCAM, ScoreCAM
@@ -24,6 +24,7 @@ _METHODS: dict[str, type[SaliencyMethod]] = {
         OptiCAM,
         SACAM,
         FakeCAM,
+        RandomMap,
         RawAttention,
         Rollout,
         GuidedBackprop,
@@ -63,6 +64,7 @@ __all__ = [
     "HiResCAM",
     "LayerCAM",
     "OptiCAM",
+    "RandomMap",
     "RawAttention",
     "Rollout",
     "SaliencyMethod",

@@ -153,6 +153,12 @@ class SaliencyMethod:
                 f"layer {name!r} outputs shape {tuple(activation.shape)}, not a (B, C, h, w) feature map; "
                 "pass reshape=True for a ViT token sequence (or a callable)"
             )
+        if maps.shape[-2] * maps.shape[-1] == 1:
+            raise ValueError(
+                f"layer {name!r} has a 1 x 1 feature map for {tuple(maps.shape)} activations: a map of one "
+                "position is constant, i.e. all zeros after normalization; explain an earlier layer or use "
+                "larger images"
+            )
         return maps
 
     def _hooks(self, store: dict, track_grad: bool, replace: dict | None = None) -> list:

@@ -1,6 +1,8 @@
-"""CAM, the original class activation map, and Fake-CAM, the trivial baseline."""
+"""CAM, the original class activation map, and the baselines: Fake-CAM and a seeded random map."""
 
 from __future__ import annotations
+
+import zlib
 
 import torch
 from torch import Tensor, nn
@@ -66,3 +68,35 @@ class FakeCAM(SaliencyMethod):
         maps = torch.ones(images.shape[0], *images.shape[-2:], device=images.device, dtype=images.dtype)
         maps[:, 0, 0] = 0
         return maps
+
+
+class RandomMap(SaliencyMethod):
+    """A seeded random map: the chance level of every metric. Uniform noise on a ``grid`` x ``grid`` lattice
+    (default: one value per pixel), upsampled bilinearly like a CAM of that resolution (pass the explained
+    layer's size for a baseline as smooth as the maps it is compared with). Each image's noise is drawn
+    from ``seed`` and a checksum of the image's content, so an image gets the same map in any batch, in
+    any order and under any pooling; the model is never run."""
+
+    name = "random"
+    uses_layer = False
+
+    def __init__(self, model: nn.Module, layer=None, *, seed: int = 0, grid: int | None = None, **options):
+        if layer is not None:
+            raise ValueError("the random map uses no layer; got layer=" + repr(layer))
+        for option, value in (("seed", seed), ("grid", grid)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{option} must be an integer, got {type(value).__name__} {value!r}")
+        if seed < 0 or (grid is not None and grid < 1):
+            raise ValueError(f"need seed >= 0 and grid >= 1, got seed={seed}, grid={grid}")
+        super().__init__(model, **options)
+        self.seed, self.grid = seed, grid
+
+    def compute(self, images: Tensor, targets) -> Tensor:
+        height, width = (self.grid, self.grid) if self.grid else images.shape[-2:]
+        quantized = (images.detach().float() * 1024).round().to(torch.int32).cpu().numpy()
+        start = zlib.crc32(str(self.seed).encode())  # torch's CPU generator keeps 32 bits of a seed
+        maps = [
+            torch.rand(height, width, generator=torch.Generator().manual_seed(zlib.crc32(q.tobytes(), start)))
+            for q in quantized
+        ]
+        return torch.stack(maps).to(images.device, images.dtype)

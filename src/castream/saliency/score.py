@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..maps import finalize_maps
 from ..preprocess import Preprocess
+from ..utils import check_int
 from .base import SaliencyMethod, combine, safe_divide
 from .gradient import gradcam_weights, gradcampp_weights
 
@@ -38,8 +39,7 @@ class MaskingMethod(SaliencyMethod):
     def __init__(
         self, model, layer=None, *, preprocess: Preprocess | None = None, batch_size: int = 128, **options
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive number of images per forward, got {batch_size}")
+        check_int("batch_size", batch_size)
         super().__init__(model, layer, **options)
         self.preprocess = preprocess or Preprocess()
         self.batch_size = batch_size
@@ -71,12 +71,12 @@ class MaskingMethod(SaliencyMethod):
             return list(values.chunk(kinds))
 
         with torch.no_grad():
-            for flat, b, _ in pair_chunks(~constant, self.batch_size // kinds):
+            for flat, b, _ in pair_chunks(~constant, max(1, self.batch_size // kinds)):
                 masks = finalize_maps(flat_maps[flat], size, normalize=True)
                 for o, values in zip(out, evaluate(b, masks)):
                     o[flat] = values
             images_with_constant = constant.any(dim=1)
-            for _, b, _ in pair_chunks(images_with_constant[:, None], self.batch_size // kinds):
+            for _, b, _ in pair_chunks(images_with_constant[:, None], max(1, self.batch_size // kinds)):
                 values = evaluate(b, images.new_zeros(len(b), *size))
                 for o, v in zip(out, values):
                     grid = o.view(batch, channels)
@@ -129,8 +129,7 @@ class AblationCAM(SaliencyMethod):
     name = "ablationcam"
 
     def __init__(self, model, layer=None, *, batch_size: int = 128, **options) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive number of images per forward, got {batch_size}")
+        check_int("batch_size", batch_size)
         super().__init__(model, layer, **options)
         self.batch_size = batch_size
         if self.reshape is not None and not hasattr(self.reshape, "inverse"):

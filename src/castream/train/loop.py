@@ -53,6 +53,9 @@ class TrainConfig:
     workers: int = 2
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     max_steps: int | None = None  # stop after N optimizer steps in total (for interruption tests)
+    label_smoothing: float = (
+        0.0  # cross-entropy label smoothing (torchvision's recipe for its V2 weights: 0.1)
+    )
     extra: dict = field(default_factory=dict)  # recipe-specific settings, recorded in checkpoints
 
     def __post_init__(self) -> None:
@@ -63,6 +66,8 @@ class TrainConfig:
                 f"optimizer must be sgd/adamw and schedule multistep/onecycle, got "
                 f"{self.optimizer!r}, {self.schedule!r}"
             )
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(
                 f"need epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}"
@@ -280,6 +285,14 @@ class Trainer:
             )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        """Reset what an epoch's log line accumulates: loss/sample/skip sums, extra terms, the starting lr.
+        Checkpointed, so a run resumed mid-epoch writes the same log line as an uninterrupted one."""
+        self.totals = torch.zeros(3, device=self.device)  # loss sum, samples, skipped
+        self.logged: dict[str, Tensor] = {}  # size-weighted sums of the recipe's extra loss terms
+        self.epoch_lr = self.optimizer.param_groups[0]["lr"]
 
     def _autocast(self):
         if self.config.amp is None:
@@ -289,9 +302,16 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _save(self) -> None:
+        # every rank's running sums, summed (a collective: all ranks call _save); rank 0 stores them
+        running = {
+            "totals": all_reduce_sum(self.totals.clone()).cpu(),
+            "logged": {k: all_reduce_sum(v.clone()).cpu() for k, v in sorted(self.logged.items())},
+            "lr": self.epoch_lr,
+        }
         if self.rank != 0:
             return
         state = {
+            "running": running,
             "recipe": self.recipe.name,
             "model": self.recipe.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -333,6 +353,12 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], state["history"]
+        running = state.get("running")
+        if running is not None:  # rank 0 continues the sums of every rank; the others start from zero
+            keep = self.rank == 0
+            self.totals = running["totals"].to(self.device) * keep
+            self.logged = {k: v.to(self.device) * keep for k, v in running["logged"].items()}
+            self.epoch_lr = running["lr"]
         torch.set_rng_state(state["rng"]["cpu"].cpu())
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
@@ -379,8 +405,7 @@ class Trainer:
         self.model.train()
         loader = self._loader(self.epoch)
         accumulate = loader.batch_sampler.accumulate
-        totals = torch.zeros(3, device=self.device)  # loss sum, samples, skipped
-        logged: dict[str, Tensor] = {}  # size-weighted sums of the recipe's extra loss terms
+        totals, logged = self.totals, self.logged
         bar = tqdm(
             loader,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
@@ -435,11 +460,9 @@ class Trainer:
         try:
             while self.epoch < self.config.epochs:
                 start = time.perf_counter()
-                record = {
-                    "epoch": self.epoch + 1,
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    **self._train_epoch(),
-                }
+                if self.step_in_epoch == 0:
+                    self._new_epoch()
+                record = {"epoch": self.epoch + 1, "lr": self.epoch_lr, **self._train_epoch()}
                 record.update(self._validate())
                 record["seconds"] = round(time.perf_counter() - start, 2)
                 if self.config.schedule == "multistep":

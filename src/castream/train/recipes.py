@@ -16,11 +16,12 @@ from ..stream import StreamModel, save_stream
 from .loop import Recipe, TrainConfig, Trainer, all_reduce_sum
 
 
-def _classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy for class indices; binary cross-entropy for multi-hot labels (multi-label VOC)."""
+def _classification_loss(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy for class indices (with ``smoothing``: label smoothing); binary cross-entropy for
+    multi-hot labels (multi-label VOC)."""
     if labels.dim() == 2:
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
 
 
 def _gather(values: list) -> list:
@@ -66,14 +67,14 @@ class ClassifierRecipe(Recipe):
 
     name = "classifier"
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
+        self.model, self.label_smoothing = model, label_smoothing
 
     def module(self) -> nn.Module:
         return self.model
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
-        return _classification_loss(model(batch.images), batch.labels)
+        return _classification_loss(model(batch.images), batch.labels, self.label_smoothing)
 
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         return classification_scores({"model": model}, loader, device)
@@ -86,12 +87,12 @@ class StreamRecipe(Recipe):
 
     name = "stream"
 
-    def __init__(self, model: StreamModel) -> None:
+    def __init__(self, model: StreamModel, label_smoothing: float = 0.0) -> None:
         if not isinstance(model, StreamModel):
             raise TypeError(
                 f"train_stream expects a StreamModel (castream.attach_stream), got {type(model).__name__}"
             )
-        self.model = model
+        self.model, self.label_smoothing = model, label_smoothing
 
     def module(self) -> nn.Module:
         return self.model
@@ -101,7 +102,7 @@ class StreamRecipe(Recipe):
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         kwargs = {"labels": batch.labels} if self.model.config.class_specific else {}
-        return _classification_loss(model(batch.images, **kwargs), batch.labels)
+        return _classification_loss(model(batch.images, **kwargs), batch.labels, self.label_smoothing)
 
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         forwards = {"gap": lambda x: model(x, pooling="gap"), "ca": lambda x: model(x)}
@@ -124,8 +125,9 @@ def train_classifier(
 ) -> list[dict]:
     """Train ``model`` on ``train_set``; checkpoints in ``out_dir`` and the final weights in
     ``out_dir/model.safetensors``. Returns the per-epoch history. ``options`` go to :class:`Trainer`."""
+    config = config or TrainConfig()
     trainer = Trainer(
-        ClassifierRecipe(model), train_set, val_set, config or TrainConfig(), out_dir, **options
+        ClassifierRecipe(model, config.label_smoothing), train_set, val_set, config, out_dir, **options
     )
     history = trainer.fit()
     if trainer.rank == 0 and trainer.epoch == trainer.config.epochs:
@@ -145,7 +147,10 @@ def train_stream(
 ) -> list[dict]:
     """Train the CA-Stream of ``model`` (defaults: the thesis §3.4 recipe); the final stream is saved as
     ``out_dir/stream.safetensors`` (see castream.save_stream). Returns the per-epoch history."""
-    trainer = Trainer(StreamRecipe(model), train_set, val_set, config or TrainConfig(), out_dir, **options)
+    config = config or TrainConfig()
+    trainer = Trainer(
+        StreamRecipe(model, config.label_smoothing), train_set, val_set, config, out_dir, **options
+    )
     history = trainer.fit()
     if trainer.rank == 0 and trainer.epoch == trainer.config.epochs:
         save_stream(model, Path(out_dir) / "stream.safetensors")

@@ -1,0 +1,97 @@
+"""The demo on CI-sized configurations: the shipped weights and the --retrain path produce every file."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from castream import demo
+from castream.cli import main
+from castream.demo import DemoConfig, run_demo
+
+TINY_EVAL = {"eval_images": 8, "method_images": {"scorecam": 2, "opticam": 2}, "metric_batch": 64}
+FILES = ("results.md", "results.json", "results.csv", "saliency_grid.png", "curves.png", "ad_ag.png")
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _check_report(report, images: int) -> dict:
+    for name in FILES:
+        assert (report / name).is_file(), name
+    rows = {(r["pooling"], r["method"]): r for r in _rows(report / "results.csv")}
+    methods = ("gradcam", "gradcam++", "scorecam", "opticam", "fakecam", "random")
+    assert set(rows) == {(p, m) for p in ("gap", "ca") for m in methods}
+    assert rows[("gap", "scorecam")]["images"] == "2" and rows[("ca", "gradcam")]["images"] == str(images)
+    for key in ("ad", "ag", "insertion", "discrimination", "sp_target", "sp"):
+        assert key in rows[("gap", "random")], key
+    markdown = (report / "results.md").read_text()
+    assert "4 × 4 feature maps" in markdown and "## GAP vs CA (paired bootstrap" in markdown
+    assert "## Class discrimination" in markdown and "## Demo setup" in markdown
+    assert "p(true class)" in markdown and "castream train classifier" in markdown
+    results = json.loads((report / "results.json").read_text())
+    compared = {(c["method"]) for c in results["comparisons"]}
+    assert compared == set(methods) and all(
+        "significant" in v for v in results["comparisons"][0]["metrics"].values()
+    )
+    assert results["summary"] and results["summary"] in markdown
+    return results
+
+
+def test_demo_with_shipped_weights(tmp_path):
+    config = DemoConfig(**TINY_EVAL)
+    run_demo(tmp_path / "demo", config, progress=False, log=lambda m: None)
+    results = _check_report(tmp_path / "demo" / "report", 8)
+    accuracy = {m["pooling"]: m["accuracy"] for m in results["models"]}
+    assert 0 < accuracy["gap"]["probability"]["mean"] <= 1
+    # a second run reuses the cached evaluation: no shard grows
+    shards = sorted((tmp_path / "demo" / "cache").glob("eval-*/shards/*.jsonl"))
+    sizes = [p.stat().st_size for p in shards]
+    run_demo(tmp_path / "demo", config, progress=False, log=lambda m: None)
+    assert [p.stat().st_size for p in shards] == sizes
+
+
+def test_demo_refuses_changed_training_without_retrain_and_foreign_report(tmp_path):
+    with pytest.raises(ValueError, match="retrain"):
+        run_demo(tmp_path, DemoConfig(classifier_epochs=1), progress=False, log=lambda m: None)
+    report = tmp_path / "out" / "report"
+    report.mkdir(parents=True)
+    (report / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
+        demo._copy_report(tmp_path, report)
+    assert (report / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_demo_retrain_path_trains_both_stages(tmp_path):
+    config = DemoConfig(
+        train_images=48, val_images=24, classifier_epochs=1, stream_epochs=1, batch_size=16, **TINY_EVAL
+    )
+    run_demo(tmp_path, config, retrain=True, progress=False, log=lambda m: None)
+    _check_report(tmp_path / "report", 8)
+    for path in ("cache/classifier/model.safetensors", "cache/stream/stream.safetensors"):
+        assert (tmp_path / path).is_file(), path
+    assert "trained in this run" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_shipped_weights_match_the_demo_model():
+    from castream import load_stream
+    from castream.models import build_model, load_weights
+
+    config = DemoConfig()
+    model = load_weights(
+        build_model(config.model, num_classes=config.classes), demo.WEIGHTS / "classifier.safetensors"
+    )
+    stream = load_stream(model, demo.WEIGHTS / "stream.safetensors").eval()
+    with torch.no_grad():
+        logits = stream(torch.zeros(2, 3, config.size, config.size))
+    assert logits.shape == (2, config.classes) and stream.attention[-1].shape == (2, 4, 4)
+
+
+def test_demo_cli_help_names_retrain(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "--retrain" in capsys.readouterr().out
