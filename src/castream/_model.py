@@ -4,7 +4,8 @@ and checked, the caller's state restored afterwards."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,22 @@ import torch
 from torch import Tensor, nn
 
 OutputSelector = int | str | Callable[[Any], Tensor] | None
+_MIN_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest input side a model of a described family accepts (its last stage's stride; 1 when
+    castream cannot describe the model). Computed once per model (a forward on the meta device)."""
+    if model not in _MIN_SIZES:
+        from .backbones import describe
+        from .stream import StreamModel
+
+        try:
+            spec = model.spec if isinstance(model, StreamModel) else describe(model)
+            _MIN_SIZES[model] = spec.min_size
+        except Exception:  # not a described family (any failure of the meta forward): no known minimum
+            _MIN_SIZES[model] = 1
+    return _MIN_SIZES[model]
 
 
 @contextlib.contextmanager
@@ -44,23 +61,28 @@ class Logits:
         self.model = model
         self.output = output
         self.forward_kwargs = dict(forward_kwargs or {})
+        self.min_size = min_input_size(model)  # here, before any method registers its hooks
 
     def select(self, out: Any) -> Tensor:
         if self.output is not None and not callable(self.output):
-            try:
+            if (isinstance(out, Mapping) and self.output in out) or (
+                isinstance(out, tuple | list)
+                and isinstance(self.output, int)
+                and -len(out) <= self.output < len(out)
+            ):
                 out = out[self.output]
-            except (KeyError, IndexError, TypeError):
+            else:
                 valid = (
-                    list(out)
-                    if isinstance(out, dict)
+                    f"keys {list(out)}"
+                    if isinstance(out, Mapping)
                     else f"indices 0..{len(out) - 1}"
                     if isinstance(out, tuple | list)
-                    else "none"
+                    else "none (it returns a single tensor: leave output=None)"
                 )
                 raise ValueError(
                     f"output={self.output!r} does not select anything from the model's {type(out).__name__} "
                     f"output; valid: {valid}"
-                ) from None
+                )
         elif self.output is not None:
             out = self.output(out)
         if not isinstance(out, Tensor):
@@ -88,6 +110,13 @@ class Logits:
             raise TypeError(
                 f"images are {x.dtype} but {type(self.model).__name__}'s parameters are {parameter.dtype}; "
                 f"cast one of them (e.g. images.to({parameter.dtype}))"
+            )
+        minimum = self.min_size
+        if min(x.shape[-2:]) < minimum:
+            raise ValueError(
+                f"images of {x.shape[-2]}x{x.shape[-1]} pixels are smaller than {type(self.model).__name__} "
+                f"accepts: its last stage has stride {minimum}, so each side must be at least {minimum} "
+                "pixels"
             )
         try:
             out = self.model(x, **self.forward_kwargs, **extra)

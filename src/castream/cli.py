@@ -462,6 +462,8 @@ def _explain(args: argparse.Namespace) -> int:
     from castream.data import eval_transform
     from castream.models import build_model, checkpoint_classes, load_weights
 
+    if args.num_classes < 1:
+        raise UsageError(f"--num-classes must be a positive integer, got {args.num_classes}")
     classes = checkpoint_classes(args.model, args.checkpoint) if args.checkpoint else args.num_classes
     model = (
         build_model(args.model, weights=args.weights)
@@ -480,6 +482,10 @@ def _explain(args: argparse.Namespace) -> int:
     method = saliency.get(args.method)(model, forward_kwargs=kwargs)
     with torch.no_grad():
         probabilities = model(images, **kwargs).softmax(1)
+    if names is not None and len(names) != probabilities.shape[1]:
+        raise UsageError(
+            f"--labels names {len(names)} classes, but the model has {probabilities.shape[1]} outputs"
+        )
     targets = None if args.target is None else [args.target] * len(images)
     maps = method(images, targets)
     out = Path(args.out)
@@ -500,7 +506,7 @@ def _class_names(args: argparse.Namespace, model) -> list[str] | None:
     if args.labels:
         from pathlib import Path
 
-        return Path(args.labels).read_text().split("\n")
+        return [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
     if args.weights and not args.model.startswith("timm:"):
         import torchvision
 

@@ -69,7 +69,21 @@ def build_model(name: str, *, num_classes: int | None = None, weights: str | Non
         return timm.create_model(name[5:], pretrained=weights is not None, **kwargs)
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown torchvision classification model {name!r} (prefix timm: for timm models)")
-    return torchvision.models.get_model(name, weights=weights, **kwargs)
+    if weights is not None:
+        valid = [w.name for w in torchvision.models.get_model_weights(name)] + ["DEFAULT"]
+        if weights not in valid:
+            raise ValueError(f"unknown weights {weights!r} for {name}; valid: {valid}")
+    try:
+        return torchvision.models.get_model(name, weights=weights, **kwargs)
+    except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError
+        if weights is None:
+            raise
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ValueError(
+            f"the {weights} weights of {name} are not in the local cache ({hub}) and could not be downloaded "
+            f"({err}); copy the file there from a machine with network access, or pass local weights "
+            "with --checkpoint"
+        ) from None
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:

@@ -31,6 +31,11 @@ def open_dataset(spec: str, role: str = "eval", transform=None, **options) -> An
     ``options`` go to the dataset (e.g. ``boxes=`` for ImageNet)."""
     kind, path = parse_spec(spec)
     cls, train_split, eval_split = KINDS[kind]
+    if "boxes" in options and cls is not ImageNet:
+        raise ValueError(
+            f"boxes= (a folder of ImageNet bounding-box XML files) applies to imagenet data only, not {kind}"
+            + ("; the synthetic benchmark has its own boxes" if kind == "synthetic" else "")
+        )
     if cls is ImageFolder:
         return cls(path, transform=transform)
     split = train_split if role == "train" else eval_split

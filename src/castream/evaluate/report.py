@@ -287,16 +287,17 @@ def summary(runner, cells: list[dict], models: list[dict], compared: list[dict])
         ]
         if matched:
             text += (
-                f" — {' and '.join(matched)} score as well, so {COLUMNS[key][0]} does not separate the "
-                "methods from a map that explains nothing here"
+                f" — matched by {' and '.join(matched)}, so {COLUMNS[key][0]} does not separate the methods "
+                "from a map that explains nothing here"
             )
         parts.append(text + ".")
-    fake_ad, reals_ad = value("fakecam", "ad"), [value(m, "ad") for m in real if value(m, "ad") is not None]
-    if fake_ad is not None and reals_ad and fake_ad <= min(reals_ad):
+    fake_ad = value("fakecam", "ad")
+    beaten = [m for m in real if fake_ad is not None and (v := value(m, "ad")) is not None and fake_ad < v]
+    if beaten:
         parts.append(
-            f"Fake-CAM, which keeps the whole image and explains nothing, has the lowest AD "
-            f"({fake_ad * 100:.1f}%, best method {min(reals_ad) * 100:.1f}%): AD alone rewards trivial maps, "
-            "so read it together with AG, AI and insertion/deletion (thesis §2.4)."
+            f"Fake-CAM, which keeps the whole image and explains nothing, has an AD of {fake_ad * 100:.2f}%, "
+            f"lower than {', '.join(beaten)}: AD alone rewards trivial maps, so read it together with AG, AI "
+            "and insertion/deletion (thesis §2.4)."
         )
     if compared:
         significant = []

@@ -277,7 +277,10 @@ class Runner:
         path = self.out / "config.json"
         current = self.config.fingerprint()
         if path.exists():
-            stored = json.loads(path.read_text())
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"cannot read {path} ({err}); delete it or use another --out") from None
             differences = [
                 f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in current.items() if stored.get(k) != v
             ]
