@@ -289,3 +289,22 @@ def test_boxes_option_only_for_imagenet(tmp_path):
         ValueError, match="imagenet data only, not synthetic; the synthetic benchmark has its own"
     ):
         open_dataset(f"synthetic:{root}", "eval", boxes=str(tmp_path))
+
+
+def test_evaluate_size_below_the_model_minimum(tmp_path):
+    from castream.evaluate import EvalConfig, Runner
+
+    root = castream.data.synthetic.generate(tmp_path / "s", classes=3, train=0, val=2, size=32, workers=1)
+    config = EvalConfig(
+        model="resnet10_os16",
+        data=f"synthetic:{root}",
+        out=str(tmp_path / "o"),
+        poolings=("gap",),
+        size=8,
+        resize=8,
+    )
+    with pytest.raises(
+        ValueError, match="size 8 is smaller than resnet10_os16 accepts: its last stage has stride 16"
+    ):
+        Runner(config, progress=False)
+    assert not (tmp_path / "o").exists()

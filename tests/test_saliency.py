@@ -142,7 +142,8 @@ def test_gradcampp_safe_division_gives_no_nan():
 # --- Score-CAM, Ablation-CAM, SA-CAM ------------------------------------------------------------------
 
 
-def test_scorecam_matches_naive_per_channel_loop_and_skips_constant_channels_exactly():
+@pytest.mark.parametrize("score", ["logit", "probability", "raw-probability"])
+def test_scorecam_matches_naive_per_channel_loop_and_skips_constant_channels_exactly(score):
     model = TinyNet(dead=(1, 4), flat=(7,)).double().eval()
     pre = Preprocess()
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
@@ -155,11 +156,12 @@ def test_scorecam_matches_naive_per_channel_loop_and_skips_constant_channels_exa
             for k in range(len(A)):  # every channel, constant ones included (mask of zeros: n(0) = 0)
                 m = minmax(up(A[k], (16, 16)))
                 masked = pre.normalize(pre.denormalize(x[i]) * m)
-                scores.append(model(masked[None])[0, targets[i]])
-            w = torch.softmax(torch.stack(scores), 0)
+                logits = model(masked[None])[0]
+                scores.append(logits[targets[i]] if score == "logit" else logits.softmax(0)[targets[i]])
+            w = torch.stack(scores) if score == "raw-probability" else torch.softmax(torch.stack(scores), 0)
             expected.append(sum(w[k] * A[k] for k in range(len(A))).clamp(min=0))
     for batch_size in (1, 7, 1000):
-        method = saliency.ScoreCAM(model, "features", batch_size=batch_size)
+        method = saliency.ScoreCAM(model, "features", batch_size=batch_size, score=score)
         torch.testing.assert_close(method(x, targets, upsample=False, normalize=False), torch.stack(expected))
 
 

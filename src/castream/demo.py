@@ -254,7 +254,8 @@ def _setup_note(config: DemoConfig, retrain: bool, weights: Path, stream: Path, 
         f"about {config.others:.0%} of the scenes before the dominance rule (see `castream.data.synthetic`). "
         f"Classifier `{config.model}` (torchvision ResNet, one BasicBlock per stage, last stage at stride "
         f"16: 4 x 4 feature maps at {config.size} px), trained from scratch for {config.classifier_epochs} "
-        f"epochs on {config.train_images} images (AdamW, one-cycle, lr {config.lr}); CA-Stream trained for "
+        f"epochs on {config.train_images} images (AdamW, one-cycle, lr {config.lr}, label smoothing "
+        f"{config.label_smoothing}); CA-Stream trained for "
         f"{config.stream_epochs} epochs on the frozen classifier. Weights {provenance}.",
     ]
     if classifier_log and stream_log:

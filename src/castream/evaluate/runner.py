@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import metrics
+from .._model import min_input_size
 from ..data import class_boxes, collate, eval_transform
 from ..data.registry import is_multilabel, open_dataset
 from ..models import build_model, load_weights, replace_head
@@ -183,6 +184,12 @@ class Runner:
                 raise ValueError(f"model label {label!r} is used twice")
             self.models[label] = (
                 load_classifier(config.model, classes, None, checkpoint).to(self.device).eval()
+            )
+        minimum = min_input_size(model)
+        if config.size < minimum:
+            raise ValueError(
+                f"size {config.size} is smaller than {config.model} accepts: its last stage has stride "
+                f"{minimum}, so images must be at least {minimum} pixels"
             )
 
     def cells(self) -> list[tuple[str, str, str]]:

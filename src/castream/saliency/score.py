@@ -98,11 +98,16 @@ class ScoreCAM(MaskingMethod):
     ``w = softmax_k(f(x ⊙ n(up(A^k)))_c)`` and map ``ReLU(sum_k w_k A^k)``. With ``score="logit"`` (default,
     PROTOCOL.md) ``f`` returns logits as in thesis (1.6); ``score="probability"`` uses the class probability
     as in the original paper. The baseline term ``f(x_b)_c`` of (1.6) is constant over channels and cancels
-    under the softmax.
+    under the softmax. ``score="raw-probability"`` is the weighting of the authors' CA-Stream code: the class
+    probabilities themselves are the channel weights, without the softmax over channels.
     """
 
     name = "scorecam"
-    SCORES: ClassVar[dict] = {"logit": target_logit, "probability": target_probability}
+    SCORES: ClassVar[dict] = {
+        "logit": target_logit,
+        "probability": target_probability,
+        "raw-probability": target_probability,
+    }
 
     def __init__(self, model, layer=None, *, score: str = "logit", **options) -> None:
         if score not in self.SCORES:
@@ -115,7 +120,8 @@ class ScoreCAM(MaskingMethod):
         (scores,) = self.masked_scores(
             images, acts[0], t, lambda b, m: [self.preprocess.mask(images[b], m)], self.SCORES[self.score]
         )
-        return combine(scores.softmax(dim=1), acts[0]).clamp(min=0)
+        weights = scores if self.score == "raw-probability" else scores.softmax(dim=1)
+        return combine(weights, acts[0]).clamp(min=0)
 
 
 class AblationCAM(SaliencyMethod):
