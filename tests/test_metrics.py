@@ -513,3 +513,34 @@ def test_counts_are_validated_not_defaulted():
         metrics.recognition(model, images, maps, batch_size=0)
     with pytest.raises(TypeError, match="batch_size must be an integer"):
         saliency.get("scorecam")(model, batch_size=2.5)
+
+
+def test_sanity_check_skips_and_counts_constant_maps_and_averages_repeats():
+    from castream.saliency.base import SaliencyMethod
+
+    class Zero(SaliencyMethod):  # a method whose map is constant on every randomized model
+        uses_layer = False
+
+        def compute(self, images, targets):
+            return torch.zeros(images.shape[0], *images.shape[-2:])
+
+    model, x = TinyNet().eval(), torch.randn(3, 3, 16, 16)
+    calls = []
+
+    def factory(m):
+        calls.append(m)
+        return saliency.FakeCAM(m) if len(calls) == 1 else Zero(m)
+
+    out = metrics.sanity_check(factory, model, x, details=True)
+    assert all(math.isnan(e["rho"]) and e["constant"] == e["pairs"] == 3 for e in out.values())
+    gradcam = lambda m: saliency.GradCAM(m, "features")  # noqa: E731
+    one = metrics.sanity_check(gradcam, model, x, seed=5)
+    two = metrics.sanity_check(gradcam, model, x, seed=5, repeats=2, details=True)
+    for layer, entry in two.items():
+        assert entry["per_repeat"][0] == pytest.approx(one[layer])  # repeat 0 is the single-repeat run
+        kept = entry["pairs"] - entry["constant"]
+        assert kept == 6 and entry["rho"] == pytest.approx(sum(entry["per_repeat"]) / 2)
+    assert two["features.0"]["per_repeat"][0] != two["features.0"]["per_repeat"][1]  # other seeds
+    assert metrics.sanity_check(gradcam, model, x, seed=5) == one  # explicit seeding: reproducible
+    with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
+        metrics.sanity_check(gradcam, model, x, repeats=0)

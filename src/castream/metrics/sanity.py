@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from scipy.stats import rankdata
 from torch import Tensor, nn
 
 from ..saliency.base import SaliencyMethod
+from ..utils import check_int
 from .robustness import pearson
 
 
@@ -18,6 +20,12 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     ra = torch.from_numpy(rankdata(a.detach().flatten(1).double().cpu().numpy(), axis=1))
     rb = torch.from_numpy(rankdata(b.detach().flatten(1).double().cpu().numpy(), axis=1))
     return pearson(ra, rb)
+
+
+def layer_seed(seed: int, repeat: int, index: int) -> int:
+    """The torch seed under which the ``index``-th randomized layer of repeat ``repeat`` is re-initialized:
+    explicit, so any single layer's randomization can be reproduced alone."""
+    return int(np.random.SeedSequence([seed, repeat, index]).generate_state(1)[0])
 
 
 def _randomize(module: nn.Module, generator_seed: int) -> None:
@@ -31,6 +39,11 @@ def _randomize(module: nn.Module, generator_seed: int) -> None:
                 p.normal_(0.0, 0.02)
 
 
+def _constant(maps: Tensor) -> Tensor:
+    flat = maps.flatten(1)
+    return flat.max(dim=1).values == flat.min(dim=1).values
+
+
 def sanity_check(
     method_factory: Callable[[nn.Module], SaliencyMethod],
     model: nn.Module,
@@ -39,7 +52,9 @@ def sanity_check(
     *,
     layers: Sequence[str] | None = None,
     seed: int = 0,
-) -> dict[str, float]:
+    repeats: int = 1,
+    details: bool = False,
+) -> dict:
     """Cascading randomization from the head backwards: after each layer is re-initialized (cumulatively),
     the mean Spearman rank correlation between the original maps and the new ones. A method that passes
     the check gives correlations that fall as more layers are randomized.
@@ -47,16 +62,24 @@ def sanity_check(
     ``method_factory(model) -> method`` builds the method on the model copy (e.g.
     ``lambda m: saliency.GradCAM(m)``). ``layers``: module names in randomization order (default: every
     module with its own parameters, in reverse definition order, i.e. from the head backwards). The
-    caller's model is untouched: everything happens on a deep copy. Targets are fixed to those of the
+    caller's model is untouched: everything happens on deep copies. Targets are fixed to those of the
     original model (its predictions when ``targets`` is None).
+
+    Seeding: layer ``i`` of repeat ``r`` is re-initialized under ``torch.manual_seed(layer_seed(seed, r,
+    i))``; ``repeats`` runs the cascade on ``repeats`` fresh copies and averages (per-layer values swing
+    widely over a few images). Constant maps (original or randomized): Spearman's rho is undefined, so the
+    image is skipped and counted, as Quantus' MPRT does (NaN), rather than scored 0. Returns
+    ``{layer: mean rho}`` (NaN when every image was skipped), or with ``details=True`` ``{layer: {"rho",
+    "per_repeat", "constant", "pairs"}}`` where ``constant`` counts the skipped (repeat, image) pairs.
     """
     if not callable(method_factory) or isinstance(method_factory, SaliencyMethod):
         raise TypeError(
             "method_factory must build a method from a model (e.g. lambda m: saliency.GradCAM(m)), got "
             f"{type(method_factory).__name__}"
         )
-    clone = copy.deepcopy(model)
-    original_method = method_factory(clone)
+    check_int("repeats", repeats)
+    check_int("seed", seed, 0)
+    original_method = method_factory(copy.deepcopy(model))
     if not isinstance(original_method, SaliencyMethod):
         raise TypeError(
             "method_factory(model) must return a castream saliency method, got "
@@ -69,11 +92,28 @@ def sanity_check(
     if layers is None:
         layers = [
             n
-            for n, m in reversed(list(clone.named_modules()))
+            for n, m in reversed(list(model.named_modules()))
             if any(True for _ in m.parameters(recurse=False))
         ]
-    results: dict[str, float] = {}
-    for i, name in enumerate(layers):
-        _randomize(clone.get_submodule(name), seed + i)
-        results[name] = float(spearman(original, method_factory(clone)(images, targets)).mean())
-    return results
+    rho = {name: [] for name in layers}
+    for r in range(repeats):
+        clone = copy.deepcopy(model)
+        for i, name in enumerate(layers):
+            _randomize(clone.get_submodule(name), layer_seed(seed, r, i))
+            randomized = method_factory(clone)(images, targets)
+            values = spearman(original, randomized).double()
+            rho[name].append(torch.where(_constant(original) | _constant(randomized), float("nan"), values))
+    out = {}
+    for name, per_repeat in rho.items():
+        values = torch.stack(per_repeat)  # (repeats, B)
+        kept = values[~values.isnan()]
+        mean = float(kept.mean()) if len(kept) else float("nan")
+        out[name] = {
+            "rho": mean,
+            "per_repeat": [
+                float(v[~v.isnan()].mean()) if (~v.isnan()).any() else float("nan") for v in values
+            ],
+            "constant": int(values.isnan().sum()),
+            "pairs": values.numel(),
+        }
+    return out if details else {name: entry["rho"] for name, entry in out.items()}
