@@ -138,6 +138,10 @@ def test_cli_end_to_end(artifacts, tmp_path, capsys):
             if key not in ("model", "pooling", "method", "protocol"):
                 assert not math.isnan(float(value)), (key, row)
         assert row["images"] == "6" and row["protocol"] == "thesis"
+    for row in rows:  # SA-CAM's overall AUC is insertion - deletion, per image, so also on average
+        assert float(row["overall"]) == pytest.approx(
+            float(row["insertion"]) - float(row["deletion"]), abs=1e-4
+        )
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"]["name"] == "thesis" and results["versions"]["castream"] == castream.__version__
     params = {m["pooling"]: m["parameters"] for m in results["models"]}
@@ -145,7 +149,7 @@ def test_cli_end_to_end(artifacts, tmp_path, capsys):
         params["ca"] > params["gap"] == castream.count_parameters(build_model("resnet10_os16", num_classes=3))
     )
     markdown = (out / "results.md").read_text()
-    assert "| NETWORK | ATTRIBUTION | POOLING | N | AD↓ | AG↑ | AI↑ | I↑ | D↓ |" in markdown
+    assert "| NETWORK | ATTRIBUTION | POOLING | N | AD↓ | AG↑ | AI↑ | I↑ | D↓ | I−D↑ |" in markdown
     assert "OM↓" in markdown and "GFLOPS" in markdown and "protocol `thesis`" in markdown
 
 

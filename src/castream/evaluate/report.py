@@ -19,7 +19,7 @@ from .runner import _cell, shard_records
 # metric key -> (column title, shown x100 as a percentage, lower is better)
 COLUMNS = {
     "ad": ("AD", True, True), "ag": ("AG", True, False), "ai": ("AI", True, False),
-    "insertion": ("I", True, False), "deletion": ("D", True, True),
+    "insertion": ("I", True, False), "deletion": ("D", True, True), "overall": ("I−D", True, False),
     "om": ("OM", True, True), "le": ("LE", True, True), "f1": ("F1", True, False),
     "boxacc": ("BA", True, False),
     "sp": ("SP", True, False), "ep": ("EP", True, False), "sm": ("SM", False, True),
@@ -29,7 +29,14 @@ COLUMNS = {
     "energy_other": ("E_o", True, True), "sp_target": ("SP_c", True, False), "sp_other": ("SP_o", True, True),
 }  # fmt: skip
 TABLES = {
-    "Interpretability metrics (thesis Table 3.1 layout)": ("ad", "ag", "ai", "insertion", "deletion"),
+    "Interpretability metrics (thesis Table 3.1 layout; I−D: SA-CAM's overall AUC)": (
+        "ad",
+        "ag",
+        "ai",
+        "insertion",
+        "deletion",
+        "overall",
+    ),
     "Localization metrics (thesis Table 2.6 layout)": ("om", "le", "f1", "boxacc", "sp", "ep", "sm"),
     "Class discrimination (castream's own metric; masks of every class in the image)": (
         "discrimination",
@@ -41,7 +48,7 @@ TABLES = {
     "More metrics (thesis Table 2.3 layout)": ("aopc", "max_sensitivity", "adcc", "coherency", "complexity"),
 }
 # per-image metrics compared between GAP and CA with the paired bootstrap
-COMPARED = ("ad", "ag", "ai", "insertion", "deletion", "sp", "discrimination", "sp_target")
+COMPARED = ("ad", "ag", "ai", "insertion", "deletion", "overall", "sp", "discrimination", "sp_target")
 POOLING_NAMES = {"gap": "GAP", "ca": "CA"}
 
 
@@ -51,6 +58,8 @@ def read_shards(out: Path, cell: str) -> tuple[dict[int, dict], list[tuple[float
     timings = []
     for record in _records(out, cell):
         for row in record["images"]:
+            if "insertion" in row and "deletion" in row:  # SA-CAM §4.5's "overall" AUC, derived per image
+                row["overall"] = row["insertion"] - row["deletion"]
             rows.setdefault(row["index"], row)
         if "seconds" in record:
             timings.append((record["seconds"], len(record["images"])))
