@@ -308,3 +308,20 @@ def test_evaluate_size_below_the_model_minimum(tmp_path):
     ):
         Runner(config, progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_malformed_method_option(tmp_path, capsys):
+    argv = [
+        "evaluate",
+        "--model",
+        "resnet18",
+        "--data",
+        "synthetic:x",
+        "--out",
+        str(tmp_path),
+        "--option",
+        "scorecam=3",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--option takes METHOD.KEY=VALUE" in err and len(err.strip().splitlines()) == 1

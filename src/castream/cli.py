@@ -309,13 +309,10 @@ def _method_options(items: list[str]) -> dict:
     import json
 
     options: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
+    for key, value in _pairs(items, "--option", "METHOD.KEY=VALUE (e.g. scorecam.batch_size=256)").items():
         method, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise ValueError(
-                f"method options are METHOD.KEY=VALUE (e.g. scorecam.batch_size=256), got {item!r}"
-            )
+        if not dot or not method or not name:
+            raise UsageError(f"--option takes METHOD.KEY=VALUE (e.g. scorecam.batch_size=256), got {key!r}")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:

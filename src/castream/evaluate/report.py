@@ -250,10 +250,6 @@ def comparisons(runner, rows: dict[tuple[str, str, str], dict[int, dict]]) -> li
     return out
 
 
-def _pct(entry: dict | None, key: str = "mean") -> str:
-    return "–" if entry is None or entry.get("n", 1) == 0 else f"{entry[key] * 100:.1f}%"
-
-
 def summary(runner, cells: list[dict], models: list[dict], compared: list[dict]) -> str:
     """A plain-language paragraph generated from the numbers (no sentence is hard-coded to a result)."""
     config = runner.config
@@ -372,14 +368,14 @@ def _skipped(entries: list[dict]) -> list[str]:
     return [f"**Skipped:** {len(entries)} unreadable image(s) left out of every table ({listed}).", ""]
 
 
-def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str], compared: list[dict]) -> str:
+def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str], results: dict) -> str:
     config = runner.config
     settings = metrics.PROTOCOLS[config.protocol]
     maps = runner.map_size()
     lines = [
         f"# castream evaluation: {config.model} on {config.data}",
         "",
-        summary(runner, cells, models, compared),
+        results["summary"],
         "",
         f"{len(runner.indices)} evaluation images at {config.size}x{config.size}, seed {config.seed}"
         + (f"; explained layer {maps[0]} with {maps[1]} × {maps[2]} feature maps" if maps else "")
@@ -391,7 +387,7 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
         "row. Target class: the ground truth. Baselines: " + ", ".join(config.baselines or ("none",)) + ".",
         "",
         *_coverage(cells),
-        *_skipped(skipped_images(runner)),
+        *_skipped(results["skipped"]),
         "## Recognition (thesis Table 3.3 layout)",
         "",
         "| NETWORK | POOL | GFLOPS | #PARAM | "
@@ -441,8 +437,8 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
                 + " | ".join(values)
                 + " |"
             )
-    if compared:
-        lines += _comparison_table(compared)
+    if results["comparisons"]:
+        lines += _comparison_table(results["comparisons"])
     lines += [
         "",
         "## Time (thesis Table 2.1 layout)",
@@ -541,5 +537,5 @@ def write_report(runner) -> dict:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.md").write_text(_markdown(runner, cells, models, figures, compared))
+    (out / "results.md").write_text(_markdown(runner, cells, models, figures, results))
     return results

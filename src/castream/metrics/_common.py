@@ -34,14 +34,20 @@ def check_maps(maps: Tensor, images: Tensor, normalize: bool = False) -> Tensor:
         )
     if tuple(maps.shape) != expected:
         raise ValueError(f"expected maps of shape {expected} (B, H, W), got {getattr(maps, 'shape', maps)}")
-    if maps.isnan().any():
-        raise ValueError("maps contain NaN")
-    maps = maps.to(images.dtype)
     if normalize:
-        return normalize_maps(maps)
-    if maps.min() < 0 or maps.max() > 1:
-        raise ValueError("maps must lie in [0, 1]; pass normalize=True to min-max normalize them")
-    return maps
+        check_map_values(maps, in_range=False)
+        return normalize_maps(maps.to(images.dtype))
+    check_map_values(maps, hint="; pass normalize=True to min-max normalize them")
+    return maps.to(images.dtype)
+
+
+def check_map_values(maps: Tensor, *, in_range: bool = True, hint: str = "") -> None:
+    """Every metric's check of map values: finite and (with ``in_range``) in [0, 1]."""
+    if not torch.isfinite(maps).all():
+        raise ValueError("maps contain NaN or Inf")
+    if in_range and maps.numel() and (maps.min() < 0 or maps.max() > 1):
+        low, high = float(maps.min()), float(maps.max())
+        raise ValueError(f"maps must lie in [0, 1]{hint} (got values in [{low:.3g}, {high:.3g}])")
 
 
 def resolve_targets(fn: Logits, images: Tensor, targets, batch_size: int) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._common import check_map_values
 from .localization import pointing_hits
 
 KEYS = ("energy_target", "energy_other", "discrimination", "sp_target", "sp_other")
@@ -43,8 +44,7 @@ def class_discrimination(maps: Tensor, classes: Tensor, targets) -> dict[str, Te
         )
     if classes.is_floating_point() or classes.is_complex() or (classes < 0).any():
         raise ValueError("class maps must hold non-negative integers (0: no class, c + 1: class c)")
-    if not torch.isfinite(maps).all() or maps.min() < 0 or maps.max() > 1:
-        raise ValueError("maps must be finite and lie in [0, 1]")
+    check_map_values(maps)
     if isinstance(targets, int) and not isinstance(targets, bool):
         targets = torch.full((len(maps),), targets)
     t = torch.as_tensor(targets) if not isinstance(targets, Tensor) else targets

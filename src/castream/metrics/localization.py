@@ -17,6 +17,8 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from ._common import check_map_values
+
 ETAS = tuple(i / 100 for i in range(100))  # BoxAcc thresholds 0, 0.01, ..., 0.99
 DELTAS = (0.3, 0.5, 0.7)
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -73,12 +75,7 @@ def _check(maps: Tensor, boxes: Sequence[Tensor]) -> list[Tensor]:
     if not isinstance(maps, Tensor) or maps.dim() != 3 or not maps.is_floating_point():
         got = f"{tuple(maps.shape)} {maps.dtype}" if isinstance(maps, Tensor) else type(maps).__name__
         raise ValueError(f"expected maps as a floating-point tensor of shape (B, H, W), got {got}")
-    if not torch.isfinite(maps).all():
-        raise ValueError("maps contain NaN or Inf")
-    if maps.numel() and (maps.min() < 0 or maps.max() > 1):
-        raise ValueError(
-            f"maps must lie in [0, 1], got values in [{float(maps.min()):.3g}, {float(maps.max()):.3g}]"
-        )
+    check_map_values(maps)
     if len(boxes) != len(maps):
         raise ValueError(f"expected one box tensor per map ({len(maps)}), got {len(boxes)}")
     height, width = maps.shape[-2:]

@@ -53,9 +53,8 @@ class TrainConfig:
     workers: int = 2
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     max_steps: int | None = None  # stop after N optimizer steps in total (for interruption tests)
-    label_smoothing: float = (
-        0.0  # cross-entropy label smoothing (torchvision's recipe for its V2 weights: 0.1)
-    )
+    # cross-entropy label smoothing (torchvision's recipe for its V2 ImageNet weights uses 0.1)
+    label_smoothing: float = 0.0
     extra: dict = field(default_factory=dict)  # recipe-specific settings, recorded in checkpoints
 
     def __post_init__(self) -> None:
