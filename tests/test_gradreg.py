@@ -117,6 +117,37 @@ def test_bad_input():
         GradientRegularizer()(tanh, torch.randn(2, 3), torch.tensor([0, 1]))
 
 
+def test_pixel_reduction_is_the_printed_formula():
+    model = TinyNet().eval()
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([0, 3])
+    for error in ("mae", "mse"):
+        _, mean = GradientRegularizer(error, 1.0)(model, x, y)
+        regularizer = GradientRegularizer(error, 1.0, reduction="pixels")
+        _, pixels = regularizer(model, x, y)
+        delta = (regularizer.last["standard"] - regularizer.last["guided"]).flatten(1)
+        power = 1 if error == "mae" else 2
+        by_hand = (delta.abs() ** power).sum(1) / (16 * 16)  # (4.5)-(4.6): 1/p over p = H*W pixels
+        torch.testing.assert_close(pixels["regularization"], by_hand.mean())
+        torch.testing.assert_close(pixels["regularization"], 3 * mean["regularization"])
+    with pytest.raises(ValueError, match="applies to the mae and mse"):
+        GradientRegularizer("cosine", reduction="pixels")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        GradientRegularizer("mae", reduction="sum")
+
+
+def test_lambda_presets_and_the_cifar100_preset():
+    from castream.preprocess import CIFAR100_MEAN
+    from castream.train.gradreg import default_lambda, thesis_config
+
+    assert default_lambda("cifar_mobilenet_v2") == 1e-3 and default_lambda("cifar_resnet18") == 7.5e-3
+    assert thesis_config().warmup_epochs == 0 and thesis_config("pytorch-cifar100").warmup_epochs == 1
+    rotate = [t for t in cifar_train_transform(32, rotation=15).transforms if "Rotation" in type(t).__name__]
+    assert len(rotate) == 1 and list(rotate[0].degrees) == [-15.0, 15.0]
+    assert CIFAR100_MEAN[0] == pytest.approx(0.5071, abs=1e-4)
+    with pytest.raises(ValueError, match="unknown preset"):
+        thesis_config("fast")
+
+
 def test_cifar_variants_keep_spatial_maps():
     import castream
 
@@ -146,10 +177,12 @@ def test_cli_gradreg(tmp_path):
             "8",
             "--workers",
             "0",
-            "--lam",
-            "0.5",
             "--error",
             "mse",
+            "--reduction",
+            "pixels",
+            "--preset",
+            "pytorch-cifar100",
             "--quiet",
         ]
     )
@@ -158,6 +191,9 @@ def test_cli_gradreg(tmp_path):
     assert {"train_classification", "train_regularization", "acc"} <= set(record)
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["recipe"] == "gradreg" and checkpoint["config"]["extra"]["error"] == "mse"
+    extra = checkpoint["config"]["extra"]
+    assert extra["lam"] == 7.5e-3 and extra["normalization"] == "cifar100"  # the preset's statistics
+    assert checkpoint["config"]["warmup_epochs"] == 1
     assert (
         tuple(checkpoint["config"]["milestones"]) == (60, 120, 160) and checkpoint["config"]["gamma"] == 0.2
     )

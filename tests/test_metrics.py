@@ -66,10 +66,12 @@ def test_drop_gain_at_the_limits_have_no_nan():
     assert r["increase"].tolist() == [0.0, 1.0, 0.0, 0.0]  # strict
 
 
-def hand_curve(x, m, c, kind, step, baseline):
-    """Algorithms 1-2 by hand: one image, pixel by pixel in decreasing saliency."""
+def hand_curve(x, m, c, kind, step, baseline, reverse=False):
+    """Algorithms 1-2 by hand: one image, pixel by pixel in decreasing saliency (ties: lower index
+    first, or higher first with ``reverse``)."""
     h, w = m.shape
-    order = sorted(range(h * w), key=lambda j: (-float(m.flatten()[j]), j))  # stable: ties by index
+    sign = -1 if reverse else 1
+    order = sorted(range(h * w), key=lambda j: (-float(m.flatten()[j]), sign * j))
     current = (baseline.clone() if kind == "insertion" else x.clone()).view(3, -1)
     source = (x if kind == "insertion" else baseline).reshape(3, -1)
     probs, fractions, done = [toy_probability(current.view(3, h, w), c)], [0.0], 0
@@ -124,6 +126,41 @@ def test_insertion_default_starts_from_blur_and_authors_preset():
     assert metrics.step_counts(224, 224, "authors-code")[1] == 1792
 
 
+def test_authors_code_reverses_ties_and_pads_the_blur_with_zeros():
+    x = images()
+    maps = torch.stack([ordered_map(seed=i) for i in range(3)])
+    maps[:, :3] = 0.5  # a block of ties
+    t = torch.tensor([0, 1, 0])
+    auc = metrics.deletion(
+        Toy(), x, maps, t, preprocess=RAW, protocol="authors-code", baseline="black", step=5
+    )
+    for i in range(3):
+        zeros = torch.zeros(3, 8, 8, dtype=torch.float64)
+        expected = hand_curve(x[i], maps[i], t[i], "deletion", 5, zeros, reverse=True)
+        assert auc[i].item() == pytest.approx(expected, rel=1e-6)
+        assert expected != pytest.approx(hand_curve(x[i], maps[i], t[i], "deletion", 5, zeros), rel=1e-6)
+    # zero padding in normalized space: out[c,i,j] = sum_uv k_u k_v x[c,i+u-2,j+v-2], 0 outside
+    norm = Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
+    z = torch.randn(1, 3, 6, 7, dtype=torch.float64)
+    line = torch.exp(-((torch.arange(5, dtype=torch.float64) - 2) ** 2) / 50)
+    line /= line.sum()
+    expected = torch.zeros_like(z)
+    for i in range(6):
+        for j in range(7):
+            for u in range(5):
+                for v in range(5):
+                    if 0 <= i + u - 2 < 6 and 0 <= j + v - 2 < 7:
+                        expected[0, :, i, j] += line[u] * line[v] * z[0, :, i + u - 2, j + v - 2]
+    got = norm.baseline(z, "blur", kernel_size=5, sigma=5.0, padding="zeros")
+    torch.testing.assert_close(got, expected)
+    interior = torchvision.transforms.functional.gaussian_blur(z, [5, 5], [5.0, 5.0])[..., 2:-2, 2:-2]
+    torch.testing.assert_close(got[..., 2:-2, 2:-2], interior)
+    with pytest.raises(ValueError, match="odd kernel_size"):
+        norm.baseline(z, "blur", kernel_size=4, padding="zeros")
+    with pytest.raises(ValueError, match="ties must be one of"):
+        metrics.saliency_rank(maps, "random")
+
+
 def test_evidence_map_beats_random_map():
     x = torch.rand(4, 3, 16, 16)
     t = torch.zeros(4, dtype=torch.long)  # class 0: evidence is the left half
@@ -162,6 +199,55 @@ def test_aopc_matches_hand_computation():
             z[:, r : r + 4, c : c + 4] = 0
             drops.append(p0 - toy_probability(z, t[i]))
         assert out[i].item() == pytest.approx(sum(drops) / 3, abs=1e-6)
+
+
+def test_aopc_quantus_convention_matches_hand_computation():
+    # 10 x 10 image, patch 4: padded by (1, 1) to 12 x 12, a 3 x 3 grid whose cells start at -1, 3, 7
+    x = torch.rand(2, 3, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    maps = torch.rand(2, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0, 1])
+    out = metrics.aopc(
+        Toy(), x, maps, t, preprocess=RAW, patch_size=4, regions=3, baseline="black", convention="quantus"
+    )
+    for i in range(2):
+        cells = [(max(r, 0), r + 4, max(c, 0), c + 4) for r in (-1, 3, 7) for c in (-1, 3, 7)]
+        sums = [float(maps[i, r0:r1, c0:c1].sum()) for r0, r1, c0, c1 in cells]
+        order = sorted(range(9), key=lambda j: (-sums[j], j))
+        p0, z, drops = toy_probability(x[i], t[i]), x[i].clone(), []
+        for j in order[:3]:
+            r0, r1, c0, c1 = cells[j]
+            z[:, r0:r1, c0:c1] = x[i].min()  # Quantus' "black": the image's minimum input value
+            drops.append(p0 - toy_probability(z, t[i]))
+        assert out[i].item() == pytest.approx(sum(drops) / 3, abs=1e-6)
+    noisy = metrics.aopc(Toy(), x, maps, t, preprocess=RAW, patch_size=4, regions=3, convention="quantus")
+    again = metrics.aopc(Toy(), x, maps, t, preprocess=RAW, patch_size=4, regions=3, convention="quantus")
+    torch.testing.assert_close(noisy, again)  # seeded
+    with pytest.raises(ValueError, match="exceeds the 9 grid patches"):
+        metrics.aopc(Toy(), x, maps, t, preprocess=RAW, patch_size=4, regions=10, convention="quantus")
+    with pytest.raises(ValueError, match="quantus convention baselines"):
+        metrics.aopc(
+            Toy(), x, maps, t, preprocess=RAW, patch_size=4, regions=3, baseline="blur", convention="quantus"
+        )
+    with pytest.raises(ValueError, match="convention must be one of"):
+        metrics.aopc(Toy(), x, maps, t, convention="samek")
+
+
+def test_aopc_quantus_uniform_is_one_value_per_patch():
+    captured = []
+
+    class Spy(Toy):
+        def forward(self, x):
+            captured.append(x.clone())
+            return super().forward(x)
+
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    maps = ordered_map()[None]
+    metrics.aopc(Spy(), x, maps, [0], preprocess=RAW, patch_size=4, regions=2, convention="quantus")
+    last = torch.cat(captured)[-1]  # two patches replaced
+    changed = (last != x[0]).any(0)
+    assert changed.sum() == 32
+    values = {round(float(v), 12) for v in last[:, changed].flatten()}
+    assert len(values) == 2 and all(0 <= v < 1 for v in values)
 
 
 def test_region_masks_are_non_overlapping_and_cumulative():

@@ -231,15 +231,16 @@ def test_sacam_perturbations_run(perturbation):
 # --- Opti-CAM -----------------------------------------------------------------------------------------
 
 
-def opticam_reference(model, x, target, iterations):
+def opticam_reference(model, x, target, iterations, layer=None, relu=False):
     """One image with torch.optim.Adam(lr=0.1), the thesis' objective 'mask' and normalization 'range'."""
     pre = Preprocess()
     store = {}
-    handle = model.features.register_forward_hook(lambda m, a, o: store.__setitem__("a", o.detach()))
+    module = layer or model.features
+    handle = module.register_forward_hook(lambda m, a, o: store.__setitem__("a", o.detach()))
     with torch.no_grad():
         model(x[None])
     handle.remove()
-    A = store["a"][0]
+    A = store["a"][0].relu() if relu else store["a"][0]
     u = torch.zeros(len(A), dtype=x.dtype, requires_grad=True)
     opt = torch.optim.Adam([u], lr=0.1)
     for _ in range(iterations):
@@ -263,6 +264,19 @@ def test_opticam_matches_adam_reference_and_batched_equals_per_image():
         single = method(x[i : i + 1], targets[i : i + 1], upsample=False, normalize=False)
         torch.testing.assert_close(batched[i], single[0])
         torch.testing.assert_close(batched[i], opticam_reference(model, x[i], targets[i], 8))
+
+
+def test_opticam_relu_features_matches_reference_on_a_signed_layer():
+    model = TinyNet().double().eval()
+    model.requires_grad_(False)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    conv = model.features[3]  # before the ReLU: signed features
+    method = saliency.OptiCAM(model, "features.3", max_iter=5, relu_features=True)
+    maps = method(x, [1, 2], upsample=False, normalize=False)
+    for i, target in enumerate([1, 2]):
+        torch.testing.assert_close(maps[i], opticam_reference(model, x[i], target, 5, conv, relu=True))
+    plain = saliency.OptiCAM(model, "features.3", max_iter=5)(x, [1, 2], upsample=False, normalize=False)
+    assert not torch.allclose(plain, maps)
 
 
 def test_opticam_objective_increases():
@@ -357,6 +371,28 @@ def test_raw_attention_of_the_stream(resnets):
     torch.testing.assert_close(maps.sum((1, 2)), torch.ones(2))
     mean = saliency.RawAttention(model, tap="mean")(x, upsample=False, normalize=False)
     assert mean.shape == (2, 16, 16)
+
+
+def test_class_specific_raw_attention_uses_the_gap_prediction_unless_asked():
+    backbone = torchvision.models.resnet18(num_classes=6).eval()
+    model = castream.attach_stream(backbone, class_specific=True)
+    with torch.no_grad():
+        model.stream.query.copy_(torch.randn_like(model.stream.query) * 3)  # distinct per-class queries
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        predicted = backbone(x).argmax(1)
+        other = (predicted + 1) % 6
+        model(x, labels=predicted)
+        by_prediction = model.attention[0].clone()  # the first tap sees the class query directly
+        model(x, labels=other)
+        by_other = model.attention[0].clone()
+    default = saliency.RawAttention(model, tap=0)(x, other, upsample=False, normalize=False)
+    torch.testing.assert_close(default, by_prediction)  # the targets do not change the query
+    asked = saliency.RawAttention(model, tap=0, query="target")(x, other, upsample=False, normalize=False)
+    torch.testing.assert_close(asked, by_other)
+    assert not torch.allclose(by_prediction, by_other)
+    with pytest.raises(ValueError, match="query must be one of"):
+        saliency.RawAttention(model, query="label")
 
 
 # --- ViT ----------------------------------------------------------------------------------------------

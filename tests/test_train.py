@@ -181,6 +181,25 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(shapes, tmp_path, m
     assert not list(tmp_path.glob(".checkpoint.pt.*"))
 
 
+def test_warm_up_is_linear_per_step_then_the_schedule(shapes, tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    train, _ = shapes  # 48 images, batch 8: 6 steps per epoch
+    seen = []
+    handle = register_optimizer_step_pre_hook(lambda opt, a, k: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        cfg = config(epochs=3, warmup_epochs=1, milestones=(2,))
+        Trainer(ClassifierRecipe(small_resnet()), train, None, cfg, tmp_path, progress=False).fit()
+    finally:
+        handle.remove()
+    expected = [0.05 * k / 6 for k in range(6)] + [0.05] * 6 + [0.025] * 6
+    assert seen == pytest.approx(expected)
+    with pytest.raises(ValueError, match="every milestone after it"):
+        config(warmup_epochs=1, milestones=(1,))
+    with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
+        config(warmup_epochs=-1)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="fp8")

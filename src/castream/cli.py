@@ -94,6 +94,16 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         "--crop-scale", type=float, nargs=2, default=(0.08, 1.0), help="RandomResizedCrop scale range"
     )
     p.add_argument(
+        "--normalization",
+        choices=["imagenet", "cifar100"],
+        default="imagenet",
+        help="input mean/std (evaluate the model with the same --normalization)",
+    )
+    p.add_argument(
+        "--rotation", type=float, default=0.0, help="cifar augmentation: random rotation ± degrees"
+    )
+    p.add_argument("--warmup-epochs", type=int, default=0, help="linear lr warm-up over the first N epochs")
+    p.add_argument(
         "--augment",
         choices=["reference", "cifar"],
         default="reference",
@@ -152,20 +162,24 @@ def _train_config(args: argparse.Namespace, **extra):
         seed=args.seed,
         workers=args.workers,
         checkpoint_every=args.checkpoint_every,
-        extra=extra,
+        warmup_epochs=args.warmup_epochs,
+        extra={**extra, "normalization": args.normalization},
     )
 
 
 def _training_data(args: argparse.Namespace):
     from castream.data import cifar_train_transform, eval_transform, train_transform
     from castream.data.registry import open_dataset
+    from castream.preprocess import NORMALIZATIONS
 
+    stats = dict(zip(("mean", "std"), NORMALIZATIONS[args.normalization]))
     if args.augment == "cifar":  # pad-and-crop at full size: the eval images are not resized either
-        augment, evaluate = cifar_train_transform(args.size), eval_transform(args.size, resize=args.size)
+        augment = cifar_train_transform(args.size, rotation=args.rotation, **stats)
+        evaluate = eval_transform(args.size, resize=args.size, **stats)
     else:
         augment, evaluate = (
-            train_transform(args.size, scale=tuple(args.crop_scale)),
-            eval_transform(args.size, resize=args.resize),
+            train_transform(args.size, scale=tuple(args.crop_scale), **stats),
+            eval_transform(args.size, resize=args.resize, **stats),
         )
     return open_dataset(args.data, "train", augment), open_dataset(args.data, "eval", evaluate)
 
@@ -242,8 +256,13 @@ def _train_gradreg(args: argparse.Namespace) -> int:
     Defaults: the thesis §4.3.1 recipe (cifar_resnet18 at 32x32, 200 epochs, SGD lr 0.1, batch 128,
     lr / 5 at epochs 60, 120, 160); the final weights go to OUT/model.safetensors."""
     from castream.train import GradientRegularizer, train_gradreg
+    from castream.train.gradreg import PRESETS, default_lambda
 
-    regularizer = GradientRegularizer(args.error, args.lam)
+    if args.preset:
+        for key, value in PRESETS[args.preset].items():
+            setattr(args, key, value)
+    lam = default_lambda(args.model) if args.lam is None else args.lam
+    regularizer = GradientRegularizer(args.error, lam, args.reduction)
     train, val = _training_data(args)
     model = _classifier(args, len(train.classes))
     train_gradreg(
@@ -287,7 +306,24 @@ def _add_train(sub) -> None:
         default="cosine",
         help="error between the standard and the guided input gradient (thesis (4.5)-(4.8))",
     )
-    g.add_argument("--lam", type=float, default=7.5e-3, help="regularization weight λ (thesis Table 4.3)")
+    g.add_argument(
+        "--lam",
+        type=float,
+        default=None,
+        help="regularization weight λ (default: 1e-3 for cifar_mobilenet_v2, thesis Table 4.1; else 7.5e-3)",
+    )
+    g.add_argument(
+        "--reduction",
+        choices=["mean", "pixels"],
+        default="mean",
+        help="mae/mse: mean over C*H*W values, or the sum over H*W pixels as (4.5)-(4.6) print it",
+    )
+    g.add_argument(
+        "--preset",
+        choices=["pytorch-cifar100"],
+        default=None,
+        help="also the repository's 1-epoch warm-up, ±15° rotation, CIFAR-100 mean/std (overrides those)",
+    )
     g.set_defaults(
         model="cifar_resnet18",
         size=32,
@@ -304,15 +340,15 @@ def _add_train(sub) -> None:
 # --- evaluate ------------------------------------------------------------------------------------------
 
 
-def _method_options(items: list[str]) -> dict:
-    """``METHOD.KEY=VALUE`` pairs -> {method: {key: value}} (values parsed as JSON when possible)."""
+def _dotted_options(items: list[str], option: str, form: str) -> dict:
+    """``NAME.KEY=VALUE`` pairs -> {name: {key: value}} (values parsed as JSON when possible)."""
     import json
 
     options: dict = {}
-    for key, value in _pairs(items, "--option", "METHOD.KEY=VALUE (e.g. scorecam.batch_size=256)").items():
+    for key, value in _pairs(items, option, form).items():
         method, dot, name = key.partition(".")
         if not dot or not method or not name:
-            raise UsageError(f"--option takes METHOD.KEY=VALUE (e.g. scorecam.batch_size=256), got {key!r}")
+            raise UsageError(f"{option} takes {form}, got {key!r}")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
@@ -370,10 +406,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         resize=args.resize,
         seed=args.seed,
         boxes=args.boxes,
-        method_options=_method_options(args.option),
+        method_options=_dotted_options(
+            args.option, "--option", "METHOD.KEY=VALUE (e.g. scorecam.batch_size=256)"
+        ),
+        metric_options=_dotted_options(
+            args.metric_option, "--metric-option", "GROUP.KEY=VALUE (e.g. aopc.convention=quantus)"
+        ),
         compare=_pairs(args.compare, "--compare"),
         method_images=_counts(args.method_images, "--method-images"),
         baselines=tuple(args.baselines),
+        normalization=args.normalization,
     )
     results = Runner(config, progress=not args.quiet, log=_log(args)).run()
     if results is not None and not args.quiet:
@@ -431,7 +473,20 @@ def _add_evaluate(sub) -> None:
         "--resize", type=int, default=None, help="resize before the centre crop (default size*256/224)"
     )
     p.add_argument("--boxes", default=None, help="ImageNet: folder of the official bounding-box XML files")
+    p.add_argument(
+        "--normalization",
+        choices=["imagenet", "cifar100"],
+        default="imagenet",
+        help="the model's input mean/std",
+    )
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE", help="method options")
+    p.add_argument(
+        "--metric-option",
+        action="append",
+        default=[],
+        metavar="GROUP.KEY=VALUE",
+        help="metric-group options, passed to its function (e.g. aopc.convention=quantus)",
+    )
     p.add_argument(
         "--compare",
         action="append",

@@ -11,11 +11,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import Tensor
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# CIFAR-100 training-set statistics, as weiaicunzai/pytorch-cifar100 (the recipe of thesis §4.3.1) uses
+CIFAR100_MEAN: tuple[float, float, float] = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
+CIFAR100_STD: tuple[float, float, float] = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+}
 
 BASELINES = ("black", "mean", "blur")
 
@@ -35,6 +43,13 @@ class Preprocess:
             raise ValueError(f"std must be positive, got {tuple(std)}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+
+    @classmethod
+    def named(cls, name: str) -> Preprocess:
+        """The statistics of a named dataset: ``"imagenet"`` or ``"cifar100"``."""
+        if name not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {name!r}; expected one of {list(NORMALIZATIONS)}")
+        return cls(*NORMALIZATIONS[name])
 
     def __repr__(self) -> str:
         return f"Preprocess(mean={self.mean}, std={self.std})"
@@ -67,13 +82,16 @@ class Preprocess:
         *,
         kernel_size: int = 11,
         sigma: float = 5.0,
+        padding: str = "reflect",
     ) -> Tensor:
         """A normalized baseline image for each image: what masked-out pixels become.
 
         ``kind``: ``"black"`` (pixel value 0), ``"mean"`` (the normalization mean colour, i.e. the dataset
         mean), ``"blur"`` (Gaussian blur of the image, ``kernel_size``/``sigma``; the kernel is capped at
         ``2 * min(H, W) - 1`` for small images), or a tensor of *pixel*
-        values broadcastable to ``images``.
+        values broadcastable to ``images``. Blur ``padding``: ``"reflect"`` (default) or ``"zeros"``: zero
+        padding of the *normalized* image, i.e. the dataset mean colour beyond the border, as the authors'
+        and RISE's ``conv2d(x, kernel, padding=k // 2)`` (the kernel is then not capped).
         """
         mean, std = self._stats(images)
         if isinstance(kind, Tensor):
@@ -82,6 +100,19 @@ class Preprocess:
             return (-mean / std).expand_as(images)
         if kind == "mean":
             return torch.zeros_like(images)
+        if kind == "blur" and padding == "zeros":
+            if kernel_size % 2 == 0:
+                raise ValueError(f"zero-padded blur needs an odd kernel_size, got {kernel_size}")
+            coords = torch.arange(kernel_size, device=images.device, dtype=images.dtype) - kernel_size // 2
+            line = torch.exp(-(coords**2) / (2 * sigma**2))
+            line = line / line.sum()
+            channels = images.shape[-3]
+            kernel = (line[:, None] * line[None, :]).expand(channels, 1, kernel_size, kernel_size)
+            flat = images.reshape(-1, *images.shape[-3:])
+            blurred = F.conv2d(flat, kernel, padding=kernel_size // 2, groups=channels)
+            return blurred.view_as(images)
+        if padding != "reflect":
+            raise ValueError(f"blur padding must be 'reflect' or 'zeros', got {padding!r}")
         if kind == "blur":
             # Blurring commutes with the per-channel affine normalization (reflect padding, unit-sum kernel).
             # Reflect padding needs the kernel to be shorter than twice the image side.

@@ -66,11 +66,19 @@ def cifar_train_transform(
     size: int = 32,
     *,
     padding: int = 4,
+    rotation: float = 0.0,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
-    """The CIFAR recipe (thesis §4.3.1): RandomCrop(size, padding) + RandomHorizontalFlip + normalization.
-    ImageNet statistics by default, so the evaluation's Preprocess needs no change."""
+    """The CIFAR recipe (thesis §4.3.1): RandomCrop(size, padding) + RandomHorizontalFlip (+ RandomRotation
+    of ±``rotation`` degrees, 15 in weiaicunzai/pytorch-cifar100) + normalization. ImageNet statistics by
+    default, so the evaluation's Preprocess needs no change."""
+    rotate = [v2.RandomRotation(rotation)] if rotation else []
     return v2.Compose(
-        [v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip(), *_finish(mean, std, True)]
+        [
+            v2.RandomCrop(size, padding=padding),
+            v2.RandomHorizontalFlip(),
+            *rotate,
+            *_finish(mean, std, True),
+        ]
     )

@@ -382,10 +382,24 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
         + ". "
         f"Causal metrics use protocol `{config.protocol}` (pixels per step ceil(H*W/{settings['steps']}), "
         f"insertion from a Gaussian blur with kernel {settings['blur_kernel']} and sigma "
-        f"{settings['blur_sigma']}, deletion to {settings['deletion']}). Percentages except SM (nats) and "
+        f"{settings['blur_sigma']} ({settings['blur_padding']} padding), deletion to {settings['deletion']}, "
+        f"{settings['ties']} tie order). Percentages except SM (nats) and "
         "MS; in brackets a 95% bootstrap confidence interval over images; N is the number of images of the "
         "row. Target class: the ground truth. Baselines: " + ", ".join(config.baselines or ("none",)) + ".",
         "",
+        *(
+            [
+                "Metric options (non-default): "
+                + "; ".join(
+                    f"{group}: " + ", ".join(f"{k}={v}" for k, v in opts.items())
+                    for group, opts in config.metric_options.items()
+                )
+                + ".",
+                "",
+            ]
+            if config.metric_options
+            else []
+        ),
         *_coverage(cells),
         *_skipped(results["skipped"]),
         "## Recognition (thesis Table 3.3 layout)",

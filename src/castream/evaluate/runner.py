@@ -27,7 +27,7 @@ from .._model import min_input_size
 from ..data import class_boxes, collate, eval_transform
 from ..data.registry import is_multilabel, open_dataset
 from ..models import build_model, load_weights, replace_head
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..preprocess import Preprocess
 from ..saliency import get as get_method
 from ..stream import StreamModel, load_stream
 from ..train.loop import distributed
@@ -44,6 +44,26 @@ METRIC_GROUPS = (
     "adcc",
 )
 DEFAULT_METRICS = ("recognition", "insertion", "deletion", "localization")
+# the function a metric group's options (EvalConfig.metric_options) are passed to, and the keywords the
+# runner sets itself
+OPTION_TARGETS = {
+    "recognition": "recognition",
+    "insertion": "insertion",
+    "deletion": "deletion",
+    "aopc": "aopc",
+    "max-sensitivity": "max_sensitivity",
+    "adcc": "adcc",
+}
+RESERVED_OPTIONS = (
+    "preprocess",
+    "batch_size",
+    "forward_kwargs",
+    "protocol",
+    "return_curves",
+    "seed",
+    "output",
+    "normalize",
+)
 BASELINES = ("fakecam", "random")  # added to every evaluation: the scale of every metric
 
 
@@ -68,6 +88,8 @@ class EvalConfig:
     resize: int | None = None  # eval resize before the centre crop (default size * 256 / 224)
     seed: int = 0
     method_options: dict = field(default_factory=dict)
+    metric_options: dict = field(default_factory=dict)  # metric group -> keyword options of its function
+    normalization: str = "imagenet"  # input mean/std: "imagenet" or "cifar100" (as the model was trained)
     boxes: str | None = None  # ImageNet bounding-box XML folder
     compare: dict = field(default_factory=dict)  # label -> checkpoint of more models of the same architecture
     method_images: dict = field(default_factory=dict)  # method -> evaluate it on the first N images only
@@ -94,6 +116,8 @@ class EvalConfig:
             unknown = sorted(set(values) - set(allowed))
             if unknown:
                 raise ValueError(f"unknown {name} {unknown}; expected a subset of {list(allowed)}")
+        self._check_metric_options()
+        Preprocess.named(self.normalization)
         if "ca" in self.poolings and not self.stream:
             raise ValueError("pooling 'ca' needs a trained stream checkpoint (stream=...)")
         if self.protocol not in metrics.PROTOCOLS:
@@ -105,6 +129,30 @@ class EvalConfig:
             tuple(self.metrics),
             tuple(self.baselines),
         )
+
+    def _check_metric_options(self) -> None:
+        import inspect
+
+        for group, options in self.metric_options.items():
+            if group not in self.metrics:
+                raise ValueError(
+                    f"metric_options names {group!r}, which is not among the metrics {self.metrics}"
+                )
+            if group not in OPTION_TARGETS:
+                raise ValueError(f"metric group {group!r} takes no options; these do: {list(OPTION_TARGETS)}")
+            accepted = inspect.signature(getattr(metrics, OPTION_TARGETS[group])).parameters
+            for key in options:
+                if (
+                    key in RESERVED_OPTIONS
+                    or key not in accepted
+                    or accepted[key].kind != accepted[key].KEYWORD_ONLY
+                ):
+                    allowed = [
+                        k
+                        for k, v in accepted.items()
+                        if v.kind == v.KEYWORD_ONLY and k not in RESERVED_OPTIONS
+                    ]
+                    raise ValueError(f"{group} has no option {key!r}; it takes {allowed}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -163,10 +211,11 @@ class Runner:
         self.config, self.progress, self.log = config, progress, log
         self.out = Path(config.out)
         self.rank, self.world, self.device = distributed()
-        self.preprocess = Preprocess(IMAGENET_MEAN, IMAGENET_STD)
+        self.preprocess = Preprocess.named(config.normalization)
         options = {"boxes": config.boxes} if config.boxes else {}
+        stats = {"mean": self.preprocess.mean, "std": self.preprocess.std}
         self.dataset = open_dataset(
-            config.data, "eval", eval_transform(config.size, resize=config.resize), **options
+            config.data, "eval", eval_transform(config.size, resize=config.resize, **stats), **options
         )
         self.multilabel = is_multilabel(self.dataset)
         self.indices = self._selection()
@@ -402,22 +451,36 @@ class Runner:
 
     def _metrics(self, model, method, maps, images, targets, logits, targets_meta, shared) -> dict:
         config, out = self.config, {}
+        options = config.metric_options
         if "recognition" in config.metrics:
-            r = metrics.recognition(model, images, maps, targets, **shared)
+            r = metrics.recognition(model, images, maps, targets, **shared, **options.get("recognition", {}))
             out.update(ad=r["drop"], ag=r["gain"], ai=r["increase"])
         for kind in ("insertion", "deletion"):
             if kind in config.metrics:
                 auc, curves = getattr(metrics, kind)(
-                    model, images, maps, targets, protocol=config.protocol, return_curves=True, **shared
+                    model,
+                    images,
+                    maps,
+                    targets,
+                    protocol=config.protocol,
+                    return_curves=True,
+                    **shared,
+                    **options.get(kind, {}),
                 )
                 out[kind] = auc
                 out[f"{kind}_curve"] = curves.probabilities.round(decimals=5)
         if "aopc" in config.metrics:
-            out["aopc"] = metrics.aopc(model, images, maps, targets, seed=config.seed, **shared)
+            out["aopc"] = metrics.aopc(
+                model, images, maps, targets, seed=config.seed, **shared, **options.get("aopc", {})
+            )
         if "max-sensitivity" in config.metrics:
-            out["max_sensitivity"] = metrics.max_sensitivity(method, images, targets, seed=config.seed)
+            out["max_sensitivity"] = metrics.max_sensitivity(
+                method, images, targets, seed=config.seed, **options.get("max-sensitivity", {})
+            )
         if "adcc" in config.metrics:
-            a = metrics.adcc(method, model, images, targets, preprocess=self.preprocess)
+            a = metrics.adcc(
+                method, model, images, targets, preprocess=self.preprocess, **options.get("adcc", {})
+            )
             out.update(adcc=a["adcc"], coherency=a["coherency"], complexity=a["complexity"])
         if "discrimination" in config.metrics:
             classes = torch.stack([t["classes"] for t in targets_meta]).to(maps.device)

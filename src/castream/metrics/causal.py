@@ -23,17 +23,31 @@ from ._common import (
 # Presets (PROTOCOL.md). steps: pixels per step = ceil(H*W / steps), i.e. 224 px (thesis) or 1792 px
 # (the authors' released code) at 224 x 224. "coarse" is the thesis protocol with 32 steps (7 times fewer
 # forwards; the CPU demo's choice): the trapezoid AUC over 33 points instead of 225.
+# ties: "stable" (equal saliency: lower pixel index first) or "reverse" (higher index first: the
+# flip(argsort) of the authors' and RISE's code). blur_padding: "reflect" in pixel space, or "zeros" in
+# normalized space (the authors' conv2d with zero padding, i.e. the dataset mean colour at the border).
+_THESIS = {
+    "steps": 224,
+    "blur_kernel": 11,
+    "blur_sigma": 5.0,
+    "blur_padding": "reflect",
+    "insertion": "blur",
+    "deletion": "black",
+    "ties": "stable",
+}
 PROTOCOLS: dict[str, dict] = {
-    "thesis": {"steps": 224, "blur_kernel": 11, "blur_sigma": 5.0, "insertion": "blur", "deletion": "black"},
-    "coarse": {"steps": 32, "blur_kernel": 11, "blur_sigma": 5.0, "insertion": "blur", "deletion": "black"},
+    "thesis": _THESIS,
+    "coarse": {**_THESIS, "steps": 32},
     "authors-code": {
+        **_THESIS,
         "steps": 28,
         "blur_kernel": 5,
-        "blur_sigma": 5.0,
-        "insertion": "blur",
+        "blur_padding": "zeros",
         "deletion": "mean",
+        "ties": "reverse",
     },
 }
+TIES = ("stable", "reverse")
 
 
 class Curves(NamedTuple):
@@ -57,10 +71,19 @@ def step_counts(height: int, width: int, protocol: str = "thesis", step: int | N
     return (torch.arange(math.ceil(pixels / step) + 1) * step).clamp(max=pixels)
 
 
-def saliency_rank(maps: Tensor) -> Tensor:
-    """Rank of every pixel in decreasing saliency (0 = most salient), ties broken by a stable sort."""
+def saliency_rank(maps: Tensor, ties: str = "stable") -> Tensor:
+    """Rank of every pixel in decreasing saliency (0 = most salient).
+
+    ``ties="stable"``: among equal values the lower flat index comes first (a stable descending sort);
+    ``"reverse"``: the higher index first, as ``flip(argsort(map))`` in the authors' and RISE's code.
+    """
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     flat = maps.flatten(1)
-    order = flat.argsort(dim=1, descending=True, stable=True)
+    if ties == "stable":
+        order = flat.argsort(dim=1, descending=True, stable=True)
+    else:
+        order = flat.argsort(dim=1, stable=True).flip(1)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
     return ranks
@@ -89,10 +112,14 @@ def _causal(
     batch_size = DEFAULT_BATCH if batch_size is None else check_int("batch_size", batch_size)
     height, width = images.shape[-2:]
     counts = step_counts(height, width, protocol, step).to(images.device)
-    ranks = saliency_rank(maps)
+    ranks = saliency_rank(maps, settings["ties"])
     baseline = settings[kind] if baseline is None else baseline
     base = preprocess.baseline(
-        images, baseline, kernel_size=settings["blur_kernel"], sigma=settings["blur_sigma"]
+        images,
+        baseline,
+        kernel_size=settings["blur_kernel"],
+        sigma=settings["blur_sigma"],
+        padding=settings["blur_padding"],
     ).expand_as(images)
     steps = len(counts)
     with evaluation(model, output, forward_kwargs) as fn:
@@ -157,9 +184,10 @@ insertion = _causal_metric(
     "insertion",
     """Insertion AUC per image (B,) in [0, 1] (thesis Algorithm 1).
 
-    Start from ``baseline`` (the protocol's: a Gaussian blur of the image, kernel 11, σ 5 for
-    ``"thesis"``; kernel 5 for ``"authors-code"``) and insert the image's pixels most salient first
-    (stable tie-breaking), ``step`` pixels at a time (default ``ceil(H*W/224)``, or ``ceil(H*W/28)`` for
+    Start from ``baseline`` (the protocol's: a Gaussian blur of the image, kernel 11, σ 5, reflect
+    padding for ``"thesis"``; kernel 5 with zero padding in normalized space for ``"authors-code"``) and
+    insert the image's pixels most salient first (ties: stable, lower index first; reversed for
+    ``"authors-code"``), ``step`` pixels at a time (default ``ceil(H*W/224)``, or ``ceil(H*W/28)`` for
     ``"authors-code"``). The curve is the target probability against the fraction of pixels inserted
     (0 and 1 included); the AUC is the trapezoid rule. All steps of all images run in batched forwards of
     ``batch_size`` images. ``return_curves=True`` returns ``(auc, Curves)``. Higher is better.
@@ -202,6 +230,31 @@ def region_masks(maps: Tensor, patch_size: int, regions: int) -> Tensor:
     return masks
 
 
+def grid_patch_ranks(maps: Tensor, patch_size: int) -> Tensor:
+    """Rank (B, H, W) of the grid patch holding each pixel, most relevant patch first (Quantus 0.6).
+
+    The image is padded to a multiple of ``patch_size`` (``floor``/``ceil`` of the excess on each side,
+    as Quantus' ``get_padding_size``), cut into non-overlapping patches, and the patches are ordered by
+    their saliency sum (zero outside the image), descending with stable ties.
+    """
+    height, width = maps.shape[-2:]
+    pad_h, pad_w = (-height) % patch_size, (-width) % patch_size
+    padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+    padded = F.pad(maps[:, None], padding)
+    sums = F.avg_pool2d(padded, patch_size).flatten(1)  # (B, patches), means of equal-size patches
+    order = sums.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(sums.shape[1], device=maps.device).expand_as(order))
+    grid_w = padded.shape[-1] // patch_size
+    rows = (torch.arange(height, device=maps.device) + padding[2]) // patch_size
+    cols = (torch.arange(width, device=maps.device) + padding[0]) // patch_size
+    return ranks[:, (rows[:, None] * grid_w + cols[None, :]).flatten()].view(-1, height, width)
+
+
+AOPC_CONVENTIONS = ("castream", "quantus")
+QUANTUS_BASELINES = ("uniform", "black", "white")
+
+
 def aopc(
     model: nn.Module,
     images: Tensor,
@@ -212,35 +265,79 @@ def aopc(
     patch_size: int = 14,
     regions: int = 10,
     baseline: str | Tensor = "uniform",
+    convention: str = "castream",
     seed: int = 0,
     batch_size: int | None = None,
     normalize: bool = False,
     output=None,
     forward_kwargs: dict | None = None,
 ) -> Tensor:
-    """AOPC per image (B,) (Samek et al., thesis §2.7 / Table 2.3: patch 14, 10 regions, most relevant
-    first): ``1/(L+1) sum_{k=0..L} (p(x) - p(x^(k)))`` where ``x^(k)`` has the first k patches replaced by
-    the baseline. ``baseline="uniform"`` (Quantus' default) is uniform pixel noise drawn with ``seed``;
-    ``"black"``, ``"mean"``, ``"blur"`` or a normalized tensor also work. Higher is better."""
+    """AOPC per image (B,) (Samek et al., thesis §2.7 / Table 2.3: patch 14, L = 10 regions, most relevant
+    first). Higher is better.
+
+    ``convention="castream"`` (default): ``1/(L+1) sum_{k=0..L} (p(x) - p(x^(k)))`` (Samek et al.'s
+    definition) where ``x^(k)`` has the k most relevant patches replaced, chosen greedily over every
+    top-left position with overlapping patches excluded (Quantus' RegionPerturbation up to 0.5); the
+    replacement is done in pixel space: ``baseline="uniform"`` is uniform pixel noise drawn with
+    ``seed``; ``"black"``, ``"mean"``, ``"blur"`` or a pixel tensor also work.
+
+    ``convention="quantus"`` (Quantus 0.6's RegionPerturbation): the patches are the cells of a fixed
+    grid (:func:`grid_patch_ranks`), the mean runs over k = 1..L only, ``1/L sum_{k=1..L} (p(x) -
+    p(x^(k)))``, and values are written in model-input (normalized) space: ``"uniform"`` is one U(0, 1)
+    value per image and patch (seeded), ``"black"``/``"white"`` the image's minimum/maximum input value,
+    or a tensor of normalized values broadcastable to the images.
+    """
+    if convention not in AOPC_CONVENTIONS:
+        raise ValueError(f"convention must be one of {AOPC_CONVENTIONS}, got {convention!r}")
     maps = check_maps(maps, images, normalize)
     preprocess = preprocess or Preprocess()
     batch_size = DEFAULT_BATCH if batch_size is None else check_int("batch_size", batch_size)
     check_int("patch_size", patch_size)
     check_int("regions", regions)
-    if isinstance(baseline, str) and baseline == "uniform":
-        generator = torch.Generator(device=images.device).manual_seed(seed)
-        noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-        base = preprocess.baseline(images, noise)
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    if convention == "quantus":
+        ranks = grid_patch_ranks(maps, patch_size)
+        patches = int(ranks.max()) + 1
+        if regions > patches:
+            raise ValueError(f"regions={regions} exceeds the {patches} grid patches of size {patch_size}")
+        if isinstance(baseline, Tensor):
+            values = baseline.to(images).expand_as(images)
+        elif baseline == "uniform":
+            noise = torch.rand(len(images), regions, generator=generator, device=images.device)
+            values = noise.to(images.dtype).gather(1, ranks.clamp(max=regions - 1).flatten(1))
+            values = values.view(-1, 1, *images.shape[-2:]).expand_as(images)
+        elif baseline in ("black", "white"):
+            flat = images.flatten(1)
+            extreme = flat.amin(1) if baseline == "black" else flat.amax(1)
+            values = extreme.view(-1, 1, 1, 1).expand_as(images)
+        else:
+            raise ValueError(
+                f"quantus convention baselines: {QUANTUS_BASELINES} or a normalized tensor, got {baseline!r}"
+            )
+        first = 1
+
+        def perturbed(b: Tensor, k: Tensor) -> Tensor:
+            replaced = (ranks[b] < k[:, None, None]).unsqueeze(1)
+            return torch.where(replaced, values[b], images[b])
     else:
-        base = preprocess.baseline(images, baseline).expand_as(images)
-    masks = region_masks(maps, patch_size, regions)
-    steps = regions + 1
+        if isinstance(baseline, str) and baseline == "uniform":
+            noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+            base = preprocess.baseline(images, noise)
+        else:
+            base = preprocess.baseline(images, baseline).expand_as(images)
+        masks = region_masks(maps, patch_size, regions)
+        first = 0
+
+        def perturbed(b: Tensor, k: Tensor) -> Tensor:
+            return preprocess.mask(images[b], (~masks[b, k]).to(images.dtype), base[b])
+
+    steps = regions + 1 - first
     with evaluation(model, output, forward_kwargs) as fn:
         t, logits = resolve_targets(fn, images, targets, batch_size)
 
         def build(flat: Tensor) -> tuple[Tensor, Tensor]:
-            b, k = flat // steps, flat % steps
-            return preprocess.mask(images[b], (~masks[b, k]).to(images.dtype), base[b]), t[b]
+            b, k = flat // steps, flat % steps + first
+            return perturbed(b, k), t[b]
 
         curves = chunked_probabilities(fn, len(images) * steps, build, batch_size, images.device).view(
             -1, steps

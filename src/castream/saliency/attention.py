@@ -73,15 +73,24 @@ class RawAttention(_AttentionMethod):
     """Class-agnostic raw attention.
 
     StreamModel: the CA-Stream softmax weights of tap ``tap`` (default the last; an index or ``"mean"``,
-    the mean of all taps at the finest tap's resolution). For a class-specific stream the query of the
-    target class is used. ViT (torchvision or timm): the class-token attention of block ``tap`` (default
+    the mean of all taps at the finest tap's resolution). For a class-specific stream the query is, as
+    the paper says for inference, that of the class predicted by the frozen GAP path (``query=
+    "predicted"``, the default); ``query="target"`` uses the query of the explained target class instead.
+    ViT (torchvision or timm): the class-token attention of block ``tap`` (default
     the last) over the patch tokens, heads fused by ``head_fusion``.
     """
 
     name = "rawattention"
 
-    def __init__(self, model: nn.Module, layer=None, *, tap: int | str = -1, **options) -> None:
+    QUERIES = ("predicted", "target")
+
+    def __init__(
+        self, model: nn.Module, layer=None, *, tap: int | str = -1, query: str = "predicted", **options
+    ) -> None:
+        if query not in self.QUERIES:
+            raise ValueError(f"query must be one of {self.QUERIES}, got {query!r}")
         super().__init__(model, layer, **options)
+        self.query = query
         if not isinstance(model, StreamModel) and not is_vit(model):
             raise ValueError(f"raw attention needs a StreamModel or a ViT, got {type(model).__name__}")
         if self.forward_kwargs.get("pooling", "ca") != "ca":
@@ -94,7 +103,7 @@ class RawAttention(_AttentionMethod):
             (attention,), _ = self.vit_attention(images, [range(len(vit_blocks(self.model)))[index]])
             return self.cls_map(attention)
         kwargs = dict(self.forward_kwargs)
-        if self.model.config.class_specific and targets is not None:
+        if self.model.config.class_specific and self.query == "target":
             with torch.no_grad():
                 logits = self.logits(images)
             kwargs["labels"] = self.targets(targets, logits)

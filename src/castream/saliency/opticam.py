@@ -38,6 +38,10 @@ class OptiCAM(SaliencyMethod):
     and element-wise Adam state, and stops on its own when its loss changes by less than ``tol`` (1e-10)
     between iterations; stopped images leave the batch. The feature maps ``A`` of the clean image are
     computed once. After a call, ``iterations`` holds the number of updates of each image.
+
+    ``relu_features=True`` applies a ReLU to the feature maps first, as the official Opti-CAM code does;
+    it only matters where features can be negative (e.g. ViT tokens after LayerNorm; CNN features after a
+    ReLU are unchanged). Off by default: the thesis' (2.4) combines the raw feature maps.
     """
 
     name = "opticam"
@@ -57,6 +61,7 @@ class OptiCAM(SaliencyMethod):
         tol: float = 1e-10,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        relu_features: bool = False,
         **options,
     ) -> None:
         if objective not in self.OBJECTIVES:
@@ -69,6 +74,7 @@ class OptiCAM(SaliencyMethod):
         self.preprocess = preprocess or Preprocess()
         self.objective, self.normalization = objective, normalization
         self.lr, self.max_iter, self.tol, self.betas, self.eps = lr, max_iter, tol, betas, eps
+        self.relu_features = bool(relu_features)
         self.iterations: Tensor | None = None
 
     def loss(self, u: Tensor, acts: Tensor, images: Tensor, targets: Tensor, clean: Tensor) -> Tensor:
@@ -80,7 +86,7 @@ class OptiCAM(SaliencyMethod):
 
     def compute(self, images: Tensor, targets) -> Tensor:
         acts, t, logits = self.activations(images, targets)
-        a = acts[0]
+        a = acts[0].relu() if self.relu_features else acts[0]
         clean = logits.gather(1, t[:, None]).squeeze(1)
         dtype = torch.promote_types(a.dtype, torch.float32)
         u = torch.zeros(a.shape[:2], device=a.device, dtype=dtype)

@@ -64,19 +64,36 @@ ERRORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+# λ of thesis Table 4.1 per model (cosine error); other models get the ResNet-18 value of Table 4.3
+LAMBDAS = {"cifar_resnet18": 7.5e-3, "cifar_mobilenet_v2": 1e-3}
+REDUCTIONS = ("mean", "pixels")
+
+
+def default_lambda(model_name: str) -> float:
+    """λ for ``model_name``: 1e-3 for MobileNet-V2 (thesis Table 4.1), otherwise 7.5e-3 (Table 4.3)."""
+    return LAMBDAS.get(model_name, LAMBDAS["cifar_resnet18"])
+
+
 class GradientRegularizer:
     """``regularizer(model, images, labels) -> (L, {"classification": L_C, "regularization": L_R})``.
 
     ``error``: one of ``mae``, ``mse``, ``cosine`` (default), ``histogram``; ``lam`` = λ ≥ 0 (default
-    7.5e-3, thesis Table 4.3). After a call, ``last`` holds the standard and guided gradients.
+    7.5e-3, thesis Table 4.3; :func:`default_lambda` gives Table 4.1's per-model values). ``reduction``
+    (MAE/MSE only): ``"mean"`` (default) averages over the C·H·W gradient values; ``"pixels"`` divides
+    the sum by the p = H·W pixels as (4.5)-(4.6) print it, i.e. C times larger (3 for RGB) — equivalent
+    to a λ three times larger. After a call, ``last`` holds the standard and guided gradients.
     """
 
-    def __init__(self, error: str = "cosine", lam: float = 7.5e-3) -> None:
+    def __init__(self, error: str = "cosine", lam: float = 7.5e-3, reduction: str = "mean") -> None:
         if error not in ERRORS:
             raise ValueError(f"unknown error function {error!r}; expected one of {list(ERRORS)}")
         if not lam >= 0:
             raise ValueError(f"lam (λ) must be non-negative, got {lam}")
-        self.error, self.lam = error, float(lam)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if reduction == "pixels" and error not in ("mae", "mse"):
+            raise ValueError(f"reduction='pixels' applies to the mae and mse errors, not {error!r}")
+        self.error, self.lam, self.reduction = error, float(lam), reduction
         self.last: dict[str, Tensor] = {}
 
     def __call__(self, model: nn.Module, images: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -92,6 +109,8 @@ class GradientRegularizer:
             regularization = ERRORS[self.error](
                 standard.flatten(1).float(), guided.flatten(1).float()
             ).mean()  # (4.3)
+            if self.reduction == "pixels":  # (4.5)-(4.6): 1/p with p = H*W pixels, not C*H*W values
+                regularization = regularization * x.shape[-3]
         self.last = {"standard": standard.detach(), "guided": guided}
         total = classification + self.lam * regularization  # (4.4)
         return total, {"classification": classification.detach(), "regularization": regularization.detach()}
@@ -115,9 +134,14 @@ class GradRegRecipe(Recipe):
         return classification_scores({"model": model}, loader, device)
 
 
-def thesis_config(**overrides) -> TrainConfig:
+def thesis_config(preset: str = "thesis", **overrides) -> TrainConfig:
     """The recipe of thesis §4.3.1 (after weiaicunzai/pytorch-cifar100): 200 epochs, SGD lr 0.1 with
-    momentum 0.9 and weight decay 5e-4, batch 128, lr divided by 5 at epochs 60, 120 and 160."""
+    momentum 0.9 and weight decay 5e-4, batch 128, lr divided by 5 at epochs 60, 120 and 160.
+
+    ``preset="pytorch-cifar100"`` adds the repository's 1-epoch linear warm-up; its other pieces are data
+    settings (:data:`PRESETS`: ±15° random rotation, CIFAR-100 mean/std)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
     return TrainConfig(
         **{
             "epochs": 200,
@@ -127,9 +151,17 @@ def thesis_config(**overrides) -> TrainConfig:
             "weight_decay": 5e-4,
             "milestones": (60, 120, 160),
             "gamma": 0.2,
+            "warmup_epochs": PRESETS[preset]["warmup_epochs"],
             **overrides,
         }
     )
+
+
+# "thesis": what §4.3.1 states; "pytorch-cifar100": also what the repository it points to does
+PRESETS = {
+    "thesis": {"warmup_epochs": 0, "rotation": 0.0, "normalization": "imagenet"},
+    "pytorch-cifar100": {"warmup_epochs": 1, "rotation": 15.0, "normalization": "cifar100"},
+}
 
 
 def train_gradreg(
@@ -150,7 +182,12 @@ def train_gradreg(
 
     regularizer = regularizer or GradientRegularizer()
     config = config or thesis_config()
-    config.extra = {**config.extra, "error": regularizer.error, "lam": regularizer.lam}
+    config.extra = {
+        **config.extra,
+        "error": regularizer.error,
+        "lam": regularizer.lam,
+        "reduction": regularizer.reduction,
+    }
     trainer = Trainer(GradRegRecipe(model, regularizer), train_set, val_set, config, out_dir, **options)
     history = trainer.fit()
     if trainer.rank == 0 and trainer.epoch == trainer.config.epochs:

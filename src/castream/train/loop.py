@@ -55,6 +55,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop after N optimizer steps in total (for interruption tests)
     # cross-entropy label smoothing (torchvision's recipe for its V2 ImageNet weights uses 0.1)
     label_smoothing: float = 0.0
+    # linear warm-up over the first N epochs, per optimizer step from lr 0 (weiaicunzai/pytorch-cifar100's
+    # WarmUpLR: step k of K runs at lr * k / K); multistep schedules only, every milestone after it
+    warmup_epochs: int = 0
     extra: dict = field(default_factory=dict)  # recipe-specific settings, recorded in checkpoints
 
     def __post_init__(self) -> None:
@@ -72,6 +75,14 @@ class TrainConfig:
                 f"need epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}"
             )
         self.milestones = tuple(int(m) for m in self.milestones)
+        if self.warmup_epochs < 0 or (
+            self.warmup_epochs
+            and (self.schedule != "multistep" or any(m <= self.warmup_epochs for m in self.milestones))
+        ):
+            raise ValueError(
+                f"warmup_epochs must be >= 0, with the multistep schedule and every milestone after it; "
+                f"got {self.warmup_epochs} with {self.schedule!r} and milestones {self.milestones}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -286,6 +297,15 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step, self.history = 0, 0, 0, []
         self._new_epoch()
 
+    def _warm_up(self) -> None:
+        """Set the warm-up lr of the coming optimizer step from the global step (so a resumed run gets
+        the same values), and restore the scheduled lr at the first step after the warm-up."""
+        total = self.config.warmup_epochs * (len(self.train_set) // self.config.batch_size)
+        if total and self.global_step <= total:
+            factor = self.global_step / total
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+
     def _new_epoch(self) -> None:
         """Reset what an epoch's log line accumulates: loss/sample/skip sums, extra terms, the starting lr.
         Checkpointed, so a run resumed mid-epoch writes the same log line as an uninterrupted one."""
@@ -432,6 +452,7 @@ class Trainer:
                 logged[name] = logged.get(name, 0) + value.detach().float() * size
             if not last:
                 continue
+            self._warm_up()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
