@@ -357,6 +357,32 @@ def test_method_images_baselines_discrimination_and_paired_comparisons(artifacts
     assert "CA vs GAP:" in markdown and "with 2 × 2 feature maps" in markdown
 
 
+def test_box_study_and_metric_options_in_the_runner(artifacts, tmp_path):
+    cfg = config(
+        artifacts,
+        tmp_path,
+        methods=("gradcam",),
+        images=6,
+        metrics=("recognition", "box-study", "aopc"),
+        metric_options={"aopc": {"convention": "quantus", "patch_size": 8, "regions": 4}},
+    )
+    results = Runner(cfg, progress=False).run()
+    cell = next(c for c in results["cells"] if c["method"] == "gradcam" and c["pooling"] == "gap")
+    assert {"ad_box", "ag_complement", "ai_inside", "ad_outside", "aopc"} <= set(cell["metrics"])
+    fake = next(c for c in results["cells"] if c["method"] == "fakecam" and c["pooling"] == "gap")
+    # Fake-CAM is all ones but a pixel: B ∩ S is (almost) the box itself, as in thesis Table 2.5
+    assert abs(fake["metrics"]["ad_inside"]["mean"] - fake["metrics"]["ad_box"]["mean"]) < 0.02
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## Bounding-box study" in markdown and "AD B∩S↓" in markdown
+    assert "Metric options (non-default): aopc: convention=quantus, patch_size=8, regions=4." in markdown
+    with pytest.raises(ValueError, match="aopc has no option 'seed'"):
+        config(artifacts, tmp_path, metrics=("aopc",), metric_options={"aopc": {"seed": 3}})
+    with pytest.raises(ValueError, match="not among the metrics"):
+        config(artifacts, tmp_path, metric_options={"aopc": {"regions": 3}})
+    with pytest.raises(ValueError, match="takes no options"):
+        config(artifacts, tmp_path, metric_options={"localization": {"x": 1}})
+
+
 def test_localization_scores_the_target_class_boxes_only(artifacts):
     from castream.data import class_boxes
 

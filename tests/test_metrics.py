@@ -56,6 +56,29 @@ def test_recognition_matches_hand_computation():
         assert out["increase"][i].item() == float(o > p)
 
 
+def test_box_study_matches_hand_computation():
+    x = images()
+    maps = torch.stack([ordered_map(seed=i) for i in range(3)])
+    t = torch.tensor([0, 1, 0])
+    boxes = [torch.tensor([[0.0, 0, 4, 8]]), torch.tensor([[2.0, 1, 7, 5], [0, 0, 1, 1]]), torch.zeros(0, 4)]
+    out = metrics.box_study(Toy(), x, maps, boxes, t, preprocess=RAW)
+    for i in range(2):
+        inside = torch.zeros(8, 8, dtype=torch.float64)
+        for x0, y0, x1, y1 in boxes[i].int().tolist():
+            inside[y0:y1, x0:x1] = 1
+        p = toy_probability(x[i], t[i])
+        pseudo = {"box": inside, "complement": 1 - inside, "inside": maps[i] * inside}
+        pseudo["outside"] = maps[i] * (1 - inside)
+        for region, m in pseudo.items():
+            o = toy_probability(x[i] * m, t[i])
+            assert out[f"drop_{region}"][i].item() == pytest.approx(max(p - o, 0) / p, abs=1e-6)
+            assert out[f"gain_{region}"][i].item() == pytest.approx(max(o - p, 0) / (1 - p), abs=1e-6)
+            assert out[f"increase_{region}"][i].item() == float(o > p)
+    assert all(v[2].isnan() for v in out.values())  # no boxes: not scored
+    with pytest.raises(ValueError):
+        metrics.box_study(Toy(), x, maps, boxes[:2], t, preprocess=RAW)
+
+
 def test_drop_gain_at_the_limits_have_no_nan():
     p = torch.tensor([1.0, 0.0, 0.5, 1.0])
     o = torch.tensor([1.0, 0.3, 0.5, 0.2])

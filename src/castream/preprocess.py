@@ -106,10 +106,11 @@ class Preprocess:
             coords = torch.arange(kernel_size, device=images.device, dtype=images.dtype) - kernel_size // 2
             line = torch.exp(-(coords**2) / (2 * sigma**2))
             line = line / line.sum()
-            channels = images.shape[-3]
-            kernel = (line[:, None] * line[None, :]).expand(channels, 1, kernel_size, kernel_size)
+            channels, half = images.shape[-3], kernel_size // 2
             flat = images.reshape(-1, *images.shape[-3:])
-            blurred = F.conv2d(flat, kernel, padding=kernel_size // 2, groups=channels)
+            rows = line.view(1, 1, -1, 1).expand(channels, 1, kernel_size, 1)
+            blurred = F.conv2d(flat, rows, padding=(half, 0), groups=channels)  # separable: rows, then
+            blurred = F.conv2d(blurred, rows.transpose(2, 3), padding=(0, half), groups=channels)  # cols
             return blurred.view_as(images)
         if padding != "reflect":
             raise ValueError(f"blur padding must be 'reflect' or 'zeros', got {padding!r}")

@@ -19,6 +19,8 @@ QUICK = {
         "256",
         "--opticam-iterations",
         "20",
+        "--ep-iterations",
+        "20",
         "--repeats",
         "2",
     ],

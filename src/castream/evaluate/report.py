@@ -28,6 +28,14 @@ COLUMNS = {
     "discrimination": ("CD", True, False), "energy_target": ("E_c", True, False),
     "energy_other": ("E_o", True, True), "sp_target": ("SP_c", True, False), "sp_other": ("SP_o", True, True),
 }  # fmt: skip
+for _short, _title, _lower in (("ad", "AD", True), ("ag", "AG", False), ("ai", "AI", False)):
+    for _region, _name in (("box", "S:=B"), ("complement", "S:=I∖B"), ("inside", "B∩S"), ("outside", "S∖B")):
+        COLUMNS[f"{_short}_{_region}"] = (f"{_title} {_name}", True, _lower)
+BOX_TABLE = tuple(
+    f"{short}_{region}" if region else short
+    for short in ("ad", "ag", "ai")
+    for region in (None, "inside", "outside", "box", "complement")
+)
 TABLES = {
     "Interpretability metrics (thesis Table 3.1 layout; I−D: SA-CAM's overall AUC)": (
         "ad",
@@ -45,6 +53,7 @@ TABLES = {
         "sp_target",
         "sp_other",
     ),
+    "Bounding-box study (thesis Table 2.5 layout; S: the method's map, B: its class's boxes)": BOX_TABLE,
     "More metrics (thesis Table 2.3 layout)": ("aopc", "max_sensitivity", "adcc", "coherency", "complexity"),
 }
 # per-image metrics compared between GAP and CA with the paired bootstrap
@@ -425,7 +434,7 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
         )
     for title, keys in TABLES.items():
         present = [k for k in keys if any(k in c["metrics"] for c in cells)]
-        if not present:
+        if not present or (keys == BOX_TABLE and set(present) <= {"ad", "ag", "ai"}):
             continue
         arrows = [f"{COLUMNS[k][0]}{'↓' if COLUMNS[k][2] else '↑'}" for k in present]
         lines += [

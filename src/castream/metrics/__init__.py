@@ -14,11 +14,20 @@ from .localization import (
     pointing_hits,
     threshold_ious,
 )
-from .recognition import accuracy, average_precision, drop_gain_increase, mean_average_precision, recognition
+from .recognition import (
+    BOX_STUDY,
+    accuracy,
+    average_precision,
+    box_study,
+    drop_gain_increase,
+    mean_average_precision,
+    recognition,
+)
 from .robustness import adcc, max_sensitivity, pearson
 from .sanity import sanity_check, spearman
 
 __all__ = [
+    "BOX_STUDY",
     "PROTOCOLS",
     "Aggregator",
     "Curves",
@@ -29,6 +38,7 @@ __all__ = [
     "average_precision",
     "box_accuracy",
     "box_accuracy_from_ious",
+    "box_study",
     "class_discrimination",
     "deletion",
     "drop_gain_increase",

@@ -47,6 +47,54 @@ def recognition(
     return {"p": p, "o": o, **drop_gain_increase(p, o), "target": t}
 
 
+BOX_STUDY = ("box", "complement", "inside", "outside")
+
+
+def box_study(
+    model: nn.Module,
+    images: Tensor,
+    maps: Tensor,
+    boxes,
+    targets=None,
+    *,
+    preprocess: Preprocess | None = None,
+    normalize: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    output=None,
+    forward_kwargs: dict | None = None,
+) -> dict[str, Tensor]:
+    """The bounding-box study of thesis Table 2.5: AD/AG/AI (as :func:`recognition`) of four maps built
+    from the union ``B`` of each image's boxes (the localization metrics' ground truth):
+    ``box`` S := B, ``complement`` S := I \\ B, ``inside`` B ∩ S = S ⊙ 1_B and ``outside`` S \\ B =
+    S ⊙ (1 − 1_B). Keys ``{drop,gain,increase}_{box,complement,inside,outside}`` (B,); NaN for an image
+    without boxes. The first two do not depend on the method; they are the scale of the other two."""
+    from .localization import _check, union_mask
+
+    maps = check_maps(maps, images, normalize)
+    boxes = _check(maps, boxes)
+    height, width = maps.shape[-2:]
+    inside = torch.stack([union_mask(b, height, width) for b in boxes]).to(maps.device, maps.dtype)
+    valid = inside.flatten(1).any(1)
+    study = torch.cat([inside, 1 - inside, maps * inside, maps * (1 - inside)])
+    with evaluation(model, output, forward_kwargs) as fn:
+        t, _ = resolve_targets(fn, images, targets, check_int("batch_size", batch_size))
+    scores = recognition(
+        model,
+        images.repeat(4, 1, 1, 1),
+        study,
+        t.repeat(4),
+        preprocess=preprocess,
+        batch_size=batch_size,
+        output=output,
+        forward_kwargs=forward_kwargs,
+    )
+    out = {}
+    for key in ("drop", "gain", "increase"):
+        for name, values in zip(BOX_STUDY, scores[key].view(4, -1)):
+            out[f"{key}_{name}"] = torch.where(valid, values, float("nan"))
+    return out
+
+
 def accuracy(logits: Tensor, targets: Tensor, k: int = 1) -> Tensor:
     """Per-image top-``k`` correctness (B,) as floats."""
     topk = logits.topk(k, dim=1).indices

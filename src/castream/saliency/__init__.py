@@ -8,6 +8,7 @@ from .base import SaliencyMethod, TokenReshape
 from .baselines import CAM, FakeCAM, RandomMap
 from .gradient import GradCAM, GradCAMPlusPlus, GradientMethod, GuidedBackprop, HiResCAM, LayerCAM, XGradCAM
 from .opticam import OptiCAM
+from .perturbation import ExtremalPerturbation
 from .score import SACAM, AblationCAM, ScoreCAM
 
 _METHODS: dict[str, type[SaliencyMethod]] = {
@@ -22,6 +23,7 @@ _METHODS: dict[str, type[SaliencyMethod]] = {
         ScoreCAM,
         AblationCAM,
         OptiCAM,
+        ExtremalPerturbation,
         SACAM,
         FakeCAM,
         RandomMap,
@@ -35,11 +37,13 @@ _ALIASES = {
     "gradcampp": "gradcam++",
     "raw": "rawattention",
     "guided": "guidedbackprop",
+    "ep": "extremalperturbation",
+    "experturbation": "extremalperturbation",
 }
 
 
 def available() -> list[str]:
-    """Names accepted by :func:`get` (aliases: axiomcam, gradcampp, raw, guided)."""
+    """Names accepted by :func:`get` (aliases: axiomcam, gradcampp, raw, guided, ep, experturbation)."""
     return list(_METHODS)
 
 
@@ -56,6 +60,7 @@ __all__ = [
     "CAM",
     "SACAM",
     "AblationCAM",
+    "ExtremalPerturbation",
     "FakeCAM",
     "GradCAM",
     "GradCAMPlusPlus",
