@@ -486,13 +486,13 @@ class Runner:
         if "discrimination" in config.metrics:
             classes = torch.stack([t["classes"] for t in targets_meta]).to(maps.device)
             out.update(metrics.class_discrimination(maps, classes, targets))
-        if "box-study" in config.metrics:
+        if "box-study" in config.metrics or "localization" in config.metrics:
             boxes = [class_boxes(t, c) for t, c in zip(targets_meta, targets.tolist())]
+        if "box-study" in config.metrics:
             study = metrics.box_study(model, images, maps, boxes, targets, **shared)
             for name, short in (("drop", "ad"), ("gain", "ag"), ("increase", "ai")):
                 out.update({f"{short}_{region}": study[f"{name}_{region}"] for region in metrics.BOX_STUDY})
         if "localization" in config.metrics:
-            boxes = [class_boxes(t, c) for t, c in zip(targets_meta, targets.tolist())]
             probabilities = logits.softmax(1).gather(1, targets[:, None]).squeeze(1)
             loc = metrics.localization(maps, boxes, targets, logits.argmax(1), probabilities)
             out.update({k: v for k, v in loc.items() if k != "valid"})
