@@ -329,8 +329,9 @@ def _options(name):
     )
 
 
-GAP_METHODS = [n for n in saliency.available() if n not in ("rawattention", "rollout")]
-STREAM_METHODS = [n for n in saliency.available() if n not in ("cam", "rollout")]
+VIT_ONLY = ("rollout", "transformerattribution")
+GAP_METHODS = [n for n in saliency.available() if n not in ("rawattention", *VIT_ONLY)]
+STREAM_METHODS = [n for n in saliency.available() if n not in ("cam", *VIT_ONLY)]
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +442,7 @@ def test_timm_vit_raw_attention():
         "vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, depth=2
     ).eval()
     x = torch.randn(2, 3, 32, 32)
-    for name in ("rawattention", "rollout"):
+    for name in ("rawattention", "rollout", "transformerattribution"):
         assert saliency.get(name)(vit)(x).shape == (2, 32, 32)
     assert saliency.GradCAM(vit, reshape=True)(x).shape == (2, 32, 32)
 

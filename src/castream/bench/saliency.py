@@ -5,6 +5,8 @@
   images as the method must score, in batches of ``batch_size``, measured in the same run (≤ 1.2)
 - Opti-CAM and Extremal Perturbation: vs ``iterations`` x (forward + backward to the input) of the
   batch (≤ 1.2); the seconds are per batch, as thesis Table 2.1 reports them (batch of 8)
+- ViT methods (``--vit-models``: transformer attribution, rollout, raw attention): vs the ViT's forward +
+  backward; no limit is set for them (transformer attribution adds a relevance pass of about one backward)
 
 Prints one JSON record per (model, method, autocast). Example:
     python benchmarks/saliency.py --models resnet18 resnet50 --size 224 --batch 8
@@ -19,6 +21,7 @@ from castream import saliency
 
 from ._timing import base_parser, emit, environment, timed
 
+VIT = ["transformerattribution", "rollout", "rawattention"]
 GRADIENT = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "guidedbackprop"]
 FORWARD_ONLY = ["scorecam", "ablationcam", "sacam"]
 ITERATIVE = {"opticam": "opticam_iterations", "extremalperturbation": "ep_iterations"}
@@ -28,11 +31,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def bench_model(name: str, dtype: torch.dtype | None, args, device: torch.device) -> None:
-    model = getattr(torchvision.models, name)().eval().to(device)
+def bench_model(name: str, dtype: torch.dtype | None, args, device: torch.device, methods: list[str]) -> None:
+    vit = name.startswith("vit_")
+    model = getattr(torchvision.models, name)(**({"image_size": args.size} if vit else {})).eval().to(device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     chunk = torch.randn(args.score_batch, 3, args.size, args.size, device=device)
-    channels = model.layer4[-1].conv1.in_channels
     base = {
         "model": name,
         "size": args.size,
@@ -56,7 +59,7 @@ def bench_model(name: str, dtype: torch.dtype | None, args, device: torch.device
             model(chunk)
 
     fb = timed(forward_backward, device, args.repeats)
-    for method_name in args.methods:
+    for method_name in methods:
         options = {}
         if method_name in FORWARD_ONLY:
             options["batch_size"] = args.score_batch
@@ -68,11 +71,13 @@ def bench_model(name: str, dtype: torch.dtype | None, args, device: torch.device
             with autocast(device, dtype):
                 method(x)
 
-        gradient = method_name in GRADIENT
+        gradient = method_name in GRADIENT or vit
         seconds = timed(run, device, args.repeats if gradient else 1, warmup=1 if gradient else 0)
         record = {**base, "method": method_name, "seconds": round(seconds, 4)}
         if gradient:
-            record.update(reference="forward+backward", reference_seconds=round(fb, 4), target=1.1)
+            record.update(
+                reference="forward+backward", reference_seconds=round(fb, 4), target=None if vit else 1.1
+            )
         elif method_name in ITERATIVE:
             iters = int(method.iterations.max()) if method_name == "opticam" else method.max_iter
             per_iter = timed(forward_input_backward, device, args.repeats)
@@ -83,7 +88,7 @@ def bench_model(name: str, dtype: torch.dtype | None, args, device: torch.device
                 iterations=iters,
             )
         else:
-            images = args.batch * channels * (2 if method_name == "sacam" else 1)
+            images = args.batch * model.layer4[-1].conv1.in_channels * (2 if method_name == "sacam" else 1)
             chunks = -(-images // args.score_batch)
             one = timed(forward_chunk, device, 1)
             record.update(
@@ -98,8 +103,10 @@ def bench_model(name: str, dtype: torch.dtype | None, args, device: torch.device
 
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--models", nargs="*", default=["resnet18", "resnet50"])
     parser.add_argument("--methods", nargs="+", default=[*GRADIENT, *ITERATIVE, *FORWARD_ONLY])
+    parser.add_argument("--vit-models", nargs="*", default=["vit_b_16"], help="torchvision ViTs")
+    parser.add_argument("--vit-methods", nargs="+", default=VIT)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument(
@@ -112,11 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--autocast", choices=["none", "bf16", "both"], default="none")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    for name in args.models:
-        for dtype in {"none": [None], "bf16": [torch.bfloat16], "both": [None, torch.bfloat16]}[
-            args.autocast
-        ]:
-            bench_model(name, dtype, args, device)
+    dtypes = {"none": [None], "bf16": [torch.bfloat16], "both": [None, torch.bfloat16]}[args.autocast]
+    for name, methods in [(m, args.methods) for m in args.models] + [
+        (m, args.vit_methods) for m in args.vit_models
+    ]:
+        for dtype in dtypes:
+            bench_model(name, dtype, args, device, methods)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from .gradient import GradCAM, GradCAMPlusPlus, GradientMethod, GuidedBackprop, 
 from .opticam import OptiCAM
 from .perturbation import ExtremalPerturbation
 from .score import SACAM, AblationCAM, ScoreCAM
+from .transformer import TransformerAttribution
 
 _METHODS: dict[str, type[SaliencyMethod]] = {
     cls.name: cls
@@ -29,6 +30,7 @@ _METHODS: dict[str, type[SaliencyMethod]] = {
         RandomMap,
         RawAttention,
         Rollout,
+        TransformerAttribution,
         GuidedBackprop,
     )
 }
@@ -39,11 +41,13 @@ _ALIASES = {
     "guided": "guidedbackprop",
     "ep": "extremalperturbation",
     "experturbation": "extremalperturbation",
+    "tibav": "transformerattribution",
 }
 
 
 def available() -> list[str]:
-    """Names accepted by :func:`get` (aliases: axiomcam, gradcampp, raw, guided, ep, experturbation)."""
+    """Names accepted by :func:`get` (aliases: axiomcam, gradcampp, raw, guided, ep, experturbation,
+    tibav)."""
     return list(_METHODS)
 
 
@@ -75,6 +79,7 @@ __all__ = [
     "SaliencyMethod",
     "ScoreCAM",
     "TokenReshape",
+    "TransformerAttribution",
     "XGradCAM",
     "available",
     "get",

@@ -15,23 +15,42 @@ from ..stream import StreamModel
 from .base import SaliencyMethod
 
 
-def _head_attention(block: nn.Module, x: Tensor) -> Tensor:
-    """Softmax attention ``(B, heads, N, N)`` of a torchvision or timm ViT block, from its attention input."""
+def qkv_projection(block: nn.Module) -> tuple[Tensor, Tensor | None, int]:
+    """Weight ``(3D, D)``, bias and head count of the fused q/k/v projection of a torchvision or timm
+    ViT block; both lay its output out as ``(3, heads, head_dim)``."""
     if isinstance(block, torchvision.models.vision_transformer.EncoderBlock):
         mha = block.self_attention
-        dim, heads = mha.embed_dim, mha.num_heads
-        q, k, _ = nn.functional.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
-        q, k = (t.unflatten(-1, (heads, dim // heads)).transpose(1, 2) for t in (q, k))
-        return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(dim // heads), dim=-1)
-    attn = block.attn  # timm Attention: qkv, num_heads, scale, q_norm, k_norm
-    b, n, _ = x.shape
-    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    return torch.softmax((q * attn.scale) @ k.transpose(-2, -1), dim=-1)
+        return mha.in_proj_weight, mha.in_proj_bias, mha.num_heads
+    return block.attn.qkv.weight, block.attn.qkv.bias, block.attn.num_heads
+
+
+def queries_keys_values(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``q, k, v`` ``(B, heads, N, head_dim)`` of a torchvision or timm ViT block from its attention
+    input (timm's ``q_norm``/``k_norm`` applied; no scaling)."""
+    weight, bias, heads = qkv_projection(block)
+    q, k, v = nn.functional.linear(x, weight, bias).unflatten(-1, (3, heads, -1)).permute(2, 0, 3, 1, 4)
+    if hasattr(block, "attn"):
+        q, k = block.attn.q_norm(q), block.attn.k_norm(k)
+    return q, k, v
+
+
+def _head_attention(block: nn.Module, x: Tensor) -> Tensor:
+    """Softmax attention ``(B, heads, N, N)`` of a torchvision or timm ViT block, from its attention input."""
+    q, k, _ = queries_keys_values(block, x)
+    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
 
 
 def _attention_input_module(block: nn.Module) -> nn.Module:
     return block.self_attention if hasattr(block, "self_attention") else block.attn
+
+
+def rollout_product(matrices: list[Tensor]) -> Tensor:
+    """``M_L ⋯ M_2 M_1`` of per-block ``(B, N, N)`` token-mixing matrices, first block rightmost
+    (attention rollout; Chefer et al. 2021 eq. 14)."""
+    product = matrices[0]
+    for matrix in matrices[1:]:
+        product = matrix @ product
+    return product
 
 
 FUSIONS = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
@@ -132,7 +151,4 @@ class Rollout(_AttentionMethod):
     def compute(self, images: Tensor, targets) -> Tensor:
         attentions, _ = self.vit_attention(images, list(range(len(vit_blocks(self.model)))))
         eye = torch.eye(attentions[0].shape[-1], device=images.device, dtype=attentions[0].dtype)
-        rollout = eye
-        for attention in attentions:
-            rollout = (0.5 * attention + 0.5 * eye) @ rollout
-        return self.cls_map(rollout)
+        return self.cls_map(rollout_product([0.5 * a + 0.5 * eye for a in attentions]))
