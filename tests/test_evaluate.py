@@ -390,6 +390,51 @@ def test_box_study_and_metric_options_in_the_runner(artifacts, tmp_path):
         config(artifacts, tmp_path, metric_options={"localization": {"x": 1}})
 
 
+def test_adversarial_verification_in_the_runner(artifacts, tmp_path):
+    from castream.evaluate.report import read_shards
+
+    cfg = config(
+        artifacts,
+        tmp_path,
+        methods=("gradcam",),
+        images=6,
+        metrics=("adversarial",),
+        metric_options={"adversarial": {"cases": 2}},
+    )
+    runner = Runner(cfg, progress=False)
+    results = runner.run()
+    labels = {i: runner.dataset.samples[i].label for i in runner.indices}
+    for i in runner.indices:
+        hosts = runner.adversarial_hosts(i, labels[i], 2)
+        assert len(set(hosts)) == 2 and i not in hosts and all(labels[h] != labels[i] for h in hosts)
+        assert hosts == runner.adversarial_hosts(i, labels[i], 2)  # fixed per image, not per batch
+    # Fake-CAM's key area is the whole image but its top-left pixel: check each image by hand
+    model = runner.models["resnet10_os16"]
+    rows, _ = read_shards(tmp_path, "resnet10_os16-gap-fakecam")
+    for i in runner.indices:
+        image = runner.dataset[i][0]
+        hosts = [runner.dataset[h][0] for h in runner.adversarial_hosts(i, labels[i], 2)]
+        composites = image.expand(2, -1, -1, -1).clone()
+        composites[:, :, 0, 0] = torch.stack(hosts)[:, :, 0, 0]
+        with torch.no_grad():
+            hits = (model(composites, pooling="gap").argmax(1) == labels[i]).float().mean().item()
+        assert rows[i]["adversarial"] == pytest.approx(hits)
+        assert rows[i]["key_area"] == pytest.approx(1 - 1 / 32**2)
+    cell = next(c for c in results["cells"] if c["method"] == "gradcam" and c["pooling"] == "gap")
+    assert {"adversarial", "fading", "key_area"} <= set(cell["metrics"])
+    adv = [rows[i]["fading"] for i in sorted(rows)]
+    fake = next(c for c in results["cells"] if c["method"] == "fakecam" and c["pooling"] == "gap")
+    assert fake["metrics"]["fading"]["mean"] == pytest.approx(castream.metrics.fading_rate(torch.tensor(adv)))
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## Adversarial verification" in markdown and "Fading↓" in markdown and "Key area |" in markdown
+    with pytest.raises(ValueError, match=r"adversarial\.cases must be an integer >= 1"):
+        config(artifacts, tmp_path, metrics=("adversarial",), metric_options={"adversarial": {"cases": 0}})
+    with pytest.raises(
+        ValueError, match=r"adversarial has no option 'seed'; it takes \['threshold', 'cases'\]"
+    ):
+        config(artifacts, tmp_path, metrics=("adversarial",), metric_options={"adversarial": {"seed": 1}})
+
+
 def test_localization_scores_the_target_class_boxes_only(artifacts):
     from castream.data import class_boxes
 

@@ -79,6 +79,48 @@ def test_box_study_matches_hand_computation():
         metrics.box_study(Toy(), x, maps, boxes[:2], t, preprocess=RAW)
 
 
+def test_adversarial_verification_matches_hand_computation():
+    x = images(4)
+    maps = torch.stack([ordered_map(seed=i) for i in range(4)])
+    hosts = torch.rand(4, 3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    hosts[:, 0, :, :, 4:] = 0  # host 0 shows nothing on the right: class 1 wins there only with its key area
+    t = Toy()(x).argmax(1)
+    t[3] = (t[3] + 1) % 3  # one image whose clean prediction is not the target
+    out = metrics.adversarial_verification(Toy(), x, maps, hosts, t, threshold=0.4)
+    assert 0 < out["cases"].mean() < 1 and out["clean"].tolist() == [1, 1, 1, 0]
+    for i in range(4):
+        key = (maps[i] > 0.4).double()
+        hits = []
+        for j in range(3):
+            composite = key * x[i] + (1 - key) * hosts[i, j]
+            probs = [toy_probability(composite, c) for c in range(3)]
+            hits.append(float(max(range(3), key=probs.__getitem__) == t[i]))
+        assert out["cases"][i].tolist() == hits
+        assert out["accuracy"][i].item() == pytest.approx(sum(hits) / 3)
+        clean = [toy_probability(x[i], c) for c in range(3)]
+        assert out["clean"][i].item() == float(max(range(3), key=clean.__getitem__) == t[i])
+        assert out["area"][i].item() == pytest.approx(key.mean().item())
+    # a key area covering the whole image keeps every composite equal to the image: no fading
+    full = metrics.adversarial_verification(Toy(), x, torch.ones_like(maps), hosts, t)
+    assert torch.equal(full["accuracy"], full["clean"])
+    rows = torch.stack([out["accuracy"], out["clean"]], 1)
+    expected = 1 - out["accuracy"].mean().item() / out["clean"].mean().item()
+    assert metrics.fading_rate(rows) == pytest.approx(expected)
+    assert metrics.fading_rate(torch.tensor([[0.184, 0.7528]])) == pytest.approx(
+        0.7556, abs=1e-4
+    )  # SA-CAM Tables 4-5
+    assert math.isnan(metrics.fading_rate(torch.tensor([[0.0, 0.0]])))
+    for bad, match in (
+        (hosts[:3], r"\(B, J, C, H, W\) tensor with B = 4"),
+        (hosts[:, :0], "at least one host"),
+        (hosts[..., :4], "at least one host"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            metrics.adversarial_verification(Toy(), x, maps, bad, t)
+    with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\)"):
+        metrics.adversarial_verification(Toy(), x, maps, hosts, t, threshold=1.0)
+
+
 def test_drop_gain_at_the_limits_have_no_nan():
     p = torch.tensor([1.0, 0.0, 0.5, 1.0])
     o = torch.tensor([1.0, 0.3, 0.5, 0.2])

@@ -16,7 +16,7 @@ from ..stream import StreamModel
 from ..utils import count_flops, count_parameters
 from .runner import _cell, shard_records
 
-# metric key -> (column title, shown x100 as a percentage, lower is better)
+# metric key -> (column title, shown x100 as a percentage, lower is better; None: neither)
 COLUMNS = {
     "ad": ("AD", True, True), "ag": ("AG", True, False), "ai": ("AI", True, False),
     "insertion": ("I", True, False), "deletion": ("D", True, True), "overall": ("I−D", True, False),
@@ -27,6 +27,8 @@ COLUMNS = {
     "coherency": ("Coherency", True, False), "complexity": ("Complexity", True, True),
     "discrimination": ("CD", True, False), "energy_target": ("E_c", True, False),
     "energy_other": ("E_o", True, True), "sp_target": ("SP_c", True, False), "sp_other": ("SP_o", True, True),
+    "adversarial": ("Acc_adv", True, False), "fading": ("Fading", True, True),
+    "key_area": ("Key area", True, None),
 }  # fmt: skip
 for _short, _title, _lower in (("ad", "AD", True), ("ag", "AG", False), ("ai", "AI", False)):
     for _region, _name in (("box", "S:=B"), ("complement", "S:=I∖B"), ("inside", "B∩S"), ("outside", "S∖B")):
@@ -55,7 +57,13 @@ TABLES = {
     ),
     "Bounding-box study (thesis Table 2.5 layout; S: the method's map, B: its class's boxes)": BOX_TABLE,
     "More metrics (thesis Table 2.3 layout)": ("aopc", "max_sensitivity", "adcc", "coherency", "complexity"),
+    "Adversarial verification (SA-CAM §4.6, Tables 4–5: the key area pasted into images of other classes)": (
+        "adversarial",
+        "fading",
+        "key_area",
+    ),
 }
+ARROWS = {True: "↓", False: "↑", None: ""}  # lower is better / higher is better / descriptive
 # per-image metrics compared between GAP and CA with the paired bootstrap
 COMPARED = ("ad", "ag", "ai", "insertion", "deletion", "overall", "sp", "discrimination", "sp_target")
 POOLING_NAMES = {"gap": "GAP", "ca": "CA"}
@@ -436,7 +444,7 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
         present = [k for k in keys if any(k in c["metrics"] for c in cells)]
         if not present or (keys == BOX_TABLE and set(present) <= {"ad", "ag", "ai"}):
             continue
-        arrows = [f"{COLUMNS[k][0]}{'↓' if COLUMNS[k][2] else '↑'}" for k in present]
+        arrows = [COLUMNS[k][0] + ARROWS[COLUMNS[k][2]] for k in present]
         lines += [
             "",
             f"## {title}",

@@ -43,6 +43,7 @@ METRIC_GROUPS = (
     "aopc",
     "max-sensitivity",
     "adcc",
+    "adversarial",
 )
 DEFAULT_METRICS = ("recognition", "insertion", "deletion", "localization")
 # the function a metric group's options (EvalConfig.metric_options) are passed to, and the keywords the
@@ -54,7 +55,10 @@ OPTION_TARGETS = {
     "aopc": "aopc",
     "max-sensitivity": "max_sensitivity",
     "adcc": "adcc",
+    "adversarial": "adversarial_verification",
 }
+# options a metric group takes besides its function's keywords, with their defaults (handled by the runner)
+RUNNER_OPTIONS = {"adversarial": {"cases": 3}}
 RESERVED_OPTIONS = (
     "preprocess",
     "batch_size",
@@ -141,19 +145,16 @@ class EvalConfig:
                 )
             if group not in OPTION_TARGETS:
                 raise ValueError(f"metric group {group!r} takes no options; these do: {list(OPTION_TARGETS)}")
-            accepted = inspect.signature(getattr(metrics, OPTION_TARGETS[group])).parameters
+            parameters = inspect.signature(getattr(metrics, OPTION_TARGETS[group])).parameters
+            allowed = [
+                k for k, v in parameters.items() if v.kind == v.KEYWORD_ONLY and k not in RESERVED_OPTIONS
+            ] + list(RUNNER_OPTIONS.get(group, {}))
             for key in options:
-                if (
-                    key in RESERVED_OPTIONS
-                    or key not in accepted
-                    or accepted[key].kind != accepted[key].KEYWORD_ONLY
-                ):
-                    allowed = [
-                        k
-                        for k, v in accepted.items()
-                        if v.kind == v.KEYWORD_ONLY and k not in RESERVED_OPTIONS
-                    ]
+                if key not in allowed:
                     raise ValueError(f"{group} has no option {key!r}; it takes {allowed}")
+            for key, value in options.items():
+                if key in RUNNER_OPTIONS.get(group, {}):
+                    check_int(f"{group}.{key}", value)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -384,6 +385,41 @@ class Runner:
             return labels
         return logits.masked_fill(labels == 0, float("-inf")).argmax(dim=1)
 
+    def adversarial_hosts(self, index: int, target: int, cases: int) -> list[int]:
+        """The ``cases`` host images of image ``index`` for adversarial verification: evaluated images that
+        do not hold the target class (when the dataset's labels tell), in an order fixed by the seed and the
+        image, so that every method, pooling and batch size sees the same hosts."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + index)
+        hosts = []
+        for j in torch.randperm(len(self.indices), generator=generator).tolist():
+            candidate = self.indices[j]
+            if candidate != index and not self._holds(candidate, target):
+                hosts.append(candidate)
+                if len(hosts) == cases:
+                    return hosts
+        raise ValueError(
+            f"adversarial verification needs {cases} host images without class {target} for image {index}; "
+            f"the {len(self.indices)} evaluated images have {len(hosts)}"
+        )
+
+    def _holds(self, index: int, cls: int) -> bool:
+        """Whether the dataset labels image ``index`` with class ``cls`` (False when it keeps no labels)."""
+        samples = getattr(self.dataset, "samples", None)
+        label = samples[index].label if samples is not None else -1
+        return bool(label[cls]) if isinstance(label, Tensor) else label == cls
+
+    def _hosts(self, indices: list[int], targets: Tensor, cases: int) -> Tensor:
+        """(B, cases, C, H, W) host images (see :meth:`adversarial_hosts`)."""
+        wanted = [h for i, t in zip(indices, targets.tolist()) for h in self.adversarial_hosts(i, t, cases)]
+        order = sorted(set(wanted))
+        kept, images, _, _, skipped = self._load(order)
+        if skipped:
+            raise ValueError(
+                f"adversarial verification: host images {[s['index'] for s in skipped]} are unreadable"
+            )
+        position = {index: k for k, index in enumerate(kept)}
+        return images[[position[h] for h in wanted]].unflatten(0, (len(indices), cases))
+
     def _my_batches(self, method: str | None = None) -> Iterator[tuple[int, list[int]]]:
         for b, indices in enumerate(self.batches(method)):
             if b % self.world == self.rank:
@@ -439,7 +475,9 @@ class Runner:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
-            values = self._metrics(model, method, maps, images, targets, logits, targets_meta, shared)
+            values = self._metrics(
+                model, method, maps, images, indices, targets, logits, targets_meta, shared
+            )
             rows = []
             for j, index in enumerate(indices):
                 row = {"index": index}
@@ -450,7 +488,7 @@ class Runner:
                 cell, {"images": rows, "skipped": skipped, "seconds": seconds, "batch": len(indices)}
             )
 
-    def _metrics(self, model, method, maps, images, targets, logits, targets_meta, shared) -> dict:
+    def _metrics(self, model, method, maps, images, indices, targets, logits, targets_meta, shared) -> dict:
         config, out = self.config, {}
         options = config.metric_options
         if "recognition" in config.metrics:
@@ -483,6 +521,21 @@ class Runner:
                 method, model, images, targets, preprocess=self.preprocess, **options.get("adcc", {})
             )
             out.update(adcc=a["adcc"], coherency=a["coherency"], complexity=a["complexity"])
+        if "adversarial" in config.metrics:
+            opts = {**RUNNER_OPTIONS["adversarial"], **options.get("adversarial", {})}
+            hosts = self._hosts(indices, targets, opts.pop("cases"))
+            adv = metrics.adversarial_verification(
+                model,
+                images,
+                maps,
+                hosts,
+                targets,
+                batch_size=config.metric_batch,
+                forward_kwargs=shared["forward_kwargs"],
+                **opts,
+            )
+            out.update(adversarial=adv["accuracy"], key_area=adv["area"])
+            out["fading"] = torch.stack([adv["accuracy"], adv["clean"]], dim=1)
         if "discrimination" in config.metrics:
             classes = torch.stack([t["classes"] for t in targets_meta]).to(maps.device)
             out.update(metrics.class_discrimination(maps, classes, targets))

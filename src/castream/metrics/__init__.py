@@ -23,7 +23,7 @@ from .recognition import (
     mean_average_precision,
     recognition,
 )
-from .robustness import adcc, max_sensitivity, pearson
+from .robustness import adcc, adversarial_verification, fading_rate, max_sensitivity, pearson
 from .sanity import sanity_check, spearman
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Curves",
     "accuracy",
     "adcc",
+    "adversarial_verification",
     "aggregate",
     "aopc",
     "average_precision",
@@ -42,6 +43,7 @@ __all__ = [
     "class_discrimination",
     "deletion",
     "drop_gain_increase",
+    "fading_rate",
     "insertion",
     "localization",
     "max_sensitivity",

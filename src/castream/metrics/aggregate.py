@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .localization import box_accuracy_from_ious
+from .robustness import fading_rate
 
 Reducer = Callable[[Tensor], float]
 
@@ -28,7 +29,8 @@ class Aggregator:
 
     ``values`` are (B,) or (B, m) per-image tensors; ``indices`` (B,) are global image indices (default:
     consecutive in update order). The statistic is the mean, or ``reducers[name]`` applied to the stacked
-    rows (by default ``"boxacc"`` expects :func:`threshold_ious` rows). The interval is the percentile
+    rows (by default ``"boxacc"`` expects :func:`threshold_ious` rows and ``"fading"`` (adversarial,
+    clean) accuracy rows for :func:`fading_rate`). The interval is the percentile
     bootstrap over images with ``resamples`` draws from ``seed``.
     """
 
@@ -43,7 +45,11 @@ class Aggregator:
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
         self.confidence, self.resamples, self.seed = confidence, resamples, seed
-        self.reducers: dict[str, Reducer] = {"boxacc": box_accuracy_from_ious, **(reducers or {})}
+        self.reducers: dict[str, Reducer] = {
+            "boxacc": box_accuracy_from_ious,
+            "fading": fading_rate,
+            **(reducers or {}),
+        }
         self._values: dict[str, list[Tensor]] = {}
         self._indices: dict[str, list[Tensor]] = {}
 
