@@ -519,3 +519,69 @@ def test_unreadable_evaluation_image_is_skipped_and_listed(artifacts, tmp_path):
     assert [c["images"] for c in results["cells"]] == [8, 8]
     assert [s["index"] for s in results["skipped"]] == [4] and broken.name in results["skipped"][0]["reason"]
     assert "**Skipped:** 1 unreadable image" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_voc_every_positive_class_with_sigmoid_probabilities(tmp_path):
+    from PIL import Image
+
+    from castream.evaluate.report import read_shards
+
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    scenes = {
+        "2008_000001": [("dog", (1, 1, 30, 40)), ("person", (30, 10, 60, 60))],
+        "2008_000002": [("cat", (5, 5, 50, 50))],
+        "2008_000003": [("person", (0, 0, 64, 64)), ("cat", (10, 10, 20, 20)), ("car", (40, 40, 60, 60))],
+    }
+    g = torch.Generator().manual_seed(0)
+    for name, objects in scenes.items():
+        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        pixels = (torch.rand(64, 64, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(pixels).save(root / "JPEGImages" / f"{name}.jpg")
+        parts = ["<annotation><size><width>64</width><height>64</height></size>"]
+        for cls, (x0, y0, x1, y1) in objects:
+            parts.append(
+                f"<object><name>{cls}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin>"
+                f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+            )
+        (root / "Annotations").mkdir(exist_ok=True)
+        (root / "Annotations" / f"{name}.xml").write_text("".join(parts) + "</annotation>")
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "val.txt").write_text("\n".join(scenes) + "\n")
+    torch.manual_seed(0)
+    save_weights(build_model("resnet10_os16", num_classes=20), tmp_path / "voc.safetensors")
+    cfg = EvalConfig(
+        model="resnet10_os16",
+        data=f"voc:{root}",
+        checkpoint=str(tmp_path / "voc.safetensors"),
+        poolings=("gap",),
+        methods=("gradcam",),
+        baselines=(),
+        metrics=("recognition", "localization"),
+        multilabel_targets="all",
+        scores="sigmoid",
+        size=32,
+        resize=32,
+        batch_size=2,
+        out=str(tmp_path / "out"),
+    )
+    runner = Runner(cfg, progress=False)
+    results = runner.run()
+    rows, _ = read_shards(tmp_path / "out", "resnet10_os16-gap-gradcam")
+    expected = {(i, int(c)) for i in runner.indices for c in runner.dataset[i][1].nonzero().flatten()}
+    assert set(rows) == expected and len(expected) == 6  # one row per (image, positive class)
+    model = runner.models["resnet10_os16"].eval()
+    for (i, c), row in rows.items():
+        image = runner.dataset[i][0][None]
+        cam = castream.saliency.GradCAM(model)(image, [c])
+        with torch.no_grad():
+            p = torch.sigmoid(model(image)[0, c]).item()
+            o = torch.sigmoid(model(runner.preprocess.mask(image, cam))[0, c]).item()
+        assert row["ad"] == pytest.approx(max(p - o, 0) / p, abs=1e-5)
+    cell = results["cells"][0]
+    assert cell["images"] == 3 and cell["rows"] == 6
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "3 (6 image-class pairs)" in markdown and "Probabilities: per-class sigmoids" in markdown
+    with pytest.raises(ValueError, match="multilabel_targets must be one of"):
+        EvalConfig(**{**cfg.to_dict(), "multilabel_targets": "every"})
+    with pytest.raises(ValueError, match="scores must be one of"):
+        EvalConfig(**{**cfg.to_dict(), "scores": "logits"})

@@ -79,6 +79,25 @@ def test_box_study_matches_hand_computation():
         metrics.box_study(Toy(), x, maps, boxes[:2], t, preprocess=RAW)
 
 
+def test_sigmoid_scores_match_hand_computation():
+    x = images()
+    maps = torch.stack([ordered_map(seed=i) for i in range(3)])
+    t = torch.tensor([0, 1, 2])
+    out = metrics.recognition(Toy(), x, maps, t, preprocess=RAW, scores="sigmoid")
+    for i in range(3):
+        assert out["p"][i].item() == pytest.approx(
+            torch.sigmoid(Toy()(x[i : i + 1])[0, t[i]]).item(), rel=1e-6
+        )
+        masked = Toy()((x[i] * maps[i])[None])[0, t[i]]
+        assert out["o"][i].item() == pytest.approx(torch.sigmoid(masked).item(), rel=1e-6)
+    auc = metrics.deletion(Toy(), x, maps, t, preprocess=RAW, step=16, scores="sigmoid")
+    soft = metrics.deletion(Toy(), x, maps, t, preprocess=RAW, step=16)
+    assert not torch.allclose(auc, soft)
+    assert auc[2].item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())  # logit 2 is constant
+    with pytest.raises(ValueError, match="scores must be one of"):
+        metrics.recognition(Toy(), x, maps, t, preprocess=RAW, scores="logits")
+
+
 def test_adversarial_verification_matches_hand_computation():
     x = images(4)
     maps = torch.stack([ordered_map(seed=i) for i in range(4)])

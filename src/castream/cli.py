@@ -416,6 +416,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         method_images=_counts(args.method_images, "--method-images"),
         baselines=tuple(args.baselines),
         normalization=args.normalization,
+        scores=args.scores,
+        multilabel_targets=args.multilabel_targets,
     )
     results = Runner(config, progress=not args.quiet, log=_log(args)).run()
     if results is not None and not args.quiet:
@@ -478,6 +480,19 @@ def _add_evaluate(sub) -> None:
         choices=["imagenet", "cifar100"],
         default="imagenet",
         help="the model's input mean/std",
+    )
+    p.add_argument(
+        "--scores",
+        choices=["softmax", "sigmoid"],
+        default="softmax",
+        help="class probabilities of the metrics (sigmoid: a multi-label model, as the authors' VOC code)",
+    )
+    p.add_argument(
+        "--multilabel-targets",
+        choices=["top", "all"],
+        default="top",
+        help="multi-label data (VOC): explain the positive class with the highest logit, or every positive "
+        "class (one row per image-class pair, as the authors' code)",
     )
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE", help="method options")
     p.add_argument(

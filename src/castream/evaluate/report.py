@@ -69,15 +69,16 @@ COMPARED = ("ad", "ag", "ai", "insertion", "deletion", "overall", "sp", "discrim
 POOLING_NAMES = {"gap": "GAP", "ca": "CA"}
 
 
-def read_shards(out: Path, cell: str) -> tuple[dict[int, dict], list[tuple[float, int]]]:
-    """Per-image rows of a cell (by image index, first record wins) and its (seconds, batch) timings."""
-    rows: dict[int, dict] = {}
+def read_shards(out: Path, cell: str) -> tuple[dict[int | tuple[int, int], dict], list[tuple[float, int]]]:
+    """Rows of a cell (first record wins) and its (seconds, batch) timings. A row is keyed by its image
+    index, or by (image index, class) where every positive class of a multi-label image is explained."""
+    rows: dict[int | tuple[int, int], dict] = {}
     timings = []
     for record in _records(out, cell):
         for row in record["images"]:
             if "insertion" in row and "deletion" in row:  # SA-CAM §4.5's "overall" AUC, derived per image
                 row["overall"] = row["insertion"] - row["deletion"]
-            rows.setdefault(row["index"], row)
+            rows.setdefault((row["index"], row["class"]) if "class" in row else row["index"], row)
         if "seconds" in record:
             timings.append((record["seconds"], len(record["images"])))
     return rows, timings
@@ -99,14 +100,15 @@ def skipped_images(runner) -> list[dict]:
     return [found[i] for i in sorted(found)]
 
 
-def _aggregate(rows: dict[int, dict], seed: int) -> metrics.Aggregator:
+def _aggregate(rows: dict, seed: int) -> metrics.Aggregator:
+    """Every metric of a cell's rows, in the order of their keys (image index, or (image, class))."""
     agg = metrics.Aggregator(seed=seed)
-    indices = sorted(rows)
-    keys = [k for k in rows[indices[0]] if k != "index" and not k.endswith("_curve")] if indices else []
+    order = sorted(rows)
+    skip = ("index", "class")
+    keys = [k for k in rows[order[0]] if k not in skip and not k.endswith("_curve")] if order else []
     for key in keys:
-        agg.update(
-            key, torch.tensor([rows[i][key] for i in indices], dtype=torch.float64), torch.tensor(indices)
-        )
+        values = torch.tensor([rows[i][key] for i in order], dtype=torch.float64)
+        agg.update(key, values, torch.arange(len(order)))
     return agg
 
 
@@ -174,7 +176,10 @@ def _grid_indices(runner) -> list[int]:
     def crowded(index: int) -> bool:
         item = runner.dataset[index]
         labels = item[2].get("box_labels") if item is not None else None
-        return labels is not None and bool((labels != torch.as_tensor(item[1])).any())
+        label = torch.as_tensor(item[1]) if item is not None else None
+        if label is not None and label.dim() == 1:  # multi-hot: several positive classes
+            return int(label.count_nonzero()) > 1
+        return labels is not None and bool((labels != label).any())
 
     return sorted(candidates, key=lambda i: not crowded(i))[:GRID_IMAGES]
 
@@ -402,7 +407,19 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
         f"{settings['blur_sigma']} ({settings['blur_padding']} padding), deletion to {settings['deletion']}, "
         f"{settings['ties']} tie order). Percentages except SM (nats) and "
         "MS; in brackets a 95% bootstrap confidence interval over images; N is the number of images of the "
-        "row. Target class: the ground truth. Baselines: " + ", ".join(config.baselines or ("none",)) + ".",
+        "row. Target class: the ground truth"
+        + (
+            " (multi-label images: every positive class, one row per image-class pair; confidence intervals "
+            "resample the pairs)"
+            if runner.multilabel and config.multilabel_targets == "all"
+            else " (multi-label images: the positive class with the highest logit)"
+            if runner.multilabel
+            else ""
+        )
+        + (". Probabilities: per-class sigmoids" if config.scores == "sigmoid" else "")
+        + ". Baselines: "
+        + ", ".join(config.baselines or ("none",))
+        + ".",
         "",
         *(
             [
@@ -462,7 +479,7 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
                 str(c["images"])
                 if c["images"] == c["images_asked"]
                 else f"{c['images']} of {c['images_asked']} ⚠"
-            )
+            ) + (f" ({c['rows']} image-class pairs)" if c["rows"] != c["images"] else "")
             lines.append(
                 f"| {network} | {method} | {POOLING_NAMES[c['pooling']]} | {count} | "
                 + " | ".join(values)
@@ -533,7 +550,8 @@ def write_report(runner) -> dict:
                 "pooling": pooling,
                 "method": method,
                 "label": f"{label} " * several + f"{method} {POOLING_NAMES[pooling]}",
-                "images": len(rows),
+                "images": len({k[0] if isinstance(k, tuple) else k for k in rows}),
+                "rows": len(rows),
                 "images_asked": len(runner.method_indices(method)),
                 "metrics": _aggregate(rows, config.seed).summary(),
                 "seconds_per_8": sum(s for s, _ in timings) / max(1, sum(n for _, n in timings)) * 8,

@@ -46,6 +46,7 @@ METRIC_GROUPS = (
     "adversarial",
 )
 DEFAULT_METRICS = ("recognition", "insertion", "deletion", "localization")
+MULTILABEL_TARGETS = ("top", "all")  # multi-label images: explain the top positive class, or every one
 # the function a metric group's options (EvalConfig.metric_options) are passed to, and the keywords the
 # runner sets itself
 OPTION_TARGETS = {
@@ -68,6 +69,7 @@ RESERVED_OPTIONS = (
     "seed",
     "output",
     "normalize",
+    "scores",
 )
 BASELINES = ("fakecam", "random")  # added to every evaluation: the scale of every metric
 
@@ -95,6 +97,8 @@ class EvalConfig:
     method_options: dict = field(default_factory=dict)
     metric_options: dict = field(default_factory=dict)  # metric group -> keyword options of its function
     normalization: str = "imagenet"  # input mean/std: "imagenet" or "cifar100" (as the model was trained)
+    scores: str = "softmax"  # class probabilities of the metrics: "softmax", or "sigmoid" (multi-label)
+    multilabel_targets: str = "top"  # multi-label data: the positive class with the highest logit, or "all"
     boxes: str | None = None  # ImageNet bounding-box XML folder
     compare: dict = field(default_factory=dict)  # label -> checkpoint of more models of the same architecture
     method_images: dict = field(default_factory=dict)  # method -> evaluate it on the first N images only
@@ -123,6 +127,11 @@ class EvalConfig:
                 raise ValueError(f"unknown {name} {unknown}; expected a subset of {list(allowed)}")
         self._check_metric_options()
         Preprocess.named(self.normalization)
+        metrics.check_scores(self.scores)
+        if self.multilabel_targets not in MULTILABEL_TARGETS:
+            raise ValueError(
+                f"multilabel_targets must be one of {MULTILABEL_TARGETS}, got {self.multilabel_targets!r}"
+            )
         if "ca" in self.poolings and not self.stream:
             raise ValueError("pooling 'ca' needs a trained stream checkpoint (stream=...)")
         if self.protocol not in metrics.PROTOCOLS:
@@ -459,7 +468,12 @@ class Runner:
         model, kwargs = self.models[label], self.forward_kwargs(label, pooling)
         method = self.build_method(method_name, label, pooling)
         todo = [(b, idx) for b, idx in self._my_batches(method_name) if not set(idx) <= done]
-        shared = {"preprocess": self.preprocess, "batch_size": config.metric_batch, "forward_kwargs": kwargs}
+        shared = {
+            "preprocess": self.preprocess,
+            "batch_size": config.metric_batch,
+            "forward_kwargs": kwargs,
+            "scores": config.scores,
+        }
         for _, indices in tqdm(
             todo, desc=cell, disable=not self.progress or self.rank or not todo, leave=False
         ):
@@ -470,6 +484,11 @@ class Runner:
             with torch.no_grad():
                 logits = model(images, **kwargs).float()
             targets = self._targets(labels, logits)
+            if self.multilabel and config.multilabel_targets == "all":  # one row per (image, positive class)
+                rows_of, targets = labels.nonzero(as_tuple=True)
+                images, logits = images[rows_of], logits[rows_of]
+                targets_meta = [targets_meta[i] for i in rows_of.tolist()]
+                indices = [indices[i] for i in rows_of.tolist()]
             start = time.perf_counter()
             maps = method(images, targets)
             if self.device.type == "cuda":
@@ -481,6 +500,8 @@ class Runner:
             rows = []
             for j, index in enumerate(indices):
                 row = {"index": index}
+                if self.multilabel and config.multilabel_targets == "all":
+                    row["class"] = int(targets[j])
                 for name, v in values.items():
                     row[name] = v[j].tolist() if isinstance(v, Tensor) else v[j]
                 rows.append(row)
@@ -518,7 +539,13 @@ class Runner:
             )
         if "adcc" in config.metrics:
             a = metrics.adcc(
-                method, model, images, targets, preprocess=self.preprocess, **options.get("adcc", {})
+                method,
+                model,
+                images,
+                targets,
+                preprocess=self.preprocess,
+                scores=config.scores,
+                **options.get("adcc", {}),
             )
             out.update(adcc=a["adcc"], coherency=a["coherency"], complexity=a["complexity"])
         if "adversarial" in config.metrics:
@@ -546,7 +573,7 @@ class Runner:
             for name, short in (("drop", "ad"), ("gain", "ag"), ("increase", "ai")):
                 out.update({f"{short}_{region}": study[f"{name}_{region}"] for region in metrics.BOX_STUDY})
         if "localization" in config.metrics:
-            probabilities = logits.softmax(1).gather(1, targets[:, None]).squeeze(1)
+            probabilities = metrics.probability(logits, targets, config.scores)
             loc = metrics.localization(maps, boxes, targets, logits.argmax(1), probabilities)
             out.update({k: v for k, v in loc.items() if k != "valid"})
             out["boxacc"] = metrics.threshold_ious(maps, boxes)

@@ -4,6 +4,7 @@ Fractions in [0, 1] everywhere; percentages are applied only by reports.
 """
 
 from . import aggregate
+from ._common import SCORES, check_scores, probability
 from .aggregate import Aggregator, paired_bootstrap
 from .causal import PROTOCOLS, Curves, aopc, deletion, insertion, region_masks, saliency_rank, step_counts
 from .discrimination import class_discrimination
@@ -29,6 +30,7 @@ from .sanity import sanity_check, spearman
 __all__ = [
     "BOX_STUDY",
     "PROTOCOLS",
+    "SCORES",
     "Aggregator",
     "Curves",
     "accuracy",
@@ -40,6 +42,7 @@ __all__ = [
     "box_accuracy",
     "box_accuracy_from_ious",
     "box_study",
+    "check_scores",
     "class_discrimination",
     "deletion",
     "drop_gain_increase",
@@ -51,6 +54,7 @@ __all__ = [
     "paired_bootstrap",
     "pearson",
     "pointing_hits",
+    "probability",
     "recognition",
     "region_masks",
     "saliency_rank",

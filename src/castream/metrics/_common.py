@@ -56,18 +56,36 @@ def resolve_targets(fn: Logits, images: Tensor, targets, batch_size: int) -> tup
     return check_targets(targets, logits), logits
 
 
-def probability(logits: Tensor, targets: Tensor) -> Tensor:
-    """Softmax probability of each target class, in float32."""
-    return logits.float().softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
+SCORES = ("softmax", "sigmoid")  # class probabilities of a single-label / multi-label classifier
+
+
+def check_scores(scores: str) -> str:
+    if scores not in SCORES:
+        raise ValueError(f"scores must be one of {SCORES}, got {scores!r}")
+    return scores
+
+
+def probability(logits: Tensor, targets: Tensor, scores: str = "softmax") -> Tensor:
+    """Probability of each target class in float32: softmax over the classes, or the class's own sigmoid
+    (``scores="sigmoid"``, for multi-label classifiers such as the authors' VOC models)."""
+    logits = logits.float()
+    if check_scores(scores) == "sigmoid":
+        return logits.gather(1, targets[:, None]).squeeze(1).sigmoid()
+    return logits.softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
 
 
 def chunked_probabilities(
-    fn: Logits, total: int, build: Callable[[Tensor], tuple[Tensor, Tensor]], batch_size: int, device
+    fn: Logits,
+    total: int,
+    build: Callable[[Tensor], tuple[Tensor, Tensor]],
+    batch_size: int,
+    device,
+    scores: str = "softmax",
 ) -> Tensor:
     """Target probabilities of ``total`` perturbed images built chunk by chunk: ``build(flat_index)``
     returns ``(images, targets)`` for a 1-D tensor of indices. One forward per chunk."""
     out = torch.empty(total, device=device)
     for flat in torch.arange(total, device=device).split(batch_size):
         images, targets = build(flat)
-        out[flat] = probability(fn(images), targets)
+        out[flat] = probability(fn(images), targets, scores)
     return out

@@ -14,6 +14,7 @@ from ..utils import check_int
 from ._common import (
     DEFAULT_BATCH,
     check_maps,
+    check_scores,
     chunked_probabilities,
     evaluation,
     probability,
@@ -105,8 +106,10 @@ def _causal(
     normalize: bool,
     output,
     forward_kwargs: dict | None,
+    scores: str,
 ):
     settings = _protocol(protocol)
+    check_scores(scores)
     maps = check_maps(maps, images, normalize)
     preprocess = preprocess or Preprocess()
     batch_size = DEFAULT_BATCH if batch_size is None else check_int("batch_size", batch_size)
@@ -131,9 +134,9 @@ def _causal(
             keep = changed if kind == "insertion" else 1 - changed
             return preprocess.mask(images[b], keep, base[b]), t[b]
 
-        curves = chunked_probabilities(fn, len(images) * steps, build, batch_size, images.device).view(
-            -1, steps
-        )
+        curves = chunked_probabilities(
+            fn, len(images) * steps, build, batch_size, images.device, scores
+        ).view(-1, steps)
     fractions = counts.to(curves.dtype) / (height * width)
     auc = torch.trapezoid(curves, fractions, dim=1)
     return (auc, Curves(fractions, curves, protocol)) if return_curves else auc
@@ -157,6 +160,7 @@ def _causal_metric(kind: str, doc: str):
         normalize: bool = False,
         output=None,
         forward_kwargs: dict | None = None,
+        scores: str = "softmax",
     ):
         return _causal(
             kind,
@@ -173,6 +177,7 @@ def _causal_metric(kind: str, doc: str):
             normalize=normalize,
             output=output,
             forward_kwargs=forward_kwargs,
+            scores=scores,
         )
 
     metric.__name__ = metric.__qualname__ = kind
@@ -190,7 +195,8 @@ insertion = _causal_metric(
     ``"authors-code"``), ``step`` pixels at a time (default ``ceil(H*W/224)``, or ``ceil(H*W/28)`` for
     ``"authors-code"``). The curve is the target probability against the fraction of pixels inserted
     (0 and 1 included); the AUC is the trapezoid rule. All steps of all images run in batched forwards of
-    ``batch_size`` images. ``return_curves=True`` returns ``(auc, Curves)``. Higher is better.
+    ``batch_size`` images. ``return_curves=True`` returns ``(auc, Curves)``; ``scores="sigmoid"`` takes
+    per-class sigmoid probabilities (multi-label models). Higher is better.
     """,
 )
 
@@ -271,6 +277,7 @@ def aopc(
     normalize: bool = False,
     output=None,
     forward_kwargs: dict | None = None,
+    scores: str = "softmax",
 ) -> Tensor:
     """AOPC per image (B,) (Samek et al., thesis §2.7 / Table 2.3: patch 14, L = 10 regions, most relevant
     first). Higher is better.
@@ -285,8 +292,10 @@ def aopc(
     grid (:func:`grid_patch_ranks`), the mean runs over k = 1..L only, ``1/L sum_{k=1..L} (p(x) -
     p(x^(k)))``, and values are written in model-input (normalized) space: ``"uniform"`` is one U(0, 1)
     value per image and patch (seeded), ``"black"``/``"white"`` the image's minimum/maximum input value,
-    or a tensor of normalized values broadcastable to the images.
+    or a tensor of normalized values broadcastable to the images. ``scores="sigmoid"``: per-class sigmoid
+    probabilities (multi-label models).
     """
+    check_scores(scores)
     if convention not in AOPC_CONVENTIONS:
         raise ValueError(f"convention must be one of {AOPC_CONVENTIONS}, got {convention!r}")
     maps = check_maps(maps, images, normalize)
@@ -339,7 +348,7 @@ def aopc(
             b, k = flat // steps, flat % steps + first
             return perturbed(b, k), t[b]
 
-        curves = chunked_probabilities(fn, len(images) * steps, build, batch_size, images.device).view(
-            -1, steps
-        )
-    return (probability(logits, t)[:, None] - curves).mean(dim=1)
+        curves = chunked_probabilities(
+            fn, len(images) * steps, build, batch_size, images.device, scores
+        ).view(-1, steps)
+    return (probability(logits, t, scores)[:, None] - curves).mean(dim=1)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..preprocess import Preprocess
 from ..utils import check_int
-from ._common import DEFAULT_BATCH, check_maps, evaluation, probability, resolve_targets
+from ._common import DEFAULT_BATCH, check_maps, check_scores, evaluation, probability, resolve_targets
 
 
 def drop_gain_increase(p: Tensor, o: Tensor) -> dict[str, Tensor]:
@@ -30,20 +30,26 @@ def recognition(
     batch_size: int = DEFAULT_BATCH,
     output=None,
     forward_kwargs: dict | None = None,
+    scores: str = "softmax",
 ) -> dict[str, Tensor]:
     """Per-image ``p`` (clean probability of the target class), ``o`` (probability of the image masked by
     its map in pixel space), and the AD/AG/AI contributions ``drop``, ``gain``, ``increase`` (fractions;
-    reports multiply by 100). ``targets``: ground-truth classes, or ``None`` for the predicted class."""
+    reports multiply by 100). ``targets``: ground-truth classes, or ``None`` for the predicted class.
+    ``scores="sigmoid"``: probabilities are per-class sigmoids (multi-label models) instead of the softmax."""
     maps = check_maps(maps, images, normalize)
     check_int("batch_size", batch_size)
+    check_scores(scores)
     preprocess = preprocess or Preprocess()
     with evaluation(model, output, forward_kwargs) as fn:
         t, logits = resolve_targets(fn, images, targets, batch_size)
         masked = preprocess.mask(images, maps)
         o = torch.cat(
-            [probability(fn(chunk), tc) for chunk, tc in zip(masked.split(batch_size), t.split(batch_size))]
+            [
+                probability(fn(chunk), tc, scores)
+                for chunk, tc in zip(masked.split(batch_size), t.split(batch_size))
+            ]
         )
-    p = probability(logits, t)
+    p = probability(logits, t, scores)
     return {"p": p, "o": o, **drop_gain_increase(p, o), "target": t}
 
 
@@ -62,6 +68,7 @@ def box_study(
     batch_size: int = DEFAULT_BATCH,
     output=None,
     forward_kwargs: dict | None = None,
+    scores: str = "softmax",
 ) -> dict[str, Tensor]:
     """The bounding-box study of thesis Table 2.5: AD/AG/AI (as :func:`recognition`) of four maps built
     from the union ``B`` of each image's boxes (the localization metrics' ground truth):
@@ -87,6 +94,7 @@ def box_study(
         batch_size=batch_size,
         output=output,
         forward_kwargs=forward_kwargs,
+        scores=scores,
     )
     out = {}
     for key in ("drop", "gain", "increase"):

@@ -69,6 +69,7 @@ def adcc(
     targets=None,
     *,
     preprocess: Preprocess | None = None,
+    scores: str = "softmax",
 ) -> dict[str, Tensor]:
     """ADCC per image (Poppi et al.; thesis (1.12)-(1.14), whose (1.14) is garbled):
 
@@ -79,6 +80,8 @@ def adcc(
     - ``drop``: the AD contribution of the map (a fraction).
     - ``adcc = 3 / (1/coherency + 1/(1 - complexity) + 1/(1 - drop))``, the harmonic mean; 0 when any
       term is 0 (its limit). Higher is better.
+
+    ``scores="sigmoid"``: the drop uses per-class sigmoid probabilities (multi-label models).
     """
     preprocess = preprocess or Preprocess()
     maps, targets = _explain(method, images, targets)
@@ -93,6 +96,7 @@ def adcc(
         preprocess=preprocess,
         output=method.output,
         forward_kwargs=method.forward_kwargs,
+        scores=scores,
     )["drop"]
     terms = torch.stack([coherency, 1 - complexity, 1 - drop])
     score = torch.where((terms > 0).all(0), 3 / (1 / terms.clamp(min=1e-12)).sum(0), 0.0)
