@@ -525,6 +525,7 @@ def test_voc_every_positive_class_with_sigmoid_probabilities(tmp_path):
     from PIL import Image
 
     from castream.evaluate.report import read_shards
+    from test_data import voc_xml
 
     root = tmp_path / "VOCdevkit" / "VOC2012"
     scenes = {
@@ -537,14 +538,7 @@ def test_voc_every_positive_class_with_sigmoid_probabilities(tmp_path):
         (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
         pixels = (torch.rand(64, 64, 3, generator=g) * 255).byte().numpy()
         Image.fromarray(pixels).save(root / "JPEGImages" / f"{name}.jpg")
-        parts = ["<annotation><size><width>64</width><height>64</height></size>"]
-        for cls, (x0, y0, x1, y1) in objects:
-            parts.append(
-                f"<object><name>{cls}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin>"
-                f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
-            )
-        (root / "Annotations").mkdir(exist_ok=True)
-        (root / "Annotations" / f"{name}.xml").write_text("".join(parts) + "</annotation>")
+        voc_xml(root / "Annotations" / f"{name}.xml", objects, w=64, h=64)
     (root / "ImageSets" / "Main").mkdir(parents=True)
     (root / "ImageSets" / "Main" / "val.txt").write_text("\n".join(scenes) + "\n")
     torch.manual_seed(0)
