@@ -5,6 +5,8 @@ import torchvision
 import castream
 from castream.backbones import describe
 
+from _models import tiny_vit
+
 
 @pytest.mark.parametrize(
     "name,dims,strides",
@@ -61,10 +63,138 @@ def test_explicit_description_for_another_model():
 
 
 def test_unsupported_model_lists_families_and_explicit_form():
-    with pytest.raises(ValueError, match=r"Supported families: torchvision ResNet.*taps=\["):
+    # VGG's classifier reads a 7 x 7 grid: there is no global average pooling for a stream to replace
+    with pytest.raises(ValueError, match=r"no global pooling.*Known layouts: torchvision ResNet.*taps=\["):
         castream.attach_stream(torchvision.models.vgg11())
     with pytest.raises(ValueError, match="explicit head"):
         castream.attach_stream(torchvision.models.vgg11(), taps=["features.20"])
+    with pytest.raises(ValueError, match=r"no global pooling.*taps=\["):
+        describe(tiny_vit(), probe_size=32)  # a transformer: no spatial grid for the rule
+    with pytest.raises(ValueError, match=r"forward fails on a \(1, 3, 224, 224\) input.*taps=\["):
+        describe(tiny_vit())  # its forward only takes 32 x 32 images
+
+
+def _check_family(backbone, taps, pre_pool=None):
+    """The rule's description, then: GAP path bit-identical, a stream step changes no backbone tensor,
+    Grad-CAM runs with the default layer (the last tap)."""
+    backbone.eval()
+    spec = describe(backbone, probe_size=64)
+    assert spec.taps == tuple(taps) and spec.pre_pool == pre_pool and "meta device" in spec.how
+    model = castream.attach_stream(backbone, probe_size=64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = backbone(x)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    stream = {k: v.clone() for k, v in model.stream.state_dict().items()}
+    model.train()
+    optimizer = torch.optim.SGD(model.stream.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+    optimizer.step()
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(v, model.stream.state_dict()[k]) for k, v in stream.items())
+    with torch.no_grad():
+        assert torch.equal(model(x, pooling="gap"), expected)
+    layer = castream.saliency.GradCAM(backbone).layers[0][0]
+    assert layer == taps[-1]
+    assert castream.saliency.GradCAM(backbone)(x).shape == (2, 64, 64)
+    return spec
+
+
+@pytest.mark.parametrize(
+    "name,taps,pre_pool",
+    [
+        ("efficientnet_b0", ["features.1", "features.2", "features.3", "features.5", "features"], None),
+        ("regnet_y_400mf", ["stem", *(f"trunk_output.block{i}" for i in (1, 2, 3)), "trunk_output"], None),
+        (
+            "densenet121",
+            ["features.relu0", *(f"features.denseblock{i}" for i in (1, 2, 3)), "features"],
+            "relu",
+        ),
+        ("mobilenet_v3_small", ["features.0", "features.1", "features.3", "features.8", "features"], None),
+    ],
+)
+def test_torchvision_families_described_by_rule(name, taps, pre_pool):
+    spec = _check_family(getattr(torchvision.models, name)(num_classes=5), taps, pre_pool)
+    assert spec.family == "auto" and spec.strides == (2, 4, 8, 16, 32)
+
+
+def test_mobilenet_v2_and_vgg_keep_their_default_layers():
+    mobilenet = torchvision.models.mobilenet_v2(num_classes=5)
+    spec = describe(mobilenet, probe_size=64)
+    assert spec.taps == ("features.1", "features.3", "features.6", "features.13", "features")
+    assert castream.saliency.GradCAM(mobilenet).layers[0][0] == "features.18"  # the same tensor
+    vgg = torchvision.models.vgg16_bn(num_classes=5)
+    assert castream.saliency.GradCAM(vgg)(torch.randn(1, 3, 64, 64)).shape == (1, 64, 64)
+
+
+def test_timm_families_described_by_feature_info():
+    timm = pytest.importorskip("timm")
+    for name, taps in (
+        ("efficientnet_b0", ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "bn2"]),
+        ("regnetx_002", ["stem", "s1", "s2", "s3", "final_conv"]),
+    ):
+        backbone = timm.create_model(name, pretrained=False, num_classes=5)
+        spec = _check_family(backbone, taps)
+        assert spec.how.startswith("timm feature_info")
+    for name in ("convnextv2_atto", "resnet18d"):  # known layouts
+        backbone = timm.create_model(name, pretrained=False, num_classes=5).eval()
+        model = castream.attach_stream(backbone, probe_size=64)
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.equal(model(x, pooling="gap"), backbone(x))
+            assert model(x).shape == (2, 5)
+
+
+class _DataDependent(torch.nn.Module):
+    """A forward whose control flow reads tensor values: fake tensors cannot run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+        self.stage = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if x.mean() > 10:  # never true for these weights, but unknowable without values
+            x = x * 2
+        return self.fc(self.stage(x).mean((2, 3)))
+
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU())
+        self.head, self.head_dist = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        q = self.features(x).mean((2, 3))
+        return (self.head(q) + self.head_dist(q)) / 2
+
+
+def test_rule_falls_back_to_a_real_forward_and_names_candidate_heads():
+    model = _DataDependent()
+    spec = describe(model, probe_size=32)
+    assert spec.taps == ("stem", "stage") and spec.head == ("fc",) and "real forward" in spec.how
+    assert "traced with a real forward" in str(spec)
+    with pytest.raises(ValueError, match=r"candidate heads: \['head', 'head_dist'\].*taps=\["):
+        describe(_TwoHeads(), probe_size=32)
+
+
+def test_auto_described_stream_round_trips(tmp_path):
+    backbone = torchvision.models.densenet121(num_classes=5).eval()
+    model = castream.attach_stream(backbone, probe_size=64).eval()
+    path = castream.save_stream(model, tmp_path / "s.safetensors")
+    loaded = castream.load_stream(backbone, path).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert loaded.spec.pre_pool == "relu"
+        torch.testing.assert_close(loaded(x), model(x))
+        # the pooled vector is the CA mean of the ReLU'd last tap, exactly where DenseNet pools
+        features, _ = model._capture(x, stop_early=True)
+        features[-1] = torch.relu(features[-1])
+        q, _ = model.stream(features)
+        torch.testing.assert_close(model(x), backbone.classifier(q))
 
 
 def test_unknown_names_suggest_nearest():

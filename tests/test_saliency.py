@@ -516,8 +516,11 @@ def test_bad_input():
         saliency.GradCAM(model, "features")(x[0])
     with pytest.raises(ValueError, match="takes exactly one layer"):
         saliency.GradCAM(model, ["features", "features.1"])
-    with pytest.raises(ValueError, match="no default layer"):
-        saliency.GradCAM(TinyNet())
+    assert saliency.GradCAM(TinyNet()).layers[0][0] == "features"  # the rule: the map its pooling reads
+    grid = torch.nn.AdaptiveAvgPool2d(4)  # the classifier reads a 4 x 4 grid, as VGG's does
+    flat = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), grid, torch.nn.Flatten(), torch.nn.Linear(64, 5))
+    with pytest.raises(ValueError, match=r"no default layer.*no global pooling"):
+        saliency.GradCAM(flat)
 
     class TupleNet(TinyNet):
         def forward(self, x):

@@ -20,13 +20,15 @@ def min_input_size(model: nn.Module) -> int:
     """The smallest input side a model of a described family accepts (its last stage's stride; 1 when
     castream cannot describe the model). Computed once per model (a forward on the meta device)."""
     if model not in _MIN_SIZES:
-        from .backbones import describe
+        from .backbones import describe, detect_family
         from .stream import StreamModel
 
         try:
-            spec = model.spec if isinstance(model, StreamModel) else describe(model)
-            _MIN_SIZES[model] = spec.min_size
-        except Exception:  # not a described family (any failure of the meta forward): no known minimum
+            if isinstance(model, StreamModel):
+                _MIN_SIZES[model] = model.spec.min_size
+            else:  # known layouts only: the rule would run the caller's forward just for this check
+                _MIN_SIZES[model] = describe(model).min_size if detect_family(model) else 1
+        except Exception:  # any failure of the meta forward: no known minimum
             _MIN_SIZES[model] = 1
     return _MIN_SIZES[model]
 

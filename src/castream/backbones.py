@@ -1,18 +1,28 @@
 """Backbone adapters: what castream needs to know about a classifier, found from a model *instance*.
 
-For a supported family the adapter knows the ordered stage outputs ("taps") that a CA-Stream reads,
-and the classifier head that pooled features enter. Tap widths ``d_l`` and strides come from one
-forward pass on the meta device (no computation, the model is not modified), so a stream can be built
-before any real forward.
+A description names the ordered stage outputs ("taps") that a CA-Stream reads, the global average
+pooling they lead to, and the head modules that pooled features enter. It is found in one of three ways:
 
-Any other model is described explicitly by module names::
+1. **layout**: ResNet and ConvNeXt (torchvision and timm) keep the paper's taps (PROTOCOL.md);
+2. **rule**: any other classifier is traced once (``_trace``: on the meta device, no computation; a
+   real forward on a zero image when the forward is data-dependent). The paper defines taps as "points between
+   blocks of f where critical operations take place, such as change of spatial resolution": the pooling
+   point is the last *global* pooling (a ``(B, C, H, W)`` map reduced to ``(B, C)``), the last tap is the
+   module whose output it pools (an activation applied functionally in between, as DenseNet's ``F.relu``,
+   is kept as ``pre_pool``), and the other taps are, for every larger spatial resolution, the last module
+   output at that resolution before it. The head is whatever runs after the pooling, at the top level of
+   the model (the top-level module holding the pooling when it is inside one, fed a ``(B, C, 1, 1)`` map).
+   Models with timm's ``feature_info`` take their taps from it (the pooled module is added last);
+3. **explicit** module names, which always win::
 
     describe(model, taps=["features.3", "features.6", "features.13", "features.18"],
              head="classifier", head_input="flat")
 
 ``head_input`` says how the pooled vector ``q`` (B, C) enters the head: ``"flat"`` as is (a Linear head
 after GAP and flatten), ``"map"`` as a ``(B, C, 1, 1)`` map (a head that starts with its own pooling
-or a LayerNorm2d, like ConvNeXt's).
+or a LayerNorm2d, like ConvNeXt's). A rule-made description is verified by one small real forward: the
+head applied to the mean of the last tap must reproduce the model's logits, or it is an error.
+Tap widths ``d_l`` and strides come from one forward on the meta device.
 """
 
 from __future__ import annotations
@@ -21,13 +31,25 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 import torchvision
 from torch import Tensor, nn
 
 from ._hooks import forward_hooks
+from ._trace import Event, Trace, trace_forward, zeros_input
 from .utils import count_parameters, meta_call
 
 HEAD_INPUTS = ("flat", "map")
+# activations a model may apply functionally between its last stage and the global pooling
+PRE_POOL = {
+    "relu": nn.functional.relu,
+    "relu6": nn.functional.relu6,
+    "silu": nn.functional.silu,
+    "gelu": nn.functional.gelu,
+    "hardswish": nn.functional.hardswish,
+}
+_PRE_POOL_CALLS = {"relu": "relu", "relu_": "relu", "relu6": "relu6", "silu": "silu", "gelu": "gelu"}
+_PRE_POOL_CALLS.update(hardswish="hardswish", silu_="silu", hardswish_="hardswish")
 
 # family -> (taps in forward order, head modules applied in sequence, how pooled features enter the head)
 LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
@@ -118,11 +140,16 @@ def probe_shapes(model: nn.Module, names: Sequence[str], input_size: tuple[int, 
     try:
         with forward_hooks(pairs):
             output = meta_call(model, input_size)
-    except Exception as err:  # a model that cannot run on the meta device
-        raise ValueError(
-            f"could not infer the shapes of {type(model).__name__} on the meta device for input "
-            f"{tuple(input_size)}: {err}"
-        ) from err
+    except Exception as err:  # data-dependent control flow: one real forward on zeros instead
+        for seen in shapes.values():
+            seen.clear()
+        try:
+            output = _real_call(model, input_size, pairs)
+        except Exception:
+            raise ValueError(
+                f"could not infer the shapes of {type(model).__name__} for input {tuple(input_size)}, "
+                f"neither on the meta device ({err}) nor with a real forward"
+            ) from err
     result = []
     for name in names:
         seen = shapes[name]
@@ -134,6 +161,14 @@ def probe_shapes(model: nn.Module, names: Sequence[str], input_size: tuple[int, 
             raise ValueError(f"tap {name!r} does not output a 4-D feature map (got shape {seen[0]})")
         result.append(seen[0])
     return result, output
+
+
+def _real_call(model: nn.Module, input_size: tuple[int, ...], pairs: list) -> object:
+    """One real forward on zeros (eval mode, no autograd, model restored) with ``pairs`` of hooks."""
+    from ._model import frozen_eval
+
+    with frozen_eval(model), torch.no_grad(), forward_hooks(pairs):
+        return model(zeros_input(model, input_size))
 
 
 @dataclass(frozen=True)
@@ -149,6 +184,25 @@ class BackboneSpec:
     num_classes: int
     in_channels: int
     num_parameters: int
+    pre_pool: str | None = None  # activation applied (functionally) to the last tap before pooling
+    how: str = "explicit"  # how the description was found (layout, rule, timm feature_info, explicit)
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.family}: {self.num_parameters:,} parameters, {self.num_classes} classes ({self.how})"
+        ]
+        lines += [
+            f"  tap {i}: {name:<32} width {d:>5}  stride {s}"
+            for i, (name, d, s) in enumerate(zip(self.taps, self.dims, self.strides))
+        ]
+        if self.pre_pool:
+            lines.append(f"  then {self.pre_pool} (applied by the model's forward, not a module)")
+        lines.append(f"  global average pooling -> head {list(self.head)} (input: {self.head_input})")
+        return "\n".join(lines)
+
+    def pool_input(self, features: Tensor) -> Tensor:
+        """The last tap's output as the model's global pooling sees it (``pre_pool`` applied)."""
+        return PRE_POOL[self.pre_pool](features) if self.pre_pool else features
 
     @property
     def min_size(self) -> int:
@@ -172,13 +226,175 @@ class BackboneSpec:
         return [tuple(s[-2:]) for s in shapes]
 
 
-def _unsupported(model: nn.Module) -> ValueError:
+def _unsupported(model: nn.Module, reason: str) -> ValueError:
     families = ", ".join(FAMILY_NAMES.values())
     return ValueError(
-        f"castream does not know the stages of {type(model).__module__}.{type(model).__name__}. "
-        f"Supported families: {families}. Describe any other model explicitly by module names, "
-        f"e.g. attach_stream(model, {EXPLICIT_FORM})"
+        f"castream cannot describe {type(model).__module__}.{type(model).__name__} automatically: {reason}. "
+        f"Known layouts: {families}; any CNN that ends in global average pooling and a head is described "
+        f"by rule. Describe this model explicitly by module names, e.g. attach_stream(model, {EXPLICIT_FORM})"
     )
+
+
+@dataclass(frozen=True)
+class _Rule:
+    taps: tuple[str, ...]
+    head: tuple[str, ...]
+    head_input: str
+    pre_pool: str | None
+    how: str
+
+
+def _is_global_pool(event: Event) -> bool:
+    """A (B, C, H, W) map with H*W > 1 reduced to (B, C) or (B, C, 1, 1)."""
+    shape = event.shape
+    if shape is None or len(shape) not in (2, 4) or (len(shape) == 4 and shape[2:] != (1, 1)):
+        return False
+    return any(
+        t.dim() == 4 and t.shape[2] * t.shape[3] > 1 and tuple(t.shape[:2]) == shape[:2] for t in event.inputs
+    )
+
+
+def _spatial(event: Event) -> int | None:
+    shape = event.shape
+    return shape[2] * shape[3] if shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1 else None
+
+
+def _area(t: Tensor) -> int:
+    return t.shape[2] * t.shape[3] if t.dim() == 4 else 0
+
+
+def _stage_taps(trace: Trace, last: Event) -> list[str]:
+    """For every spatial resolution above the last tap's, the module output that enters the block which
+    downsamples it: the earliest-starting (outermost) module that maps that resolution to the next smaller
+    one, whose input is the output of a module (its outermost producer)."""
+    modules = [e for e in trace.modules() if e.index <= last.index]
+    areas = sorted({a for e in modules if (a := _spatial(e))}, reverse=True)
+    areas = [a for a in areas if a > _spatial(last)]
+    following = dict(zip(areas, [*areas[1:], _spatial(last)]))
+    taps = []
+    for area in areas:
+        blocks = [
+            e for e in modules if _spatial(e) == following[area] and any(_area(t) == area for t in e.inputs)
+        ]
+        if not blocks:
+            continue
+        block = min(blocks, key=lambda e: (e.start, -e.index))
+        source = next(t for t in block.inputs if _area(t) == area)
+        producers = [e for e in modules if e.output is source and e.index < block.start]
+        if producers:
+            taps.append(max(producers, key=lambda e: e.index).name)
+    return taps
+
+
+def _last_tap(trace: Trace, pool: Event) -> tuple[Event, str | None]:
+    """The module whose output the pooling reads, and the activation applied in between (or None)."""
+    pooled = next(t for t in pool.inputs if t.dim() == 4)
+    producers = [e for e in trace.modules() if e.output is pooled and e.index < pool.index]
+    if producers:
+        tap = max(producers, key=lambda e: e.index)
+        between = [
+            c
+            for c in trace.calls()
+            if tap.index < c.index < pool.start and c.inplace and c.inputs[:1] == [pooled]
+        ]
+        names = {_PRE_POOL_CALLS.get(c.name) for c in between}
+        if None in names or len(names) > 1:
+            raise ValueError(
+                f"the pooled map is modified in place by {[c.name for c in between]} after {tap.name!r}"
+            )
+        return tap, names.pop() if names else None
+    calls = [c for c in trace.calls() if c.output is pooled]
+    if calls and calls[-1].name in _PRE_POOL_CALLS and calls[-1].inputs:
+        source = calls[-1].inputs[0]
+        producers = [e for e in trace.modules() if e.output is source and e.index < calls[-1].index]
+        if producers:
+            return max(producers, key=lambda e: e.index), _PRE_POOL_CALLS[calls[-1].name]
+    made_by = calls[-1].name if calls else "no module"
+    raise ValueError(f"the globally pooled map is computed by {made_by}, not by a module's output")
+
+
+def _head(model: nn.Module, trace: Trace, pool: Event) -> tuple[tuple[str, ...], str]:
+    """Top-level modules that run after the pooling (or hold it), and how the pooled vector enters."""
+    children = {id(m): n for n, m in model.named_children()}
+    top = [e for e in trace.modules() if id(e.module) in children and e.name == children[id(e.module)]]
+    holder = [e for e in top if e is not pool and e.start <= pool.start and pool.index <= e.index]
+    after = [e for e in top if e.start > (holder[0].index if holder else pool.index)]
+    head = holder[:1] + after
+    if not head:
+        raise ValueError("no module runs after the global pooling")
+    names = [e.name for e in head]
+    if len(set(names)) != len(names):
+        raise ValueError(f"head modules run more than once after the pooling: {names}")
+    if trace.output is not head[-1].output:
+        finals = [e.name for e in trace.modules() if e.shape == getattr(trace.output, "shape", None)]
+        raise ValueError(
+            f"the model's output is not the output of its last module {head[-1].name!r}; candidate heads: "
+            f"{sorted(set(finals))}"
+        )
+    first = next((t for t in head[0].inputs), None)
+    head_input = "map" if holder or (first is not None and first.dim() == 4) else "flat"
+    return tuple(names), head_input
+
+
+def _rule(model: nn.Module, probe_size: int) -> _Rule:
+    size = (1, input_channels(model), probe_size, probe_size)
+    try:
+        trace = trace_forward(model, size)
+    except Exception as err:
+        raise _unsupported(
+            model, f"its forward fails on a {size} input ({type(err).__name__}: {err})"
+        ) from err
+    output = trace.output
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise _unsupported(model, f"its output is {shape}, not (B, classes) logits")
+    pools = [e for e in trace.events if _is_global_pool(e)]
+    if not pools:
+        raise _unsupported(model, "it has no global pooling of a (B, C, H, W) feature map")
+    pool = max(pools, key=lambda e: e.index)
+    try:
+        last, pre_pool = _last_tap(trace, pool)
+        head, head_input = _head(model, trace, pool)
+    except ValueError as err:
+        raise _unsupported(model, str(err)) from None
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and info and all(isinstance(i, dict) and "module" in i for i in info):
+        areas = {e.name: _spatial(e) for e in trace.modules()}
+        taps = [i["module"] for i in info if (areas.get(i["module"]) or 0) > _spatial(last)]
+        how = "timm feature_info, then the pooled module"
+    else:
+        taps = _stage_taps(trace, last)
+        how = "rule: the input of each downsampling block, then the pooled module"
+    how += "; traced " + (f"with a real forward ({trace.real})" if trace.real else "on the meta device")
+    return _Rule((*taps, last.name), head, head_input, pre_pool, how)
+
+
+def _verify(model: nn.Module, spec: BackboneSpec) -> None:
+    """The head fed the mean of the last tap must reproduce the model's logits (one small real forward)."""
+    from ._model import frozen_eval
+
+    reference = next(model.parameters(), None)
+    device = reference.device if reference is not None else torch.device("cpu")
+    dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+    size = max(32, 2 * spec.strides[-1])
+    x = torch.randn(2, spec.in_channels, size, size, generator=torch.Generator().manual_seed(0)).to(
+        device, dtype
+    )
+    captured = []
+    module = model.get_submodule(spec.taps[-1])
+    with frozen_eval(model), torch.no_grad():
+        with forward_hooks([(module, lambda m, a, out: captured.append(out.clone()))]):
+            logits = model(x)
+        pooled = spec.pool_input(captured[-1]).mean(dim=(2, 3))
+        found = spec.classify(model, pooled)
+    scale = logits.abs().max().item() + 1e-6
+    if found.shape != logits.shape or not torch.allclose(found, logits, rtol=1e-3, atol=1e-4 * scale):
+        raise _unsupported(
+            model,
+            f"the description found by rule (last tap {spec.taps[-1]!r}, head {list(spec.head)}) does not "
+            "reproduce the model's logits from the mean of the last tap (does it pool with something other "
+            "than the mean?)",
+        )
 
 
 def describe(
@@ -187,13 +403,24 @@ def describe(
     taps: Sequence[str] | None = None,
     head: str | Sequence[str] | nn.Module | None = None,
     head_input: str | None = None,
+    pre_pool: str | None = None,
     probe_size: int = 224,
+    verify: bool = True,
 ) -> BackboneSpec:
-    """Find the taps, head and shapes of ``model`` (a supported family, or explicit names)."""
+    """Find the taps, head and shapes of ``model``: its family's layout, explicit names, or the rule of
+    the module docstring (checked by one small real forward unless ``verify=False``). ``print()`` the
+    result to see it."""
     family = detect_family(model)
+    rule = None
+    how = f"layout {family}" if family else "explicit"
+    if taps is None and head is None and family is None:
+        rule = _rule(model, probe_size)
+        taps, head, head_input, pre_pool, how = rule.taps, rule.head, rule.head_input, rule.pre_pool, rule.how
     if taps is None:
         if family is None:
-            raise _unsupported(model)
+            raise ValueError(
+                f"an explicit head needs explicit taps for {type(model).__name__}, e.g. {EXPLICIT_FORM}"
+            )
         taps = LAYOUTS[family][0]
     elif isinstance(taps, str) or len(taps) == 0:
         raise ValueError(f"taps must be a non-empty list of module names, got {taps!r}")
@@ -204,6 +431,8 @@ def describe(
             )
         head = LAYOUTS[family][1]
         head_input = head_input or LAYOUTS[family][2]
+    if pre_pool is not None and pre_pool not in PRE_POOL:
+        raise ValueError(f"pre_pool must be None or one of {list(PRE_POOL)}, got {pre_pool!r}")
     if isinstance(head, nn.Module):
         head = (module_name(model, head),)
     elif isinstance(head, str):
@@ -226,8 +455,8 @@ def describe(
         if not linears:
             raise ValueError("cannot tell the number of classes: the model output is not (B, C) logits")
         num_classes = linears[-1].out_features
-    return BackboneSpec(
-        family=family or "custom",
+    spec = BackboneSpec(
+        family=family or ("auto" if rule else "custom"),
         taps=tuple(taps),
         head=head,
         head_input=head_input,
@@ -236,7 +465,12 @@ def describe(
         num_classes=int(num_classes),
         in_channels=in_channels,
         num_parameters=count_parameters(model, trainable_only=False),
+        pre_pool=pre_pool,
+        how=how,
     )
+    if rule is not None and verify:
+        _verify(model, spec)
+    return spec
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -276,6 +510,10 @@ def default_layer(model: nn.Module) -> str:
         return f"features.{pools[-1] - 1}"  # the activation before the last max-pool
     if isinstance(model, torchvision.models.MobileNetV2):
         return f"features.{len(model.features) - 1}"
-    raise ValueError(
-        f"no default layer for {type(model).__name__}; pass layer= (a module name or the module itself)"
-    )
+    try:
+        return describe(model, verify=False).taps[-1]  # the rule: the map the global pooling reads
+    except ValueError as err:
+        raise ValueError(
+            f"no default layer for {type(model).__name__} ({err}); pass layer= (a module name or the "
+            "module itself)"
+        ) from None

@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ._hooks import StopForward, forward_hooks
-from .backbones import BackboneSpec, describe, detect_family, resolve_module
+from .backbones import LAYOUTS, BackboneSpec, describe, detect_family, resolve_module
 from .maps import finalize_maps
 from .utils import atomic_write
 
@@ -106,6 +106,7 @@ class StreamConfig:
     block: str = "ca"
     start: int = 0
     class_specific: bool = False
+    pre_pool: str | None = None  # activation the model applies to the last tap before its pooling
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -114,8 +115,9 @@ class StreamConfig:
     def from_json(cls, text: str) -> StreamConfig:
         data = json.loads(text)
         names = {f.name for f in fields(cls)}
-        if not names.issubset(data):
-            raise ValueError(f"stream config lacks {sorted(names - set(data))}")
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        if not required.issubset(data):
+            raise ValueError(f"stream config lacks {sorted(required - set(data))}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
 
@@ -188,7 +190,8 @@ class StreamModel(nn.Module):
             def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
                 if name in captured:
                     raise RuntimeError(f"tap {name!r} ran twice in one forward")
-                captured[name] = output
+                # the model may apply its pre-pool activation in place once the forward goes on
+                captured[name] = output.clone() if last and self.spec.pre_pool and not stop_early else output
                 if last and stop_early:
                     raise StopForward
 
@@ -218,6 +221,7 @@ class StreamModel(nn.Module):
         features, gap_logits = self._capture(x, stop_early=not need_gap)
         if need_gap:
             query_index = gap_logits.argmax(dim=1)  # inference: the class predicted by the frozen GAP path
+        features[-1] = self.spec.pool_input(features[-1])  # what the model's global pooling reads
         pooled, attentions = self.stream(features, query_index)
         if not x.is_meta:
             self.attention = [a.detach().view(-1, *f.shape[-2:]) for a, f in zip(attentions, features)]
@@ -256,7 +260,8 @@ def attach_stream(
     The backbone is frozen in place (``requires_grad=False``, eval mode) and becomes ``model.backbone``.
     ``start=k`` is placement ``S_k-S_L`` (the first k taps are skipped); ``block`` is ``"ca"`` (paper (6))
     or ``"proj"`` (paper (11)); ``class_specific`` learns one query per class (paper Table 6).
-    ``taps``/``head``/``head_input`` describe a model outside the supported families (see backbones).
+    The backbone is described by its family's layout or the paper's rule (see backbones; print
+    ``castream.describe(backbone)`` to see it); ``taps``/``head``/``head_input`` describe it explicitly.
     """
     if not isinstance(backbone, nn.Module):
         raise TypeError(
@@ -288,6 +293,7 @@ def _attach(
         block=block,
         start=start,
         class_specific=bool(class_specific),
+        pre_pool=spec.pre_pool,
     )
     stream = CAStream(spec.dims[start:], block=block, num_queries=spec.num_classes if class_specific else 1)
     reference = next(backbone.parameters(), None)
@@ -328,13 +334,15 @@ def read_stream_config(path: str | os.PathLike) -> StreamConfig:
 def load_stream(backbone: nn.Module, path: str | os.PathLike) -> StreamModel:
     """Rebuild the stream saved at ``path`` on ``backbone`` (the same architecture it was trained on)."""
     config = read_stream_config(path)
-    family = detect_family(backbone) or "custom"
-    if family != config.family:
+    family = detect_family(backbone)
+    if config.family in LAYOUTS and family != config.family:
         raise ValueError(
-            f"stream checkpoint {path} was made for {config.arch}, but the backbone is a {family} "
-            f"{type(backbone).__name__}"
+            f"stream checkpoint {path} was made for {config.arch}, but the backbone is a "
+            f"{family or 'non-layout'} {type(backbone).__name__}"
         )
-    spec = describe(backbone, taps=config.taps, head=config.head, head_input=config.head_input)
+    spec = describe(
+        backbone, taps=config.taps, head=config.head, head_input=config.head_input, pre_pool=config.pre_pool
+    )
     found = {
         "dims": spec.dims,
         "num_classes": spec.num_classes,
