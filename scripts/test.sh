@@ -3,5 +3,5 @@
 # pytest exits non-zero on any failure and with code 5 when no test was collected, so CI cannot pass silently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test,timm
+bash scripts/setup.sh test,timm,captum,quantus
 exec .venv/bin/python -m pytest "$@"

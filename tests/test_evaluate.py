@@ -435,6 +435,23 @@ def test_adversarial_verification_in_the_runner(artifacts, tmp_path):
         config(artifacts, tmp_path, metrics=("adversarial",), metric_options={"adversarial": {"seed": 1}})
 
 
+def test_captum_attribution_in_the_runner(artifacts, tmp_path):
+    pytest.importorskip("captum")
+    name = "captum:IntegratedGradients"
+    cfg = config(
+        artifacts,
+        tmp_path,
+        methods=(name,),
+        images=3,
+        metrics=("recognition",),
+        baselines=(),
+        method_options={name: {"n_steps": 4, "internal_batch_size": 12}},
+    )
+    results = Runner(cfg, progress=False).run()
+    assert {(c["pooling"], c["method"]) for c in results["cells"]} == {("gap", name), ("ca", name)}
+    assert all(c["metrics"]["ad"]["n"] == 3 for c in results["cells"])
+
+
 def test_localization_scores_the_target_class_boxes_only(artifacts):
     from castream.data import class_boxes
 

@@ -52,7 +52,12 @@ def available() -> list[str]:
 
 
 def get(name: str) -> type[SaliencyMethod]:
-    """The method class registered under ``name`` (case and ``-``/``_`` insensitive)."""
+    """The method class registered under ``name`` (case and ``-``/``_`` insensitive), or
+    ``"captum:NAME"`` for the Captum attribution ``captum.attr.NAME`` (castream.interop.captum)."""
+    if name.lower().startswith("captum:"):
+        from ..interop.captum import method_class
+
+        return method_class(name.split(":", 1)[1])
     key = name.lower().replace("-", "").replace("_", "")
     key = _ALIASES.get(key, key)
     if key not in _METHODS:
