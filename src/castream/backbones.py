@@ -295,7 +295,7 @@ def _last_tap(trace: Trace, pool: Event) -> tuple[Event, str | None]:
         between = [
             c
             for c in trace.calls()
-            if tap.index < c.index < pool.start and c.inplace and c.inputs[:1] == [pooled]
+            if tap.index < c.index < pool.start and c.inplace and c.inputs and c.inputs[0] is pooled
         ]
         names = {_PRE_POOL_CALLS.get(c.name) for c in between}
         if None in names or len(names) > 1:
