@@ -74,12 +74,12 @@ def test_unsupported_model_lists_families_and_explicit_form():
         describe(tiny_vit())  # its forward only takes 32 x 32 images
 
 
-def _check_family(backbone, taps, pre_pool=None):
-    """The rule's description, then: GAP path bit-identical, a stream step changes no backbone tensor,
-    Grad-CAM runs with the default layer (the last tap)."""
+def _check_family(backbone, taps, pre_pool=None, how="meta device", default_layer=None):
+    """The description, then: GAP path bit-identical, a stream step changes no backbone tensor, Grad-CAM
+    runs with the default layer (the last tap unless given)."""
     backbone.eval()
     spec = describe(backbone, probe_size=64)
-    assert spec.taps == tuple(taps) and spec.pre_pool == pre_pool and "meta device" in spec.how
+    assert spec.taps == tuple(taps) and spec.pre_pool == pre_pool and how in spec.how
     model = castream.attach_stream(backbone, probe_size=64)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -95,7 +95,7 @@ def _check_family(backbone, taps, pre_pool=None):
     with torch.no_grad():
         assert torch.equal(model(x, pooling="gap"), expected)
     layer = castream.saliency.GradCAM(backbone).layers[0][0]
-    assert layer == taps[-1]
+    assert layer == (default_layer or taps[-1])
     assert castream.saliency.GradCAM(backbone)(x).shape == (2, 64, 64)
     return spec
 
@@ -118,11 +118,12 @@ def test_torchvision_families_described_by_rule(name, taps, pre_pool):
     assert spec.family == "auto" and spec.strides == (2, 4, 8, 16, 32)
 
 
-def test_mobilenet_v2_and_vgg_keep_their_default_layers():
+def test_mobilenet_v2_resnext_and_vgg():
     mobilenet = torchvision.models.mobilenet_v2(num_classes=5)
-    spec = describe(mobilenet, probe_size=64)
-    assert spec.taps == ("features.1", "features.3", "features.6", "features.13", "features")
-    assert castream.saliency.GradCAM(mobilenet).layers[0][0] == "features.18"  # the same tensor
+    taps = ["features.1", "features.3", "features.6", "features.13", "features"]
+    _check_family(mobilenet, taps, default_layer="features.18")  # its earlier default: the same tensor
+    resnext = torchvision.models.resnext50_32x4d(num_classes=5)
+    _check_family(resnext, ["maxpool", "layer1", "layer2", "layer3", "layer4"], how="layout")
     vgg = torchvision.models.vgg16_bn(num_classes=5)
     assert castream.saliency.GradCAM(vgg)(torch.randn(1, 3, 64, 64)).shape == (1, 64, 64)
 
@@ -136,13 +137,11 @@ def test_timm_families_described_by_feature_info():
         backbone = timm.create_model(name, pretrained=False, num_classes=5)
         spec = _check_family(backbone, taps)
         assert spec.how.startswith("timm feature_info")
-    for name in ("convnextv2_atto", "resnet18d"):  # known layouts
-        backbone = timm.create_model(name, pretrained=False, num_classes=5).eval()
-        model = castream.attach_stream(backbone, probe_size=64)
-        x = torch.randn(2, 3, 64, 64)
-        with torch.no_grad():
-            assert torch.equal(model(x, pooling="gap"), backbone(x))
-            assert model(x).shape == (2, 5)
+    for name, taps in (  # known layouts
+        ("convnextv2_atto", ["stem", "stages.1.downsample", "stages.2.downsample", "stages.3"]),
+        ("resnet18d", ["maxpool", "layer1", "layer2", "layer3", "layer4"]),
+    ):
+        _check_family(timm.create_model(name, pretrained=False, num_classes=5), taps, how="layout")
 
 
 class _DataDependent(torch.nn.Module):
