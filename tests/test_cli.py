@@ -105,12 +105,18 @@ def test_synth_and_train_commands(tmp_path, capsys):
 
 
 def test_ctrl_c_during_start_up_prints_one_line():
-    # the process interrupts itself 50 ms into main(), while main() imports torch (which takes longer): a
-    # fixed delay measured from outside raced with start-up on a warm machine
+    # Ctrl-C arrives exactly when main() starts importing torch (an import hook sends it): no race with the
+    # machine's speed, as a fixed delay had
     script = (
-        "import os, signal, sys, threading\n"
+        "import os, signal, sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            sys.meta_path.remove(self)\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
         "from castream.cli import main\n"
-        "threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
         "sys.exit(main(['bench', '--help']))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

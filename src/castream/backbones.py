@@ -331,8 +331,8 @@ def _head(model: nn.Module, trace: Trace, pool: Event) -> tuple[tuple[str, ...],
             f"the model's output is not the output of its last module {head[-1].name!r}; candidate heads: "
             f"{sorted(set(finals))}"
         )
-    first = next((t for t in head[0].inputs), None)
-    head_input = "map" if holder or (first is not None and first.dim() == 4) else "flat"
+    fed_a_map = bool(head[0].inputs) and head[0].inputs[0].dim() == 4
+    head_input = "map" if holder or fed_a_map else "flat"
     return tuple(names), head_input
 
 
