@@ -80,13 +80,11 @@ class _CallLog(TorchFunctionMode):
 
 
 def _run(forward, model: nn.Module, trace: Trace) -> None:
+    """Call ``forward()`` with every submodule hooked and top-level torch calls logged into ``trace``."""
     starts: dict[int, list[int]] = {}
 
-    def pre(name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            starts.setdefault(id(module), []).append(trace.tick())
-
-        return hook
+    def pre(module: nn.Module, args: tuple) -> None:
+        starts.setdefault(id(module), []).append(trace.tick())
 
     def post(name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
@@ -97,7 +95,7 @@ def _run(forward, model: nn.Module, trace: Trace) -> None:
 
     named = [(n, m) for n, m in model.named_modules() if n]
     with (
-        forward_hooks([(m, pre(n)) for n, m in named], pre=True),
+        forward_hooks([(m, pre) for _, m in named], pre=True),
         forward_hooks([(m, post(n)) for n, m in named]),
         _CallLog(trace),
     ):

@@ -484,7 +484,8 @@ class Runner:
             with torch.no_grad():
                 logits = model(images, **kwargs).float()
             targets = self._targets(labels, logits)
-            if self.multilabel and config.multilabel_targets == "all":  # one row per (image, positive class)
+            pairs = self.multilabel and config.multilabel_targets == "all"
+            if pairs:  # one row per (image, positive class)
                 rows_of, targets = labels.nonzero(as_tuple=True)
                 images, logits = images[rows_of], logits[rows_of]
                 targets_meta = [targets_meta[i] for i in rows_of.tolist()]
@@ -500,7 +501,7 @@ class Runner:
             rows = []
             for j, index in enumerate(indices):
                 row = {"index": index}
-                if self.multilabel and config.multilabel_targets == "all":
+                if pairs:
                     row["class"] = int(targets[j])
                 for name, v in values.items():
                     row[name] = v[j].tolist() if isinstance(v, Tensor) else v[j]
