@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-stamp="$(cat pyproject.toml | sha256sum | cut -c1-16)-$extras"
+stamp="$(cat pyproject.toml setup.py src/castream/_components.c | sha256sum | cut -c1-16)-$extras"
 if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
     echo "castream: installing $spec into .venv (first time: a few minutes, torch is large)" >&2
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"

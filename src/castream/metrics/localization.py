@@ -19,6 +19,11 @@ from torch import Tensor
 
 from ._common import check_map_values
 
+try:
+    from .. import _components
+except ImportError:  # built without a C compiler: threshold_boxes uses its scipy loop
+    _components = None
+
 ETAS = tuple(i / 100 for i in range(100))  # BoxAcc thresholds 0, 0.01, ..., 0.99
 DELTAS = (0.3, 0.5, 0.7)
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -113,6 +118,47 @@ def _check(maps: Tensor, boxes: Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
+def threshold_boxes(map_: np.ndarray, etas: Sequence[float] = ETAS) -> np.ndarray:
+    """Boxes ``(len(η), 4)`` int64 of the largest 8-connected component of ``map > η`` for every η, -1 rows
+    where nothing exceeds η; ties as :func:`largest_component_box` (first component in raster order).
+
+    The sets ``map > η`` are nested, so one union-find pass over the pixels in decreasing value order
+    finds the largest component at every threshold at once (the compiled ``castream._components``, about
+    1 ms for 224 x 224 and 100 thresholds). Without the compiled helper (no C compiler at install time),
+    one ``scipy.ndimage.label`` per threshold gives the same boxes, about 50 times slower."""
+    values = np.ascontiguousarray(map_, dtype=np.float32)
+    thresholds = np.asarray(etas, dtype=np.float32)  # map > η is compared in float32, as numpy does it
+    order = np.argsort(thresholds, kind="stable")
+    if _components is None:
+        boxes = np.array(
+            [largest_component_box(values > eta) or (-1, -1, -1, -1) for eta in thresholds[order]],
+            dtype=np.int64,
+        ).reshape(len(order), 4)
+    else:
+        levels = np.searchsorted(thresholds[order], values, side="left").astype(np.int32)  # #{η < value}
+        raw = _components.largest_boxes(levels.tobytes(), *values.shape, len(order))
+        boxes = np.frombuffer(raw, dtype=np.int32).reshape(len(order), 4).astype(np.int64)
+    out = np.empty_like(boxes)
+    out[order] = boxes
+    return out
+
+
+def _boxes_iou(boxes: np.ndarray, truth: Tensor) -> np.ndarray:
+    """:func:`box_iou` of many predicted boxes (k, 4) (-1 rows: empty) against the same ground truth."""
+    g = truth.double().numpy()[None]
+    b = boxes.astype(np.float64)[:, None]
+    w = np.clip(np.minimum(b[..., 2], g[..., 2]) - np.maximum(b[..., 0], g[..., 0]), 0, None)
+    h = np.clip(np.minimum(b[..., 3], g[..., 3]) - np.maximum(b[..., 1], g[..., 1]), 0, None)
+    inter = w * h
+    union = (
+        (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+        + (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
+        - inter
+    )
+    iou = (inter / np.maximum(union, 1e-12)).max(axis=1)
+    return np.where(boxes[:, 0] < 0, 0.0, iou)
+
+
 def threshold_ious(maps: Tensor, boxes: Sequence[Tensor], etas: Sequence[float] = ETAS) -> Tensor:
     """Per image and threshold η: max IoU of the box of the largest component of ``map > η`` (B, len(η));
     NaN rows for images without boxes. BoxAcc is computed from these (:func:`box_accuracy_from_ious`)."""
@@ -121,7 +167,7 @@ def threshold_ious(maps: Tensor, boxes: Sequence[Tensor], etas: Sequence[float] 
     out = torch.full((len(maps), len(etas)), float("nan"))
     for i, (m, b) in enumerate(zip(arrays, boxes)):
         if len(b):
-            out[i] = torch.tensor([box_iou(largest_component_box(m > eta), b) for eta in etas])
+            out[i] = torch.from_numpy(_boxes_iou(threshold_boxes(m, etas), b))
     return out
 
 

@@ -16,10 +16,11 @@ from .robustness import pearson
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Per-image Spearman rank correlation of maps (B, ...) with average ranks for ties (B,)."""
+    """Per-image Spearman rank correlation of maps (B, ...) with average ranks for ties (B,), float64 on
+    ``a``'s device (the ranks are computed on the CPU)."""
     ra = torch.from_numpy(rankdata(a.detach().flatten(1).double().cpu().numpy(), axis=1))
     rb = torch.from_numpy(rankdata(b.detach().flatten(1).double().cpu().numpy(), axis=1))
-    return pearson(ra, rb)
+    return pearson(ra, rb).to(a.device)
 
 
 def layer_seed(seed: int, repeat: int, index: int) -> int:
@@ -29,8 +30,10 @@ def layer_seed(seed: int, repeat: int, index: int) -> int:
 
 
 def _randomize(module: nn.Module, generator_seed: int) -> None:
-    """Re-initialize a module's own parameters as untrained (``reset_parameters`` when it has one)."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    """Re-initialize a module's own parameters as untrained (``reset_parameters`` when it has one). The
+    caller's random state is left as found, on the CPU and on every CUDA device the module lives on."""
+    cuda = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
         torch.manual_seed(generator_seed)
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .._hooks import forward_hooks
 from .._model import Logits, OutputSelector, check_images, check_targets, frozen_eval
+from .._precision import at_least_float32, full_precision
 from ..backbones import default_layer, module_name, prefix_tokens, resolve_module
 from ..maps import finalize_maps
 
@@ -218,8 +219,11 @@ class SaliencyMethod:
 
 
 def combine(weights: Tensor, activations: Tensor) -> Tensor:
-    """``sum_k w_k A^k`` for weights (B, K) and activations (B, K, h, w) -> (B, h, w) (thesis (1.3))."""
-    return torch.einsum("bk,bkhw->bhw", weights.to(activations.dtype), activations)
+    """``sum_k w_k A^k`` for weights (B, K) and activations (B, K, h, w) -> (B, h, w) (thesis (1.3)), in at
+    least float32 also under autocast (a bf16 sum over K channels would quantize the map)."""
+    activations = at_least_float32(activations)
+    with full_precision():
+        return torch.einsum("bk,bkhw->bhw", weights.to(activations.dtype), activations)
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:

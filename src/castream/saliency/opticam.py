@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._precision import at_least_float32, full_precision, reduced
 from ..maps import normalize_maps, upsample_maps
 from ..preprocess import Preprocess
 from .base import SaliencyMethod, combine
@@ -38,6 +39,10 @@ class OptiCAM(SaliencyMethod):
     and element-wise Adam state, and stops on its own when its loss changes by less than ``tol`` (1e-10)
     between iterations; stopped images leave the batch. The feature maps ``A`` of the clean image are
     computed once. After a call, ``iterations`` holds the number of updates of each image.
+
+    Under ``torch.autocast`` only the model's forwards run in reduced precision; ``u``, Adam, the mask and
+    its normalization stay in float32. A bf16/fp16 logit cannot resolve a change of ``tol``, so with such
+    logits every image runs ``max_iter`` iterations.
 
     ``relu_features=True`` applies a ReLU to the feature maps first, as the official Opti-CAM code does;
     it only matters where features can be negative (e.g. ViT tokens after LayerNorm; CNN features after a
@@ -78,17 +83,23 @@ class OptiCAM(SaliencyMethod):
         self.iterations: Tensor | None = None
 
     def loss(self, u: Tensor, acts: Tensor, images: Tensor, targets: Tensor, clean: Tensor) -> Tensor:
-        """Per-image loss ``-F(x; u)`` (B,) to minimize."""
-        saliency = combine(u.softmax(dim=1), acts)
-        mask = NORMALIZATIONS[self.normalization](upsample_maps(saliency, tuple(images.shape[-2:])))
-        score = self.logits(self.preprocess.mask(images, mask)).gather(1, targets[:, None]).squeeze(1)
+        """Per-image loss ``-F(x; u)`` (B,) to minimize. The mask is built in full precision; only the
+        model's forward runs under the caller's autocast."""
+        with full_precision():
+            saliency = combine(u.softmax(dim=1), acts)
+            mask = NORMALIZATIONS[self.normalization](upsample_maps(saliency, tuple(images.shape[-2:])))
+            masked = self.preprocess.mask(images, mask)
+        score = self.logits(masked).gather(1, targets[:, None]).squeeze(1).to(u.dtype)
         return -score if self.objective == "mask" else (clean - score).abs()
 
     def compute(self, images: Tensor, targets) -> Tensor:
         acts, t, logits = self.activations(images, targets)
-        a = acts[0].relu() if self.relu_features else acts[0]
-        clean = logits.gather(1, t[:, None]).squeeze(1)
-        dtype = torch.promote_types(a.dtype, torch.float32)
+        a = at_least_float32(acts[0].relu() if self.relu_features else acts[0])
+        dtype = a.dtype
+        clean = logits.gather(1, t[:, None]).squeeze(1).to(dtype)
+        # a logit in bf16/fp16 (autocast) moves in steps far above tol: an unchanged loss is rounding, not
+        # convergence, so the stopping rule only applies to full-precision logits
+        stops = not reduced(logits)
         u = torch.zeros(a.shape[:2], device=a.device, dtype=dtype)
         m1, m2 = torch.zeros_like(u), torch.zeros_like(u)
         previous = torch.full(u.shape[:1], float("nan"), device=u.device, dtype=dtype)
@@ -101,7 +112,7 @@ class OptiCAM(SaliencyMethod):
                 loss = self.loss(variable, a[active], images[active], t[active], clean[active])
                 (grad,) = torch.autograd.grad(loss.sum(), variable)
             loss = loss.detach().to(dtype)
-            running = ~((loss - previous[active]).abs() < self.tol)
+            running = ~((loss - previous[active]).abs() < self.tol) if stops else torch.ones_like(loss).bool()
             previous[active] = loss
             active, grad = active[running], grad[running]
             if active.numel() == 0:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._precision import full_precision
 from ..preprocess import Preprocess
 from ..utils import check_int
 from .base import SaliencyMethod
@@ -155,7 +156,8 @@ class ExtremalPerturbation(SaliencyMethod):
         batch, count = len(images), len(self.areas)
         dtype = torch.promote_types(images.dtype, torch.float32)
         size = tuple(images.shape[-2:])
-        pyramid = blur_pyramid(images.detach(), self.levels, self.max_blur).repeat_interleave(count, 0)
+        with full_precision():
+            pyramid = blur_pyramid(images.detach(), self.levels, self.max_blur).repeat_interleave(count, 0)
         t = t.repeat_interleave(count)
         generator = SmoothMask(size, self.step, self.sigma, images.device, dtype)
         params = torch.ones(batch * count, *generator.grid, device=images.device, dtype=dtype)
@@ -167,9 +169,10 @@ class ExtremalPerturbation(SaliencyMethod):
         for iteration in range(self.max_iter):
             with torch.enable_grad():
                 variable = params.requires_grad_(True)
-                masks = generator(variable)
-                reward = self._energy(pyramid, masks, t, flip=self.jitter and iteration % 2 == 0)
-                area = ((masks.flatten(1).sort(dim=1, stable=True).values - reference) ** 2).mean(1)
+                with full_precision():  # the mask and its area term in float32 also under autocast
+                    masks = generator(variable)
+                    area = ((masks.flatten(1).sort(dim=1, stable=True).values - reference) ** 2).mean(1)
+                reward = self._energy(pyramid, masks, t, flip=self.jitter and iteration % 2 == 0).to(dtype)
                 (grad,) = torch.autograd.grad(-(reward - weight * area).sum(), variable)
             params = params.detach()
             # SGD with momentum and dampening = momentum (TorchRay's optimizer), then clamping to [0, 1]
@@ -183,11 +186,12 @@ class ExtremalPerturbation(SaliencyMethod):
     def _energy(self, pyramid: Tensor, masks: Tensor, targets: Tensor, flip: bool) -> Tensor:
         """Per-mask reward of the variant (the logit of the kept image, minus that of the deleted one)."""
         inputs = []
-        if self.variant in ("preserve", "dual"):
-            inputs.append(apply_pyramid(pyramid, masks))
-        if self.variant in ("delete", "dual"):
-            inputs.append(apply_pyramid(pyramid, 1 - masks))
-        logits = [self._reward(x.flip(-1) if flip else x, targets) for x in inputs]
+        with full_precision():
+            if self.variant in ("preserve", "dual"):
+                inputs.append(apply_pyramid(pyramid, masks))
+            if self.variant in ("delete", "dual"):
+                inputs.append(apply_pyramid(pyramid, 1 - masks))
+        logits = [self._reward(x.flip(-1) if flip else x, targets).to(masks.dtype) for x in inputs]
         if self.variant == "preserve":
             return logits[0]
         return -logits[0] if self.variant == "delete" else logits[0] - logits[1]

@@ -23,13 +23,14 @@ computes something else (gated attention, a GLU MLP, ...) is an error, never a s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
 from .._hooks import forward_hooks
+from .._precision import at_least_float32, full_precision
 from ..backbones import is_vit, vit_blocks
 from .attention import FUSIONS, _AttentionMethod, qkv_projection, queries_keys_values, rollout_product
 
@@ -128,6 +129,15 @@ def _block_parts(block: nn.Module) -> dict:
     }
 
 
+def _eps(output: Tensor) -> float:
+    """Machine epsilon of the least precise dtype in a block's forward: its output's, or autocast's."""
+    device = output.device.type
+    eps = torch.finfo(output.dtype).eps
+    if torch.is_autocast_enabled(device):
+        eps = max(eps, torch.finfo(torch.get_autocast_dtype(device)).eps)
+    return eps
+
+
 def _explicit_block(block: nn.Module, x: Tensor) -> _Trace:
     parts = _block_parts(block)
     normed = parts["norm1"](x)
@@ -214,7 +224,7 @@ class TransformerAttribution(_AttentionMethod):
             x = args[0] if args[0].requires_grad else args[0].detach().requires_grad_(True)
             trace = _explicit_block(module, x)
             out = trace.y + trace.branch2
-            tolerance = max(1e-4, 10 * torch.finfo(output.dtype).eps) * output.abs().max().item()
+            tolerance = max(1e-4, 10 * _eps(output)) * output.abs().max().item()
             if not torch.allclose(out, output, rtol=0, atol=tolerance):
                 raise ValueError(
                     f"{type(module).__name__} does not compute the standard pre-norm ViT block "
@@ -234,8 +244,11 @@ class TransformerAttribution(_AttentionMethod):
             traces, head_inputs, logits = self._forward(images)
             t = self.targets(targets, logits)
             grads = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), [tr.attention for tr in traces])
-        with torch.no_grad():
-            relevance = nn.functional.one_hot(t, logits.shape[1]).to(logits.dtype)
+        # the relevance pass divides by small sums: in float32 on float32 copies also under autocast
+        traces = [_Trace(*(at_least_float32(getattr(tr, f.name)) for f in fields(_Trace))) for tr in traces]
+        head_inputs, grads = [at_least_float32(x) for x in head_inputs], [at_least_float32(g) for g in grads]
+        with torch.no_grad(), full_precision():
+            relevance = nn.functional.one_hot(t, logits.shape[1]).to(traces[0].x.dtype)
             for linear, x in zip(reversed(self.head), reversed(head_inputs)):
                 relevance = linear_relevance(x, linear.weight, relevance)
             tokens = torch.zeros_like(traces[-1].x)
