@@ -14,6 +14,7 @@ An unreadable image file is reported (a warning naming the path) and its item is
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import warnings
@@ -78,7 +79,13 @@ def collate(items: Sequence) -> Batch:
 
 
 class AnnotatedImages(Dataset):
-    """Base of every castream dataset: a list of :class:`Sample` and a joint transform."""
+    """Base of every castream dataset: a list of :class:`Sample` and a joint transform.
+
+    ``annotations`` (True): items carry boxes and class maps. :meth:`without_annotations` gives a view
+    whose items carry an empty target, for classification training, which never reads them: no class-map
+    PNG is decoded and no box or mask is transformed."""
+
+    annotations: bool = True
 
     def __init__(self, samples: list[Sample], classes: Sequence[str], transform=None) -> None:
         self.samples = samples
@@ -88,18 +95,26 @@ class AnnotatedImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def without_annotations(self) -> AnnotatedImages:
+        """A shallow copy whose items are ``(image, label, {})`` (this dataset is unchanged)."""
+        view = copy.copy(self)
+        view.annotations = False
+        return view
+
     def load(self, index: int) -> tuple[Image.Image, Sample, np.ndarray | None]:
         """The image (RGB), its sample record and its class map (or None)."""
         sample = self.samples[index]
         with Image.open(sample.path) as f:
             image = to_rgb(f)
         mask = None
-        if sample.mask is not None:
+        if sample.mask is not None and self.annotations:
             with Image.open(sample.mask) as f:
                 mask = np.asarray(f.convert("L"))
         return image, sample, mask
 
-    def __getitem__(self, index: int):
+    def try_item(self, index: int) -> tuple[tuple | None, str | None]:
+        """``(item, None)``, or ``(None, reason)`` for an unreadable image. Issues no warning, so a loader
+        thread can call it (``warnings.catch_warnings`` is not thread-safe)."""
         try:
             image, sample, mask = self.load(index)
         except (
@@ -109,8 +124,11 @@ class AnnotatedImages(Dataset):
             SyntaxError,
             Image.DecompressionBombError,
         ) as err:
-            warnings.warn(f"skipping unreadable image {self.samples[index].path}: {err}", stacklevel=2)
-            return None
+            return None, f"skipping unreadable image {self.samples[index].path}: {err}"
+        if not self.annotations:
+            if self.transform is not None:
+                image, _ = self.transform(image, {})
+            return (image, sample.label, {}), None
         size = (image.height, image.width)
         target: dict = {
             "boxes": tv_tensors.BoundingBoxes(
@@ -130,7 +148,13 @@ class AnnotatedImages(Dataset):
         target = {k: v.as_subclass(Tensor) for k, v in target.items()}
         if "mask" in target:
             target["mask"] = target["mask"].float()
-        return image, sample.label, target
+        return (image, sample.label, target), None
+
+    def __getitem__(self, index: int):
+        item, reason = self.try_item(index)
+        if item is None:
+            warnings.warn(reason, stacklevel=2)
+        return item
 
 
 def class_boxes(target: dict, cls: int) -> Tensor:

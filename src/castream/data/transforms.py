@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.utils._pytree import tree_flatten
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -20,13 +22,20 @@ def _box_labels(inputs) -> torch.Tensor | None:
     return target.get("box_labels") if isinstance(target, dict) else None
 
 
+class _SanitizeBoxes(v2.SanitizeBoundingBoxes):
+    """Drop emptied boxes with their labels; a sample without boxes (a dataset view without annotations,
+    see ``AnnotatedImages.without_annotations``) passes through unchanged."""
+
+    def forward(self, *inputs):
+        flat = tree_flatten(inputs)[0]
+        if not any(isinstance(x, tv_tensors.BoundingBoxes) for x in flat):
+            return inputs if len(inputs) > 1 else inputs[0]
+        return super().forward(*inputs)
+
+
 def _finish(mean: Sequence[float], std: Sequence[float], boxes: bool) -> list:
     steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return (
-        [*steps, v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(labels_getter=_box_labels)]
-        if boxes
-        else steps
-    )
+    return [*steps, v2.ClampBoundingBoxes(), _SanitizeBoxes(labels_getter=_box_labels)] if boxes else steps
 
 
 def train_transform(

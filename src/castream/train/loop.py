@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._precision import autocast, check_amp
 from ..data.datasets import Batch, collate
 from ..utils import atomic_write
 
@@ -50,7 +51,7 @@ class TrainConfig:
     amp: str | None = None  # "bf16" or "fp16" autocast (CUDA); None = full precision
     compile: bool = False
     seed: int = 0
-    workers: int = 2
+    workers: int | str = "auto"  # data-loading processes, "auto" = min(8, CPU count)
     checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
     max_steps: int | None = None  # stop after N optimizer steps in total (for interruption tests)
     # cross-entropy label smoothing (torchvision's recipe for its V2 ImageNet weights uses 0.1)
@@ -61,8 +62,8 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # recipe-specific settings, recorded in checkpoints
 
     def __post_init__(self) -> None:
-        if self.amp not in (None, "bf16", "fp16"):
-            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        resolve_workers(self.workers)
+        check_amp(self.amp)
         if self.optimizer not in ("sgd", "adamw") or self.schedule not in ("multistep", "onecycle"):
             raise ValueError(
                 f"optimizer must be sgd/adamw and schedule multistep/onecycle, got "
@@ -98,6 +99,9 @@ class Recipe:
     batch, validation and what a checkpoint stores."""
 
     name = "recipe"
+    # whether loss() or validate() read the batch's boxes and class maps; when not, castream datasets are
+    # loaded without them (no class-map PNG decoded, no box or mask transformed)
+    reads_annotations = False
 
     def module(self) -> nn.Module:
         raise NotImplementedError
@@ -223,6 +227,21 @@ def _rng_state(device: torch.device) -> dict:
     return state
 
 
+def _bare(dataset: Dataset | None) -> Dataset | None:
+    """A castream dataset's view without boxes and class maps (any other dataset as it is)."""
+    without = getattr(dataset, "without_annotations", None)
+    return without() if callable(without) else dataset
+
+
+def resolve_workers(workers: int | str) -> int:
+    """Data-loading processes: an int >= 0, or ``"auto"`` = min(8, CPU count)."""
+    if workers == "auto":
+        return min(8, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0 or 'auto', got {workers!r}")
+    return workers
+
+
 class Trainer:
     """``Trainer(recipe, train_set, val_set, config, out_dir).fit()`` -> per-epoch history.
 
@@ -245,6 +264,8 @@ class Trainer:
         collate_fn: Callable = collate,
     ) -> None:
         self.recipe, self.config, self.out_dir = recipe, config, Path(out_dir)
+        if not recipe.reads_annotations:
+            train_set, val_set = _bare(train_set), _bare(val_set)
         self.train_set, self.val_set = SeededDataset(train_set, config.seed), val_set
         self.resume, self.progress, self.log, self.collate_fn = resume, progress, log, collate_fn
         self.rank, self.world, self.device = distributed()
@@ -314,10 +335,7 @@ class Trainer:
         self.epoch_lr = self.optimizer.param_groups[0]["lr"]
 
     def _autocast(self):
-        if self.config.amp is None:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.config.amp)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _save(self) -> None:
@@ -398,7 +416,7 @@ class Trainer:
         return DataLoader(
             self.train_set,
             batch_sampler=batches,
-            num_workers=self.config.workers,
+            num_workers=resolve_workers(self.config.workers),
             collate_fn=self.collate_fn,
             pin_memory=self.device.type == "cuda",
         )
@@ -410,8 +428,9 @@ class Trainer:
             self.val_set,
             batch_size=self.device_batch,
             sampler=ShardSampler(len(self.val_set), self.rank, self.world),
-            num_workers=self.config.workers,
+            num_workers=resolve_workers(self.config.workers),
             collate_fn=self.collate_fn,
+            pin_memory=self.device.type == "cuda",
         )
         self.model.eval()
         with torch.no_grad(), self._autocast():
@@ -447,7 +466,10 @@ class Trainer:
                 loss, terms = loss if isinstance(loss, tuple) else (loss, {})
                 self.scaler.scale(loss / accumulate).backward()
             size = len(batch.images)
-            totals += torch.tensor([float(loss.detach()) * size, size, batch.skipped], device=self.device)
+            # on the device: a float() here would wait for the step at every micro-batch
+            totals += torch.cat(
+                [loss.detach().float().reshape(1) * size, totals.new_tensor([size, batch.skipped])]
+            )
             for name, value in terms.items():
                 logged[name] = logged.get(name, 0) + value.detach().float() * size
             if not last:
@@ -460,7 +482,8 @@ class Trainer:
                 self.scheduler.step()
             self.step_in_epoch += 1
             self.global_step += 1
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if self.global_step % 20 == 1 and not bar.disable:  # reading the loss waits for the device
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             if self.config.checkpoint_every and self.global_step % self.config.checkpoint_every == 0:
                 self._save()
             if self.config.max_steps is not None and self.global_step >= self.config.max_steps:
