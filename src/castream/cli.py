@@ -137,9 +137,27 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default="auto",
+        help="data-loading processes (default auto: min(8, CPU count))",
+    )
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+
+
+def _workers(text: str) -> int | str:
+    """``--workers``: ``auto`` or an int >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an int >= 0, got {text!r}")
+    return value
 
 
 def _train_config(args: argparse.Namespace, **extra):
@@ -418,6 +436,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         normalization=args.normalization,
         scores=args.scores,
         multilabel_targets=args.multilabel_targets,
+        amp=args.amp,
+        channels_last=args.channels_last,
     )
     results = Runner(config, progress=not args.quiet, log=_log(args)).run()
     if results is not None and not args.quiet:
@@ -494,6 +514,7 @@ def _add_evaluate(sub) -> None:
         help="multi-label data (VOC): explain the positive class with the highest logit, or every positive "
         "class (one row per image-class pair, as the authors' code)",
     )
+    _add_speed_options(p)
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE", help="method options")
     p.add_argument(
         "--metric-option",
@@ -526,6 +547,7 @@ def _explain(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from castream import saliency, viz
+    from castream._precision import autocast
     from castream.data import eval_transform
     from castream.models import build_model, checkpoint_classes, load_weights
 
@@ -542,19 +564,24 @@ def _explain(args: argparse.Namespace) -> int:
     names = _class_names(args, model)
     if args.stream:
         model = castream.load_stream(model, args.stream)
-    model.eval()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    memory = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.eval().to(device, memory_format=memory)
     transform = eval_transform(args.size, boxes=False)
     images = torch.stack([transform(Image.open(path).convert("RGB")) for path in args.images])
+    images = images.to(device).contiguous(memory_format=memory)
     kwargs = {"pooling": args.pooling} if args.stream else {}
     method = saliency.get(args.method)(model, forward_kwargs=kwargs)
-    with torch.no_grad():
-        probabilities = model(images, **kwargs).softmax(1)
+    with torch.no_grad(), autocast(device, args.amp):
+        probabilities = model(images, **kwargs).float().softmax(1).cpu()
     if names is not None and len(names) != probabilities.shape[1]:
         raise UsageError(
             f"--labels names {len(names)} classes, but the model has {probabilities.shape[1]} outputs"
         )
     targets = None if args.target is None else [args.target] * len(images)
-    maps = method(images, targets)
+    with autocast(device, args.amp):
+        maps = method(images, targets).cpu()
+    images = images.cpu()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path, image, m, p in zip(args.images, images, maps, probabilities):
@@ -597,7 +624,22 @@ def _add_explain(sub) -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--labels", default=None, help="text file with one class name per line")
     p.add_argument("--out", default="explanations")
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda when present)")
+    _add_speed_options(p)
     p.set_defaults(func=_explain)
+
+
+def _add_speed_options(p: argparse.ArgumentParser) -> None:
+    """--amp and --channels-last: how the model runs (castream's own numerics stay in float32)."""
+    p.add_argument(
+        "--amp",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="run the model under autocast in this precision (maps, probabilities, AUCs stay float32)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="model and images in torch.channels_last memory format"
+    )
 
 
 # --- bench ---------------------------------------------------------------------------------------------
@@ -607,7 +649,10 @@ def _bench(args: argparse.Namespace) -> int:
     """Run the speed benchmarks and print their JSON (quick sizes by default, --full for the issues' ones)."""
     from castream import bench
 
-    bench.run(args.names or None, full=args.full)
+    extra = ["--device", args.device] if args.device else []
+    extra += ["--amp", args.amp] if args.amp else []
+    extra += ["--channels-last"] if args.channels_last else []
+    bench.run(args.names or None, full=args.full, extra=extra)
     return 0
 
 
@@ -617,6 +662,8 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="run the speed benchmarks", description=_bench.__doc__, **SUBCOMMAND)
     p.add_argument("names", nargs="*", metavar="NAME", help=f"among {list(QUICK)} (default: all)")
     p.add_argument("--full", action="store_true", help="224 x 224, ResNet-18/50 (slow on a CPU)")
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when present)")
+    _add_speed_options(p)
     p.set_defaults(func=_bench)
 
 

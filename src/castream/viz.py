@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.patches
+import matplotlib.colors
 import matplotlib.pyplot as plt
 import numpy as np
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 from .preprocess import Preprocess
@@ -36,15 +37,6 @@ def save_overlay(
     plt.imsave(path, np.clip(overlay(image, saliency, preprocess), 0, 1))
 
 
-def _draw_boxes(ax, boxes: Sequence[tuple[Sequence[float], str]]) -> None:
-    for (x0, y0, x1, y1), colour in boxes:
-        ax.add_patch(
-            matplotlib.patches.Rectangle(
-                (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.2
-            )
-        )
-
-
 def saliency_grid(
     path,
     images: Tensor,
@@ -52,27 +44,54 @@ def saliency_grid(
     preprocess: Preprocess | None = None,
     titles: Sequence[str] | None = None,
     boxes: Sequence[Sequence[tuple[Sequence[float], str]]] | None = None,
-    tile: float = 1.9,
 ) -> None:
     """Rows = images; first column the input (with ``boxes[r]``: (box, colour) pairs drawn on it), then
-    one overlay per named map tensor (B, H, W). ``tile`` is the size of one panel in inches."""
+    one overlay per named map tensor (B, H, W), at the images' resolution (small images are enlarged by
+    an integer factor to at least 128 pixels, so that the titles fit).
+
+    Composed as one image and written with Pillow: a matplotlib grid of many axes takes seconds to lay out,
+    draw and resample, and every report writes one."""
     rows, cols = len(images), 1 + len(columns)
-    fig, axes = plt.subplots(rows, cols, figsize=(tile * cols, tile * rows), squeeze=False)
+    scale = max(1, -(-128 // images.shape[-1]))
+
+    def enlarge(a: np.ndarray) -> np.ndarray:
+        return a.repeat(scale, axis=1).repeat(scale, axis=2)
+
+    pixels = enlarge(np.stack([to_pixels(image, preprocess) for image in images]))
+    height, width = pixels.shape[1:3]
+    gap, top, left = max(2, width // 32), 16, 16 if titles else 0
+    canvas = np.full((top + rows * (height + gap), left + cols * (width + gap), 3), 255, np.uint8)
+    jet = matplotlib.colormaps["jet"]
+    panels = [pixels] + [
+        0.5 * pixels + 0.5 * enlarge(jet(maps.detach().float().cpu().numpy())[..., :3])
+        for maps in columns.values()
+    ]
+    for c, panel in enumerate(panels):
+        x = left + c * (width + gap)
+        for r in range(rows):
+            y = top + r * (height + gap)
+            canvas[y : y + height, x : x + width] = (np.clip(panel[r], 0, 1) * 255).round()
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    names = ["input" + (" + boxes" if boxes is not None else ""), *columns]
+    for c, name in enumerate(names):
+        draw.text((left + c * (width + gap) + width / 2, top / 2), name, fill="black", anchor="mm")
     for r in range(rows):
-        axes[r, 0].imshow(to_pixels(images[r], preprocess))
-        if boxes is not None:
-            _draw_boxes(axes[r, 0], boxes[r])
-        axes[r, 0].set_ylabel(titles[r] if titles else "", fontsize=8)
-        for c, (name, maps) in enumerate(columns.items(), start=1):
-            axes[r, c].imshow(np.clip(overlay(images[r], maps[r], preprocess), 0, 1))
-            if r == 0:
-                axes[r, c].set_title(name, fontsize=8)
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0, 0].set_title("input" + (" + boxes" if boxes is not None else ""), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        y = top + r * (height + gap)
+        if titles:
+            label = Image.new("RGB", (height, left), "white")
+            ImageDraw.Draw(label).text((height / 2, left / 2), titles[r], fill="black", anchor="mm")
+            picture.paste(label.rotate(90, expand=True), (0, y))
+        for box, colour in boxes[r] if boxes is not None else ():
+            x0, y0, x1, y1 = (scale * v for v in box)
+            rgb = tuple(round(255 * v) for v in matplotlib.colors.to_rgb(colour))
+            draw.rectangle((left + x0, y + y0, left + x1 - 1, y + y1 - 1), outline=rgb, width=2)
+    picture.save(path, compress_level=1)
+
+
+def _save(fig, path, dpi: float = 110) -> None:
+    """Write a figure as PNG, fast (zlib level 1: the figures are re-written by every report) and close it."""
+    fig.savefig(path, dpi=dpi, pil_kwargs={"compress_level": 1})
     plt.close(fig)
 
 
@@ -88,8 +107,7 @@ def curves_figure(path, curves: dict[str, dict[str, tuple[list, list]]]) -> None
         ax.set_ylabel("probability of the target class")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def bars_figure(
@@ -112,5 +130,4 @@ def bars_figure(
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
         ax.set_title(metric)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from .. import metrics
 from .._model import min_input_size
+from .._precision import autocast, check_amp
 from ..data import class_boxes, collate, eval_transform
 from ..data.registry import is_multilabel, open_dataset
 from ..models import build_model, load_weights, replace_head
@@ -103,8 +105,13 @@ class EvalConfig:
     compare: dict = field(default_factory=dict)  # label -> checkpoint of more models of the same architecture
     method_images: dict = field(default_factory=dict)  # method -> evaluate it on the first N images only
     baselines: tuple[str, ...] = BASELINES
+    amp: str | None = None  # "bf16"/"fp16": run the models under autocast (castream's own steps stay fp32)
+    channels_last: bool = False  # models and images in torch.channels_last
 
     def __post_init__(self) -> None:
+        check_amp(self.amp)
+        if not isinstance(self.channels_last, bool):
+            raise TypeError(f"channels_last must be a bool, got {self.channels_last!r}")
         for name in ("batch_size", "metric_batch", "size", "images", "resize"):
             if getattr(self, name) is not None or name not in ("images", "resize"):
                 check_int(name, getattr(self, name))
@@ -218,10 +225,21 @@ def _cell(label: str, pooling: str, method: str) -> str:
 class Runner:
     """``Runner(config).run()`` evaluates every cell and writes the report into ``config.out``."""
 
-    def __init__(self, config: EvalConfig, *, progress: bool = True, log=print) -> None:
+    def __init__(
+        self,
+        config: EvalConfig,
+        *,
+        progress: bool = True,
+        log=print,
+        device: str | torch.device | None = None,
+    ) -> None:
+        """``device``: where the models run (default: the process's CUDA device under torchrun or when
+        present, else the CPU)."""
         self.config, self.progress, self.log = config, progress, log
         self.out = Path(config.out)
         self.rank, self.world, self.device = distributed()
+        if device is not None:
+            self.device = torch.device(device)
         self.preprocess = Preprocess.named(config.normalization)
         options = {"boxes": config.boxes} if config.boxes else {}
         stats = {"mean": self.preprocess.mean, "std": self.preprocess.std}
@@ -245,6 +263,9 @@ class Runner:
             self.models[label] = (
                 load_classifier(config.model, classes, None, checkpoint).to(self.device).eval()
             )
+        if config.channels_last:
+            for m in self.models.values():
+                m.to(memory_format=torch.channels_last)
         minimum = min_input_size(model)
         if config.size < minimum:
             raise ValueError(
@@ -348,8 +369,12 @@ class Runner:
                 stored = json.loads(path.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise ValueError(f"cannot read {path} ({err}); delete it or use another --out") from None
+            # a setting added after the stored run was made counts as its default
+            defaults = {f.name: f.default for f in fields(EvalConfig) if f.default is not MISSING}
             differences = [
-                f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in current.items() if stored.get(k) != v
+                f"{k}: {stored.get(k, defaults.get(k))!r} -> {v!r}"
+                for k, v in current.items()
+                if stored.get(k, defaults.get(k)) != v
             ]
             if differences:
                 raise ValueError(
@@ -369,24 +394,46 @@ class Runner:
         return cls(self.models[label], forward_kwargs=self.forward_kwargs(label, pooling), **options)
 
     # -- work ----------------------------------------------------------------------------------------------
-    def _load(self, indices: list[int]):
-        """(kept indices, images, labels, targets, skipped): unreadable images are left out and returned
-        as ``{"index", "reason"}`` records (images is None when none is readable)."""
+    def _read(self, indices: list[int]) -> tuple:
+        """The host side of :meth:`_load` (safe in a loader thread): (kept indices, batch or None,
+        skipped records)."""
         kept, items, skipped = [], [], []
         for i in indices:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                item = self.dataset[i]
+            item, reason = self.dataset.try_item(i)
             if item is None:
-                reason = str(caught[-1].message) if caught else "unreadable"
                 skipped.append({"index": i, "reason": reason})
             else:
                 kept.append(i)
                 items.append(item)
-        if not items:
+        batch = collate(items) if items else None
+        if batch is not None and self.device.type == "cuda":
+            batch = batch._replace(images=batch.images.pin_memory())
+        return kept, batch, skipped
+
+    def _to_device(self, read: tuple):
+        """(kept indices, images, labels, targets, skipped) on the runner's device, in its memory format."""
+        kept, batch, skipped = read
+        if batch is None:
             return kept, None, None, [], skipped
-        batch = collate(items)
-        return kept, batch.images.to(self.device), batch.labels.to(self.device), batch.targets, skipped
+        images = batch.images.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return kept, images, batch.labels.to(self.device, non_blocking=True), batch.targets, skipped
+
+    def _load(self, indices: list[int]):
+        """(kept indices, images, labels, targets, skipped): unreadable images are left out and returned
+        as ``{"index", "reason"}`` records (images is None when none is readable)."""
+        return self._to_device(self._read(indices))
+
+    def _loaded(self, batches: list[list[int]]) -> Iterator[tuple]:
+        """:meth:`_load` of each batch in turn; the next batch is read and decoded in a background thread
+        while the current one is computed."""
+        with ThreadPoolExecutor(1, thread_name_prefix="castream-load") as pool:
+            pending = pool.submit(self._read, batches[0]) if batches else None
+            for k in range(len(batches)):
+                read = pending.result()
+                pending = pool.submit(self._read, batches[k + 1]) if k + 1 < len(batches) else None
+                yield self._to_device(read)
 
     def _targets(self, labels: Tensor, logits: Tensor) -> Tensor:
         """The ground-truth class; for multi-label images the positive class with the highest logit."""
@@ -437,78 +484,113 @@ class Runner:
     def evaluate_accuracy(self, label: str, pooling: str) -> None:
         cell = _cell(label, pooling, "accuracy")
         done = self.finished(cell)
-        for _, indices in self._my_batches():
-            if set(indices) <= done:
-                continue
-            indices, images, labels, _, skipped = self._load(indices)
+        todo = [indices for _, indices in self._my_batches() if not set(indices) <= done]
+        for indices, images, labels, _, skipped in self._loaded(todo):
             if images is None:
                 self._append(cell, {"images": [], "skipped": skipped})
                 continue
-            with torch.no_grad():
+            with torch.no_grad(), autocast(self.device, self.config.amp):
                 logits = self.models[label](images, **self.forward_kwargs(label, pooling)).float()
             if self.multilabel:
                 rows = [
-                    {"index": i, "scores": s.tolist(), "labels": y.tolist()}
-                    for i, s, y in zip(indices, logits, labels)
+                    {"index": i, "scores": s, "labels": y}
+                    for i, s, y in zip(indices, logits.tolist(), labels.tolist())
                 ]
             else:
-                correct = metrics.accuracy(logits, labels)
-                p = logits.softmax(1).gather(1, labels[:, None]).squeeze(1)
+                correct = metrics.accuracy(logits, labels).tolist()
+                p = logits.softmax(1).gather(1, labels[:, None]).squeeze(1).tolist()
                 rows = [
-                    {"index": i, "accuracy": float(c), "probability": float(q)}
+                    {"index": i, "accuracy": float(c), "probability": q}
                     for i, c, q in zip(indices, correct, p)
                 ]
             self._append(cell, {"images": rows, "skipped": skipped})
 
     def evaluate_cell(self, label: str, pooling: str, method_name: str) -> None:
+        """One cell, batch by batch. Per batch the device computes the maps and the model-based metrics
+        under the configured precision; the host-side work (localization, the shard record) runs in a
+        background thread while the device goes on with the next batch, and loading is prefetched."""
         from tqdm import tqdm
 
         config, cell = self.config, _cell(label, pooling, method_name)
         done = self.finished(cell)
         model, kwargs = self.models[label], self.forward_kwargs(label, pooling)
         method = self.build_method(method_name, label, pooling)
-        todo = [(b, idx) for b, idx in self._my_batches(method_name) if not set(idx) <= done]
+        todo = [idx for _, idx in self._my_batches(method_name) if not set(idx) <= done]
         shared = {
             "preprocess": self.preprocess,
             "batch_size": config.metric_batch,
             "forward_kwargs": kwargs,
             "scores": config.scores,
         }
-        for _, indices in tqdm(
-            todo, desc=cell, disable=not self.progress or self.rank or not todo, leave=False
-        ):
-            indices, images, labels, targets_meta, skipped = self._load(indices)
-            if images is None:
-                self._append(cell, {"images": [], "skipped": skipped})
-                continue
-            with torch.no_grad():
-                logits = model(images, **kwargs).float()
-            targets = self._targets(labels, logits)
-            pairs = self.multilabel and config.multilabel_targets == "all"
-            if pairs:  # one row per (image, positive class)
-                rows_of, targets = labels.nonzero(as_tuple=True)
-                images, logits = images[rows_of], logits[rows_of]
-                targets_meta = [targets_meta[i] for i in rows_of.tolist()]
-                indices = [indices[i] for i in rows_of.tolist()]
-            start = time.perf_counter()
-            maps = method(images, targets)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            seconds = time.perf_counter() - start
-            values = self._metrics(
-                model, method, maps, images, indices, targets, logits, targets_meta, shared
-            )
-            rows = []
-            for j, index in enumerate(indices):
-                row = {"index": index}
-                if pairs:
-                    row["class"] = int(targets[j])
-                for name, v in values.items():
-                    row[name] = v[j].tolist() if isinstance(v, Tensor) else v[j]
-                rows.append(row)
-            self._append(
-                cell, {"images": rows, "skipped": skipped, "seconds": seconds, "batch": len(indices)}
-            )
+        bar = tqdm(
+            total=len(todo), desc=cell, disable=not self.progress or self.rank or not todo, leave=False
+        )
+        with bar, ThreadPoolExecutor(1, thread_name_prefix="castream-host") as host:
+            finishing = None
+            for indices, images, labels, targets_meta, skipped in self._loaded(todo):
+                if images is None:
+                    record = {"images": [], "skipped": skipped}
+                    finishing = self._after(host, finishing, partial(self._append, cell, record))
+                    bar.update()
+                    continue
+                with autocast(self.device, config.amp):
+                    with torch.no_grad():
+                        logits = model(images, **kwargs).float()
+                    targets = self._targets(labels, logits)
+                    pairs = self.multilabel and config.multilabel_targets == "all"
+                    if pairs:  # one row per (image, positive class)
+                        rows_of, targets = labels.nonzero(as_tuple=True)
+                        images, logits = images[rows_of], logits[rows_of]
+                        targets_meta = [targets_meta[i] for i in rows_of.tolist()]
+                        indices = [indices[i] for i in rows_of.tolist()]
+                    start = time.perf_counter()
+                    maps = method(images, targets)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    seconds = time.perf_counter() - start
+                    values = self._metrics(
+                        model, method, maps, images, indices, targets, logits, targets_meta, shared
+                    )
+                host_side = {"maps": maps.cpu(), "targets": targets.cpu(), "logits": logits.cpu()}
+                values = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in values.items()}
+
+                record = {"skipped": skipped, "seconds": seconds}
+                finish = partial(self._finish, cell, indices, values, host_side, targets_meta, pairs, record)
+                finishing = self._after(host, finishing, finish)
+                bar.update()
+            if finishing is not None:
+                finishing.result()
+
+    def _finish(
+        self,
+        cell: str,
+        indices: list[int],
+        values: dict,
+        host_side: dict,
+        meta: list[dict],
+        pairs: bool,
+        record: dict,
+    ) -> None:
+        """Host side of one batch: the host metrics, then one shard record of per-image rows."""
+        values.update(self._host_metrics(meta=meta, **host_side))
+        columns = {k: v.tolist() if isinstance(v, Tensor) else v for k, v in values.items()}
+        targets = host_side["targets"].tolist()
+        rows = []
+        for j, index in enumerate(indices):
+            row = {"index": index}
+            if pairs:
+                row["class"] = targets[j]
+            row.update((name, column[j]) for name, column in columns.items())
+            rows.append(row)
+        self._append(cell, {"images": rows, **record, "batch": len(indices)})
+
+    @staticmethod
+    def _after(pool: ThreadPoolExecutor, previous: Future | None, work) -> Future:
+        """Submit ``work`` once the previous batch's host work is done (its errors surface here), so the
+        host is at most one batch behind and shard records keep their order."""
+        if previous is not None:
+            previous.result()
+        return pool.submit(work)
 
     def _metrics(self, model, method, maps, images, indices, targets, logits, targets_meta, shared) -> dict:
         config, out = self.config, {}
@@ -567,17 +649,22 @@ class Runner:
         if "discrimination" in config.metrics:
             classes = torch.stack([t["classes"] for t in targets_meta]).to(maps.device)
             out.update(metrics.class_discrimination(maps, classes, targets))
-        if "box-study" in config.metrics or "localization" in config.metrics:
-            boxes = [class_boxes(t, c) for t, c in zip(targets_meta, targets.tolist())]
         if "box-study" in config.metrics:
+            boxes = [class_boxes(t, c) for t, c in zip(targets_meta, targets.tolist())]
             study = metrics.box_study(model, images, maps, boxes, targets, **shared)
             for name, short in (("drop", "ad"), ("gain", "ag"), ("increase", "ai")):
                 out.update({f"{short}_{region}": study[f"{name}_{region}"] for region in metrics.BOX_STUDY})
-        if "localization" in config.metrics:
-            probabilities = metrics.probability(logits, targets, config.scores)
-            loc = metrics.localization(maps, boxes, targets, logits.argmax(1), probabilities)
-            out.update({k: v for k, v in loc.items() if k != "valid"})
-            out["boxacc"] = metrics.threshold_ious(maps, boxes)
+        return out
+
+    def _host_metrics(self, maps: Tensor, targets: Tensor, logits: Tensor, meta: list[dict]) -> dict:
+        """The metrics computed on the host, from CPU tensors: localization (connected components)."""
+        if "localization" not in self.config.metrics:
+            return {}
+        boxes = [class_boxes(t, c) for t, c in zip(meta, targets.tolist())]
+        probabilities = metrics.probability(logits, targets, self.config.scores)
+        loc = metrics.localization(maps, boxes, targets, logits.argmax(1), probabilities)
+        out = {k: v for k, v in loc.items() if k != "valid"}
+        out["boxacc"] = metrics.threshold_ious(maps, boxes)
         return out
 
     def run(self) -> dict | None:
