@@ -25,14 +25,27 @@ QUICK = {
         "2",
     ],
     "causal": ["--model", "resnet18", "--size", "64", "--images", "2", "--batch-sizes", "64", "128"],
-    "train": ["--model", "resnet18", "--size", "64", "--batch", "32", "--synthetic-images", "400"],
+    "train": [
+        "--model",
+        "resnet18",
+        "--size",
+        "64",
+        "--batch",
+        "32",
+        "--synthetic-images",
+        "400",
+        "--synthetic-size",
+        "96",
+    ],
     "gradreg": ["--model", "cifar_resnet18", "--size", "32", "--batch", "32"],
+    "evaluate": ["--model", "resnet18", "--size", "64", "--images", "32", "--metric-batch", "128"],
 }
 FULL = {
     "saliency": ["--models", "resnet18", "resnet50", "--size", "224", "--batch", "8"],
     "causal": ["--model", "resnet50", "--size", "224", "--images", "2"],
-    "train": ["--model", "resnet50", "--size", "224", "--batch", "32"],
+    "train": ["--model", "resnet50", "--size", "224", "--batch", "128"],
     "gradreg": ["--model", "cifar_resnet18", "--size", "32", "--batch", "128"],
+    "evaluate": ["--model", "resnet50", "--size", "224", "--images", "64"],
 }
 
 

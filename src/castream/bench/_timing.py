@@ -10,6 +10,9 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
+from .._precision import AMP_DTYPES, autocast
 
 
 def sync(device: torch.device) -> None:
@@ -31,13 +34,16 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warm
     return statistics.median(times)
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, args: argparse.Namespace | None = None) -> dict:
+    """Where and how a benchmark ran (with ``args``: its precision and memory format)."""
     info = {
         "torch": torch.__version__,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
     }
+    if args is not None:
+        info.update(amp=args.amp, channels_last=args.channels_last)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -48,7 +54,27 @@ def emit(record: dict) -> None:
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
+    """Options of every benchmark: device, precision (--amp), memory format (--channels-last), repeats."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", choices=list(AMP_DTYPES), default=None, help="run models under autocast")
+    parser.add_argument("--channels-last", action="store_true", help="models and inputs in channels_last")
     parser.add_argument("--repeats", type=int, default=3)
     return parser
+
+
+def prepare(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+    """``model`` on the benchmark's device, in its memory format."""
+    memory = torch.channels_last if args.channels_last else torch.contiguous_format
+    return model.to(torch.device(args.device), memory_format=memory)
+
+
+def inputs(shape: tuple[int, ...], args: argparse.Namespace) -> torch.Tensor:
+    """Random images of ``shape`` on the benchmark's device, in its memory format."""
+    memory = torch.channels_last if args.channels_last and len(shape) == 4 else torch.contiguous_format
+    return torch.randn(shape, device=torch.device(args.device)).contiguous(memory_format=memory)
+
+
+def precision(args: argparse.Namespace):
+    """The benchmark's autocast context (a no-op without --amp)."""
+    return autocast(torch.device(args.device), args.amp)

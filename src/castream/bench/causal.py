@@ -11,7 +11,7 @@ import torchvision
 
 from castream import metrics
 
-from ._timing import base_parser, emit, environment, timed
+from ._timing import base_parser, emit, environment, inputs, precision, prepare, timed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,17 +22,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    model = getattr(torchvision.models, args.model)().eval().to(device)
-    x = torch.randn(args.images, 3, args.size, args.size, device=device)
+    model = prepare(getattr(torchvision.models, args.model)().eval(), args)
+    x = inputs((args.images, 3, args.size, args.size), args)
     maps = torch.rand(args.images, args.size, args.size, device=device)
     steps = len(metrics.step_counts(args.size, args.size))
     perturbed = 2 * args.images * steps  # insertion and deletion
 
     def forward_cost(batch: int) -> float:
-        chunk = torch.randn(batch, 3, args.size, args.size, device=device)
+        chunk = inputs((batch, 3, args.size, args.size), args)
 
         def run() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), precision(args):
                 model(chunk)
 
         return timed(run, device, 1) * perturbed / batch
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     for batch in args.batch_sizes:
 
         def both(batch=batch) -> None:
-            metrics.insertion(model, x, maps, batch_size=batch)
-            metrics.deletion(model, x, maps, batch_size=batch)
+            with precision(args):
+                metrics.insertion(model, x, maps, batch_size=batch)
+                metrics.deletion(model, x, maps, batch_size=batch)
 
         seconds = timed(both, device, 1, warmup=0)
         emit(
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                 "reference_seconds": round(reference[best], 3),
                 "ratio": round(seconds / reference[best], 3),
                 "target": 1.2,
-                **environment(device),
+                **environment(device, args),
             }
         )
 

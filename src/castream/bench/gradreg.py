@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..models import build_model
 from ..train.gradreg import GradientRegularizer
-from ._timing import base_parser, emit, environment, timed
+from ._timing import base_parser, emit, environment, inputs, precision, prepare, timed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,14 +23,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--error", default="cosine")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    model = build_model(args.model, num_classes=args.classes).to(device).train()
+    model = prepare(build_model(args.model, num_classes=args.classes).train(), args)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     regularizer = GradientRegularizer(args.error)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    x = inputs((args.batch, 3, args.size, args.size), args)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
 
     def step(loss_fn) -> None:
-        loss_fn().backward()
+        with precision(args):
+            loss = loss_fn()
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             "reference_seconds": round(standard, 4),
             "ratio": round(regularized / standard, 3),
             "target": 3.0,
-            **environment(device),
+            **environment(device, args),
         }
     )
 

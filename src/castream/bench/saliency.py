@@ -8,8 +8,8 @@
 - ViT methods (``--vit-models``: transformer attribution, rollout, raw attention): vs the ViT's forward +
   backward; no limit is set for them (transformer attribution adds a relevance pass of about one backward)
 
-Prints one JSON record per (model, method, autocast). Example:
-    python benchmarks/saliency.py --models resnet18 resnet50 --size 224 --batch 8
+Prints one JSON record per (model, method). Example:
+    python benchmarks/saliency.py --models resnet18 resnet50 --size 224 --batch 8 --amp bf16 --channels-last
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torchvision
 
 from castream import saliency
 
-from ._timing import base_parser, emit, environment, timed
+from ._timing import base_parser, emit, environment, inputs, precision, prepare, timed
 
 VIT = ["transformerattribution", "rollout", "rawattention"]
 GRADIENT = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "guidedbackprop"]
@@ -27,35 +27,26 @@ FORWARD_ONLY = ["scorecam", "ablationcam", "sacam"]
 ITERATIVE = {"opticam": "opticam_iterations", "extremalperturbation": "ep_iterations"}
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-def bench_model(name: str, dtype: torch.dtype | None, args, device: torch.device, methods: list[str]) -> None:
+def bench_model(name: str, args, device: torch.device, methods: list[str]) -> None:
     vit = name.startswith("vit_")
-    model = getattr(torchvision.models, name)(**({"image_size": args.size} if vit else {})).eval().to(device)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    chunk = torch.randn(args.score_batch, 3, args.size, args.size, device=device)
-    base = {
-        "model": name,
-        "size": args.size,
-        "batch": args.batch,
-        "autocast": str(dtype),
-        **environment(device),
-    }
+    model = getattr(torchvision.models, name)(**({"image_size": args.size} if vit else {})).eval()
+    model = prepare(model, args)
+    x = inputs((args.batch, 3, args.size, args.size), args)
+    chunk = inputs((args.score_batch, 3, args.size, args.size), args)
+    base = {"model": name, "size": args.size, "batch": args.batch, **environment(device, args)}
 
     def forward_backward() -> None:
-        with autocast(device, dtype):
+        with precision(args):
             model(x).sum().backward()
         model.zero_grad(set_to_none=True)
 
     def forward_input_backward() -> None:
         xi = x.clone().requires_grad_(True)
-        with autocast(device, dtype):
+        with precision(args):
             torch.autograd.grad(model(xi).sum(), xi)
 
     def forward_chunk() -> None:
-        with torch.no_grad(), autocast(device, dtype):
+        with torch.no_grad(), precision(args):
             model(chunk)
 
     fb = timed(forward_backward, device, args.repeats)
@@ -68,7 +59,7 @@ def bench_model(name: str, dtype: torch.dtype | None, args, device: torch.device
         method = saliency.get(method_name)(model, **options)
 
         def run(method=method) -> None:
-            with autocast(device, dtype):
+            with precision(args):
                 method(x)
 
         gradient = method_name in GRADIENT or vit
@@ -116,15 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ep-iterations", type=int, default=800, help="Extremal Perturbation (TorchRay: 800)"
     )
-    parser.add_argument("--autocast", choices=["none", "bf16", "both"], default="none")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    dtypes = {"none": [None], "bf16": [torch.bfloat16], "both": [None, torch.bfloat16]}[args.autocast]
     for name, methods in [(m, args.methods) for m in args.models] + [
         (m, args.vit_methods) for m in args.vit_models
     ]:
-        for dtype in dtypes:
-            bench_model(name, dtype, args, device, methods)
+        bench_model(name, args, device, methods)
 
 
 if __name__ == "__main__":

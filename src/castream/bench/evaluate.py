@@ -1,0 +1,111 @@
+"""Evaluation runner speed: one runner cell (a method and the default metric groups over a generated
+synthetic set) against the pure forward time of the same number of model forwards, as a ratio of the
+forward limit reached (target ≥ 0.8); and the time to write the report, figures included.
+
+    python benchmarks/evaluate.py --model resnet50 --size 224 --images 64 --amp bf16 --channels-last
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import synthetic
+from ..evaluate import DEFAULT_METRICS, EvalConfig, Runner
+from ..evaluate.report import write_report
+from ._timing import base_parser, emit, environment, inputs, precision, sync, timed
+
+
+def _count_forwards(model: nn.Module, counter: list[int]):
+    """A pre-hook adding each forward's batch size to ``counter[0]``."""
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        counter[0] += args[0].shape[0]
+
+    return model.register_forward_pre_hook(hook)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument(
+        "--batch", type=int, default=8, help="images per runner batch (EvalConfig.batch_size)"
+    )
+    parser.add_argument("--metric-batch", type=int, default=64, help="images per metric forward")
+    parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    parser.add_argument("--protocol", default="thesis")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = synthetic.generate(Path(tmp) / "data", train=0, val=args.images, size=args.size)
+        config = EvalConfig(
+            model=args.model,
+            data=f"synthetic:{root}",
+            out=str(Path(tmp) / "eval"),
+            poolings=("gap",),
+            methods=(args.method,),
+            baselines=(),
+            metrics=tuple(args.metrics),
+            protocol=args.protocol,
+            images=args.images,
+            batch_size=args.batch,
+            metric_batch=args.metric_batch,
+            size=args.size,
+            resize=args.size,
+            amp=args.amp,
+            channels_last=args.channels_last,
+        )
+        runner = Runner(config, progress=False, log=lambda *_: None, device=device)
+        label = next(iter(runner.models))
+        model = runner.models[label]
+        runner.evaluate_accuracy(label, "gap")
+        counter = [0]
+        handle = _count_forwards(model, counter)
+        try:
+            sync(device)
+            start = time.perf_counter()
+            runner.evaluate_cell(label, "gap", args.method)
+            sync(device)
+            cell = time.perf_counter() - start
+        finally:
+            handle.remove()
+        chunk = inputs((args.metric_batch, 3, args.size, args.size), args)
+
+        def forward() -> None:
+            with torch.no_grad(), precision(args):
+                model(chunk)
+
+        limit = timed(forward, device, args.repeats) * counter[0] / args.metric_batch
+        start = time.perf_counter()
+        write_report(runner)
+        report = time.perf_counter() - start
+    emit(
+        {
+            "benchmark": "evaluate-cell",
+            "model": args.model,
+            "size": args.size,
+            "images": args.images,
+            "method": args.method,
+            "metrics": args.metrics,
+            "protocol": args.protocol,
+            "forwarded_images": counter[0],
+            "seconds": round(cell, 3),
+            "reference": f"pure forward of {counter[0]} images at batch {args.metric_batch}",
+            "reference_seconds": round(limit, 3),
+            "ratio": round(limit / cell, 3),
+            "target": 0.8,
+            "report_seconds": round(report, 2),
+            **environment(device, args),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
