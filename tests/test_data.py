@@ -346,3 +346,24 @@ def test_16_bit_images_keep_their_range_and_bombs_are_skipped(tmp_path, monkeypa
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 64 px > 2 * 10: PIL's decompression-bomb error
     with pytest.warns(UserWarning, match="deep.png"):
         assert ImageFolder(tmp_path / "folder")[0] is None
+
+
+def test_view_without_annotations_skips_masks_and_boxes(tmp_path, monkeypatch):
+    """Classification training never reads boxes or class maps: the view decodes no mask PNG and its items
+    carry an empty target, with the same image (same augmentation seed) as the annotated item. The
+    dataset itself keeps its annotations."""
+    root = generate(tmp_path / "s", classes=3, train=4, val=0, size=32, workers=1)
+    full = SyntheticShapes(root, "train", transform=train_transform(32))
+    bare = full.without_annotations()
+    opened = []
+    original = Image.open
+    monkeypatch.setattr(
+        Image, "open", lambda path, *a, **k: opened.append(str(path)) or original(path, *a, **k)
+    )
+    torch.manual_seed(3)
+    image, label, target = bare[1]
+    assert target == {} and len(opened) == 1 and "masks" not in opened[0]
+    torch.manual_seed(3)
+    annotated = full[1]
+    assert torch.equal(image, annotated[0]) and label == annotated[1] and "mask" in annotated[2]
+    assert full.annotations and not bare.annotations

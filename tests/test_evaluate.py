@@ -238,6 +238,13 @@ def test_explain_writes_overlay_and_map(tmp_path, capsys):
     saved = np.load(tmp_path / "out" / "img0_gradcampp.npy")
     assert saved.shape == (64, 64) and saved.dtype == np.float32 and saved.min() >= 0 and saved.max() <= 1
     assert (tmp_path / "out" / "img1_gradcampp.png").is_file()
+    fast = tmp_path / "fast"
+    args = [str(tmp_path / "img0.png"), "--model", "resnet18", "--num-classes", "7", "--size", "64"]
+    assert (
+        main(["explain", *args, "--out", str(fast), "--device", "cpu", "--amp", "bf16", "--channels-last"])
+        == 0
+    )
+    assert np.load(fast / "img0_gradcam.npy").shape == (64, 64)
 
 
 def test_evaluation_config_errors(artifacts, tmp_path):
@@ -303,6 +310,26 @@ def test_evaluation_config_errors(artifacts, tmp_path):
         (
             "gradreg",
             ["--model", "cifar_resnet18", "--size", "32", "--batch", "4", "--classes", "5", "--repeats", "1"],
+        ),
+        (
+            "evaluate",
+            ["--model", "resnet18", "--size", "64", "--images", "4", "--batch", "2", "--repeats", "1"],
+        ),
+        (
+            "causal",
+            [
+                "--model",
+                "resnet18",
+                "--size",
+                "32",
+                "--images",
+                "1",
+                "--batch-sizes",
+                "64",
+                "--amp",
+                "bf16",
+                "--channels-last",
+            ],
         ),
     ],
 )
@@ -596,3 +623,67 @@ def test_voc_every_positive_class_with_sigmoid_probabilities(tmp_path):
         EvalConfig(**{**cfg.to_dict(), "multilabel_targets": "every"})
     with pytest.raises(ValueError, match="scores must be one of"):
         EvalConfig(**{**cfg.to_dict(), "scores": "logits"})
+
+
+# --- precision, memory format and the overlapped runner (issue 19) -------------------------------------
+
+
+def _cell_rows(out, cell):
+    from castream.evaluate.report import read_shards
+
+    return read_shards(out, cell)[0]
+
+
+def test_runner_bf16_and_channels_last_agree_with_float32(artifacts, tmp_path):
+    """``amp="bf16"`` (CPU autocast here) and ``channels_last`` change only rounding: every per-image value
+    stays close to the float32 run's, and the records (one per image, in batch order) are complete."""
+    metrics_ = ("recognition", "insertion", "deletion", "localization")
+    runs = {}
+    for name, kw in {"fp32": {}, "bf16": {"amp": "bf16", "channels_last": True}}.items():
+        cfg = config(
+            artifacts,
+            tmp_path / name,
+            methods=("gradcam",),
+            poolings=("gap",),
+            stream=None,
+            metrics=metrics_,
+            **kw,
+        )
+        Runner(cfg, progress=False, log=lambda *_: None).run()
+        runs[name] = _cell_rows(tmp_path / name, "resnet10_os16-gap-gradcam")
+    assert runs["fp32"].keys() == runs["bf16"].keys() and len(runs["fp32"]) == 9
+    for index, row in runs["fp32"].items():
+        other = runs["bf16"][index]
+        for key in ("insertion", "deletion", "ad", "ep"):
+            assert abs(row[key] - other[key]) < 0.05, (index, key)
+    lines = (tmp_path / "bf16" / "shards" / "resnet10_os16-gap-gradcam.rank0.jsonl").read_text().splitlines()
+    order = [r["index"] for line in lines for r in json.loads(line)["images"]]
+    assert order == sorted(order)  # the host thread appends batches in order
+
+
+def test_eval_config_checks_precision_options(artifacts, tmp_path):
+    with pytest.raises(ValueError, match="amp must be"):
+        config(artifacts, tmp_path, amp="int8")
+    with pytest.raises(TypeError, match="channels_last must be a bool"):
+        config(artifacts, tmp_path, channels_last="yes")
+
+
+def test_a_failing_host_step_surfaces_and_keeps_finished_batches(artifacts, tmp_path, monkeypatch):
+    """An error in the background host work (here: localization) is raised by the run, and the batches
+    finished before it stay in the shard, so a rerun resumes."""
+    cfg = config(artifacts, tmp_path, methods=("gradcam",), poolings=("gap",), stream=None, baselines=())
+    runner = Runner(cfg, progress=False, log=lambda *_: None)
+    calls = []
+    original = runner._host_metrics
+
+    def failing(**kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("host step failed")
+        return original(**kw)
+
+    monkeypatch.setattr(runner, "_host_metrics", failing)
+    runner._check_config()
+    with pytest.raises(RuntimeError, match="host step failed"):
+        runner.evaluate_cell("resnet10_os16", "gap", "gradcam")
+    assert len(runner.finished("resnet10_os16-gap-gradcam")) == 3  # the first batch of 3

@@ -258,3 +258,35 @@ def test_two_process_ddp_step_equals_single_process(shapes, tmp_path):
         p.join(timeout=60)
     for k, v in single.stream.state_dict().items():
         torch.testing.assert_close(distributed[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_workers_auto_and_bad_values():
+    import os
+
+    from castream.train.loop import resolve_workers
+
+    assert resolve_workers("auto") == min(8, os.cpu_count() or 1)
+    assert TrainConfig().workers == "auto" and resolve_workers(0) == 0
+    for bad in (-1, "four", 1.5, True):
+        with pytest.raises(ValueError, match="workers must be"):
+            TrainConfig(workers=bad)
+
+
+def test_training_loads_no_annotations(tmp_path, monkeypatch):
+    """The classifier recipe reads no boxes or masks, so its loader gets the dataset's view without them
+    (the caller's dataset is not modified)."""
+    root = generate(tmp_path / "s", classes=3, train=8, val=0, size=32, workers=1)
+    train = SyntheticShapes(root, "train", transform=train_transform(32))
+    seen = []
+    original = ClassifierRecipe.loss
+
+    def loss(self, model, batch):
+        seen.extend(batch.targets)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(ClassifierRecipe, "loss", loss)
+    model = torchvision.models.resnet18(num_classes=3)
+    train_classifier(
+        model, train, None, tmp_path / "run", TrainConfig(epochs=1, batch_size=4, workers=0), progress=False
+    )
+    assert seen and all(t == {} for t in seen) and train.annotations

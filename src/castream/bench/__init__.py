@@ -38,7 +38,7 @@ QUICK = {
         "96",
     ],
     "gradreg": ["--model", "cifar_resnet18", "--size", "32", "--batch", "32"],
-    "evaluate": ["--model", "resnet18", "--size", "64", "--images", "32", "--metric-batch", "128"],
+    "evaluate": ["--model", "resnet18", "--size", "64", "--images", "16", "--metric-batch", "128"],
 }
 FULL = {
     "saliency": ["--models", "resnet18", "resnet50", "--size", "224", "--batch", "8"],
