@@ -714,3 +714,21 @@ def test_sanity_check_skips_and_counts_constant_maps_and_averages_repeats():
     assert metrics.sanity_check(gradcam, model, x, seed=5) == one  # explicit seeding: reproducible
     with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
         metrics.sanity_check(gradcam, model, x, repeats=0)
+
+
+def test_sanity_check_randomizes_whole_blocks():
+    """A block or a stage named in ``layers`` is re-initialized entirely (before: only its own, usually
+    absent, parameters, so ``layer4`` kept ``fc``'s value, i.e. nothing changed)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    images = torch.randn(2, 3, 64, 64)
+    rho = metrics.sanity_check(
+        lambda m: saliency.GradCAM(m, "layer3"), model, images, layers=["fc", "layer3"]
+    )
+    assert rho["layer3"] != rho["fc"] and rho["layer3"] < 0.9
+    with pytest.raises(ValueError, match="no parameters"):
+        metrics.sanity_check(lambda m: saliency.GradCAM(m), model, images, layers=["relu"])
+    with pytest.raises(ValueError, match="not a module"):
+        metrics.sanity_check(lambda m: saliency.GradCAM(m), model, images, layers=["layer9"])

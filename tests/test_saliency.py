@@ -682,3 +682,30 @@ def test_extremal_perturbation_meets_its_area_and_finds_the_evidence():
         saliency.ExtremalPerturbation(Flat(), areas=1.5)
     with pytest.raises(ValueError, match="uses no layer"):
         saliency.ExtremalPerturbation(Flat(), "features")
+
+
+class _NoDeadChannels(torch.nn.Module):
+    """No ReLU after the explained layer: no channel is constant, and a forward of 0 images fails in the
+    ``x.view(bs, -1)`` of the head, as in lukemelas-style EfficientNets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x):
+        bs = x.shape[0]
+        return self.fc(self.bn(self.conv(x)).mean((2, 3)).view(bs, -1))
+
+
+@pytest.mark.parametrize("name", ["scorecam", "sacam"])
+def test_masking_methods_never_forward_an_empty_batch(name):
+    model = _NoDeadChannels().eval()
+    sizes = []
+    handle = model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    try:
+        maps = saliency.get(name)(model, "bn", batch_size=4)(torch.randn(2, 3, 16, 16))
+    finally:
+        handle.remove()
+    assert maps.shape == (2, 16, 16) and 0 not in sizes

@@ -30,16 +30,20 @@ def layer_seed(seed: int, repeat: int, index: int) -> int:
 
 
 def _randomize(module: nn.Module, generator_seed: int) -> None:
-    """Re-initialize a module's own parameters as untrained (``reset_parameters`` when it has one). The
-    caller's random state is left as found, on the CPU and on every CUDA device the module lives on."""
+    """Re-initialize a module and all its submodules as untrained: each one's ``reset_parameters`` when
+    it has one, else N(0, 0.02) for its own parameters. A block or a whole stage is randomized entirely,
+    as in Adebayo et al.'s cascading test (before, only the module's own parameters were, so a block
+    was left untouched). The caller's random state is left as found, on the CPU and on every CUDA device
+    the module lives on."""
     cuda = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
         torch.manual_seed(generator_seed)
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-        else:
-            for p in module.parameters(recurse=False):
-                p.normal_(0.0, 0.02)
+        for sub in module.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+            else:
+                for p in sub.parameters(recurse=False):
+                    p.normal_(0.0, 0.02)
 
 
 def _constant(maps: Tensor) -> Tensor:
@@ -64,7 +68,9 @@ def sanity_check(
 
     ``method_factory(model) -> method`` builds the method on the model copy (e.g.
     ``lambda m: saliency.GradCAM(m)``). ``layers``: module names in randomization order (default: every
-    module with its own parameters, in reverse definition order, i.e. from the head backwards). The
+    module with its own parameters, in reverse definition order, i.e. from the head backwards). A name
+    may be a block or a whole stage (e.g. ``["fc", "layer4", "layer3"]``): all its parameters are
+    re-initialized. The
     caller's model is untouched: everything happens on deep copies. Targets are fixed to those of the
     original model (its predictions when ``targets`` is None).
 
@@ -98,6 +104,15 @@ def sanity_check(
             for n, m in reversed(list(model.named_modules()))
             if any(True for _ in m.parameters(recurse=False))
         ]
+    for name in layers:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(
+                f"layers names {name!r}, which is not a module of {type(model).__name__}"
+            ) from None
+        if not any(True for _ in module.parameters()):
+            raise ValueError(f"layer {name!r} has no parameters: randomizing it would change nothing")
     rho = {name: [] for name in layers}
     for r in range(repeats):
         clone = copy.deepcopy(model)

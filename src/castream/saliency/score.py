@@ -25,7 +25,10 @@ from .gradient import gradcam_weights, gradcampp_weights
 def pair_chunks(selected: Tensor, chunk: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Chunks of the selected (image, channel) pairs of a (B, K) boolean tensor: (flat index, b, k)."""
     channels = selected.shape[1]
-    for flat in selected.flatten().nonzero().squeeze(1).split(max(1, chunk)):
+    indices = selected.flatten().nonzero().squeeze(1)
+    if indices.numel() == 0:  # split() of an empty tensor yields one empty chunk: no forward of 0 images
+        return
+    for flat in indices.split(max(1, chunk)):
         yield flat, flat // channels, flat % channels
 
 
