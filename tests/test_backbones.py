@@ -1,11 +1,13 @@
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 import castream
+from castream import saliency
 from castream.backbones import describe
 
-from _models import tiny_vit
+from _models import lite_net, tiny_vit
 
 
 @pytest.mark.parametrize(
@@ -206,3 +208,66 @@ def test_unknown_names_suggest_nearest():
 def test_non_map_tap_is_rejected():
     with pytest.raises(ValueError, match="4-D feature map"):
         castream.attach_stream(torchvision.models.resnet18(), taps=["fc"], head="fc")
+
+
+# --- third-party patterns (issue 20): a shared activation module, TF-SAME padding, view(bs, -1) ----------
+
+
+def test_rule_reads_a_shared_activation_as_pre_pool_and_skips_padding_resolutions():
+    """The pooled map is the second call of one ReLU6 instance (before: 'tap _swish ran 2 times'), and the
+    ZeroPad2d inside every stride-2 convolution (64 -> 65 ...) no longer hides the stage taps (before: a
+    one-tap stream)."""
+    model = lite_net()
+    spec = castream.describe(model, probe_size=64)
+    assert spec.taps == ("_blocks.0", "_blocks.2", "_blocks.3", "_blocks.5", "_bn1")
+    assert spec.pre_pool == "relu6" and spec.head == ("_dropout", "_fc") and spec.head_input == "flat"
+    streamed = castream.attach_stream(model, probe_size=64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(streamed(x, pooling="gap"), model(x))
+        assert streamed(x).shape == (2, 5)
+    maps = saliency.ScoreCAM(model, batch_size=16)(x)  # its view(bs, -1) fails on an empty batch
+    assert maps.shape == (2, 64, 64)
+
+
+def test_explicit_descriptions_are_verified():
+    """An explicit description without the ReLU6 between the last tap and the pooling gives wrong logits
+    (before: accepted silently); the error shows the difference. pre_pool= and description= fix it."""
+    model = lite_net()
+    taps = ["_blocks.0", "_blocks.2", "_blocks.3", "_blocks.5", "_bn1"]
+    with pytest.raises(ValueError, match=r"max \|difference\| [0-9.]+ for logits up to .*pre_pool="):
+        castream.attach_stream(model, taps=taps, head=["_dropout", "_fc"], probe_size=64)
+    fixed = castream.attach_stream(
+        model, taps=taps, head=["_dropout", "_fc"], pre_pool="relu6", probe_size=64
+    )
+    described = castream.attach_stream(
+        model, description=castream.describe(model, probe_size=64), probe_size=64
+    )
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(fixed(x, pooling="gap"), model(x)) and torch.equal(
+            described(x, pooling="gap"), model(x)
+        )
+    with pytest.raises(TypeError, match="description= takes"):
+        castream.attach_stream(model, description=castream.describe(model, probe_size=64), taps=taps)
+
+
+class _SharedConv(nn.Module):
+    """The pooled map comes from a convolution instance that also ran earlier: no activation to hoist."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.mix = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.mix(self.stem(x))
+        return self.fc(self.mix(x).mean((2, 3)))
+
+
+def test_a_shared_module_chosen_as_a_tap_is_a_clear_error():
+    with pytest.raises(
+        ValueError, match=r"'mix' \(Conv2d\) as a tap, but this module instance runs 2 times.*taps="
+    ):
+        castream.describe(_SharedConv(), probe_size=32)

@@ -28,6 +28,7 @@ Tap widths ``d_l`` and strides come from one forward on the meta device.
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -263,35 +264,93 @@ def _area(t: Tensor) -> int:
     return t.shape[2] * t.shape[3] if t.dim() == 4 else 0
 
 
+_PADDING = (
+    nn.modules.padding._ConstantPadNd,
+    nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd,
+    nn.modules.padding._CircularPadNd,
+)
+# activation modules the stream can apply itself between the last tap and the pooling (pre_pool)
+_PRE_POOL_MODULES = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.SiLU: "silu",
+    nn.GELU: "gelu",
+    nn.Hardswish: "hardswish",
+}
+
+
+def _runs(trace: Trace) -> Counter:
+    """How many times each module (by identity) ran in the traced forward."""
+    return Counter(id(e.module) for e in trace.modules())
+
+
+def _shared(event: Event, runs: Counter) -> ValueError:
+    return ValueError(
+        f"the rule chose {event.name!r} ({type(event.module).__name__}) as a tap, but this module instance "
+        f"runs {runs[id(event.module)]} times in one forward (it is shared), so a hook on it cannot tell the "
+        "calls apart. Describe the model explicitly with a module that runs once, e.g. the module before "
+        f"it, and pass pre_pool= for an activation between the last tap and the pooling: {EXPLICIT_FORM}"
+    )
+
+
 def _stage_taps(trace: Trace, last: Event) -> list[str]:
     """For every spatial resolution above the last tap's, the module output that enters the block which
     downsamples it: the earliest-starting (outermost) module that maps that resolution to the next smaller
-    one, whose input is the output of a module (its outermost producer)."""
+    one, whose input is the output of a module that runs once (its outermost such producer).
+
+    Resolutions are those of block boundaries: the outputs of padding modules (TF-"SAME" convolutions pad
+    224 to 225 inside the block) are not resolutions of the network and would break the chain."""
+    runs = _runs(trace)
     modules = [e for e in trace.modules() if e.index <= last.index]
-    areas = sorted({a for e in modules if (a := _spatial(e))}, reverse=True)
+    boundaries = [e for e in modules if not isinstance(e.module, _PADDING)]
+    areas = sorted({a for e in boundaries if (a := _spatial(e))}, reverse=True)
     areas = [a for a in areas if a > _spatial(last)]
     following = dict(zip(areas, [*areas[1:], _spatial(last)]))
     taps = []
     for area in areas:
         blocks = [
-            e for e in modules if _spatial(e) == following[area] and any(_area(t) == area for t in e.inputs)
+            e
+            for e in boundaries
+            if _spatial(e) == following[area] and any(_area(t) == area for t in e.inputs)
         ]
         if not blocks:
             continue
         block = min(blocks, key=lambda e: (e.start, -e.index))
         source = next(t for t in block.inputs if _area(t) == area)
         producers = [e for e in modules if e.output is source and e.index < block.start]
-        if producers:
-            taps.append(max(producers, key=lambda e: e.index).name)
+        once = [e for e in producers if runs[id(e.module)] == 1]
+        if once:
+            taps.append(max(once, key=lambda e: e.index).name)
     return taps
 
 
 def _last_tap(trace: Trace, pool: Event) -> tuple[Event, str | None]:
-    """The module whose output the pooling reads, and the activation applied in between (or None)."""
+    """The module whose output the pooling reads, and the activation applied in between (or None). An
+    activation module that runs more than once (one ``nn.ReLU6`` for the stem and the head) is read as
+    that pre-pool activation, and the module before it is the tap."""
+    runs = _runs(trace)
     pooled = next(t for t in pool.inputs if t.dim() == 4)
     producers = [e for e in trace.modules() if e.output is pooled and e.index < pool.index]
     if producers:
         tap = max(producers, key=lambda e: e.index)
+        if runs[id(tap.module)] > 1:
+            once = [e for e in producers if runs[id(e.module)] == 1]
+            kind = _PRE_POOL_MODULES.get(type(tap.module))
+            if once:
+                tap = max(once, key=lambda e: e.index)
+            elif kind is not None and tap.inputs:
+                source = tap.inputs[0]
+                before = [
+                    e
+                    for e in trace.modules()
+                    if e.output is source and e.index < tap.start and runs[id(e.module)] == 1
+                ]
+                if not before:
+                    raise _shared(tap, runs)
+                return max(before, key=lambda e: e.index), kind
+            else:
+                raise _shared(tap, runs)
         between = [
             c
             for c in trace.calls()
@@ -370,7 +429,10 @@ def _rule(model: nn.Module, probe_size: int) -> _Rule:
 
 
 def _verify(model: nn.Module, spec: BackboneSpec) -> None:
-    """The head fed the mean of the last tap must reproduce the model's logits (one small real forward)."""
+    """The head fed the mean of the last tap must reproduce the model's logits (one small real forward).
+    Every description is checked so, whether it comes from a layout, the rule or explicit names: a wrong
+    one (a missing activation before the pooling, a head that is not the whole head) would otherwise give
+    a stream whose GAP path is not the model."""
     from ._model import frozen_eval
 
     reference = next(model.parameters(), None)
@@ -384,16 +446,25 @@ def _verify(model: nn.Module, spec: BackboneSpec) -> None:
     module = model.get_submodule(spec.taps[-1])
     with frozen_eval(model), torch.no_grad():
         with forward_hooks([(module, lambda m, a, out: captured.append(out.clone()))]):
-            logits = model(x)
+            output = model(x)
+        logits = output if isinstance(output, Tensor) else None
         pooled = spec.pool_input(captured[-1]).mean(dim=(2, 3))
         found = spec.classify(model, pooled)
+    if logits is None or logits.dim() != 2:
+        return  # a tuple/dict output: the logits cannot be told apart here; methods take output=
     scale = logits.abs().max().item() + 1e-6
     if found.shape != logits.shape or not torch.allclose(found, logits, rtol=1e-3, atol=1e-4 * scale):
+        difference = (
+            f"max |difference| {(found - logits).abs().max().item():.4g} for logits up to {scale:.4g}"
+            if found.shape == logits.shape
+            else f"shape {tuple(found.shape)} instead of {tuple(logits.shape)}"
+        )
         raise _unsupported(
             model,
-            f"the description found by rule (last tap {spec.taps[-1]!r}, head {list(spec.head)}) does not "
-            "reproduce the model's logits from the mean of the last tap (does it pool with something other "
-            "than the mean?)",
+            f"the description ({spec.how}: last tap {spec.taps[-1]!r}, pre_pool {spec.pre_pool!r}, head "
+            f"{list(spec.head)}, head_input {spec.head_input!r}) does not reproduce the model's logits from "
+            f"the mean of the last tap: {difference}. Does the forward apply an activation between that tap "
+            "and the pooling (pass pre_pool=), or pool with something other than the mean",
         )
 
 
@@ -408,8 +479,9 @@ def describe(
     verify: bool = True,
 ) -> BackboneSpec:
     """Find the taps, head and shapes of ``model``: its family's layout, explicit names, or the rule of
-    the module docstring (checked by one small real forward unless ``verify=False``). ``print()`` the
-    result to see it."""
+    the module docstring. Every description is checked by one small real forward (the head fed the mean
+    of the last tap must give the model's logits) unless ``verify=False``. ``print()`` the result to see
+    it; :func:`castream.attach_stream` takes it as ``description=``."""
     family = detect_family(model)
     rule = None
     how = f"layout {family}" if family else "explicit"
@@ -468,7 +540,7 @@ def describe(
         pre_pool=pre_pool,
         how=how,
     )
-    if rule is not None and verify:
+    if verify:
         _verify(model, spec)
     return spec
 

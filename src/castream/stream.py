@@ -253,6 +253,8 @@ def attach_stream(
     taps: Sequence[str] | None = None,
     head: str | Sequence[str] | nn.Module | None = None,
     head_input: str | None = None,
+    pre_pool: str | None = None,
+    description: BackboneSpec | None = None,
     probe_size: int = 224,
 ) -> StreamModel:
     """Wrap ``backbone`` (a trained classifier) with a new CA-Stream in place of its global average pooling.
@@ -261,14 +263,31 @@ def attach_stream(
     ``start=k`` is placement ``S_k-S_L`` (the first k taps are skipped); ``block`` is ``"ca"`` (paper (6))
     or ``"proj"`` (paper (11)); ``class_specific`` learns one query per class (paper Table 6).
     The backbone is described by its family's layout or the paper's rule (see backbones; print
-    ``castream.describe(backbone)`` to see it); ``taps``/``head``/``head_input`` describe it explicitly.
+    ``castream.describe(backbone)`` to see it); ``taps``/``head``/``head_input``/``pre_pool`` describe it
+    explicitly, or ``description=`` passes one made by :func:`castream.describe`. Either way it is checked
+    by one small forward (the head fed the mean of the last tap must give the model's logits).
     """
     if not isinstance(backbone, nn.Module):
         raise TypeError(
             "attach_stream needs the classifier as a torch.nn.Module, got "
             f"{type(backbone).__name__} {backbone!r} (build it first, e.g. castream.models.build_model(name))"
         )
-    spec = describe(backbone, taps=taps, head=head, head_input=head_input, probe_size=probe_size)
+    if description is not None:
+        given = {"taps": taps, "head": head, "head_input": head_input, "pre_pool": pre_pool}
+        if not isinstance(description, BackboneSpec) or any(v is not None for v in given.values()):
+            raise TypeError(
+                "description= takes a castream.describe(...) result and excludes taps/head/head_input/"
+                f"pre_pool; got {type(description).__name__} and {[k for k, v in given.items() if v]}"
+            )
+        taps, head, head_input, pre_pool = (
+            description.taps,
+            description.head,
+            description.head_input,
+            description.pre_pool,
+        )
+    spec = describe(
+        backbone, taps=taps, head=head, head_input=head_input, pre_pool=pre_pool, probe_size=probe_size
+    )
     return _attach(backbone, spec, start=start, block=block, class_specific=class_specific)
 
 
