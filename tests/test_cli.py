@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import castream
 from castream.cli import build_parser, main
@@ -134,3 +135,83 @@ def test_synth_refuses_a_foreign_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a castream synthetic set" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# --- a user's own model and input statistics (issue 20) ---------------------------------------------------
+
+
+def _photo(path):
+    from PIL import Image
+
+    pixels = (torch.rand(40, 50, 3) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def test_explain_takes_a_model_factory_and_explicit_statistics(tmp_path, capsys):
+    (tmp_path / "mine.py").write_text(
+        "import torchvision\n\ndef make():\n    return torchvision.models.resnet18(num_classes=7)\n"
+    )
+    image = _photo(tmp_path / "a.png")
+    args = ["explain", image, "--model", f"{tmp_path / 'mine.py'}:make", "--size", "64", "--quiet"]
+    assert (
+        main(
+            [*args, "--mean", "0.5", "0.5", "0.5", "--std", "0.5", "0.5", "0.5", "--out", str(tmp_path / "o")]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.count(",") == 4  # the factory's 7 classes, top-5 printed
+    assert (tmp_path / "o" / "a_gradcam.png").is_file()
+    assert main([*args, "--mean", "0.5", "--out", str(tmp_path / "p")]) == 2
+    assert "--mean and --std go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "source, factory, message",
+    [
+        (None, "no_such_package_castream.models:make", "cannot import 'no_such_package_castream.models'"),
+        ("def make():\n    return 3\n", "make", "returned a int, not a torch.nn.Module"),
+        ("def make():\n    raise RuntimeError('boom')\n", "make", r"make\(\) raised RuntimeError: boom"),
+        ("def make():\n    pass\n", "other", "has no attribute 'other'"),
+        ("make = 5\n", "make", "make is a int, not a callable"),
+        ("import no_such_module_castream\n", "make", "running .* failed \\(ModuleNotFoundError"),
+    ],
+)
+def test_model_factory_failures_are_one_clear_line(tmp_path, capsys, source, factory, message):
+    import re
+
+    if source is not None:
+        (tmp_path / "mine.py").write_text(source)
+        factory = f"{tmp_path / 'mine.py'}:{factory}"
+    code = main(["explain", _photo(tmp_path / "a.png"), "--model", factory, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and re.search(message, err), err
+
+
+def test_timm_models_default_to_their_pretrained_statistics(tmp_path, capsys, monkeypatch):
+    """tf_efficientnet_lite0's pretrained_cfg says mean = std = 0.5 and 224 px: explain uses them and
+    says so (before: ImageNet statistics, silently)."""
+    pytest.importorskip("timm")
+    from castream.data import transforms
+
+    seen = {}
+
+    real = transforms.eval_transform
+
+    def spy(size, **kw):
+        seen.update(size=size, mean=kw.get("mean"), std=kw.get("std"))
+        return real(size, **kw)
+
+    monkeypatch.setattr("castream.data.eval_transform", spy)
+    args = [
+        "explain",
+        _photo(tmp_path / "a.png"),
+        "--model",
+        "timm:tf_efficientnet_lite0",
+        "--num-classes",
+        "3",
+    ]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "from its pretrained_cfg" in out and seen["size"] == 224
+    assert seen["mean"] == pytest.approx((0.5, 0.5, 0.5)) and seen["std"] == pytest.approx((0.5, 0.5, 0.5))

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -59,3 +60,17 @@ def test_normalize_maps_constant_is_zero_and_range_is_unit():
     assert out[1].min() == 0 and out[1].max() == 1
     up = finalize_maps(maps, (8, 8), normalize=True)
     assert up.shape == (2, 8, 8) and not up.isnan().any()
+
+
+def test_viz_never_guesses_the_normalization():
+    """Without preprocess= a normalized image is an error (before: ImageNet statistics were assumed and a
+    photo normalized otherwise came out washed out); a pixel image in [0, 1] is shown as it is."""
+    from castream import viz
+
+    pixels = torch.rand(3, 8, 8)
+    assert np.allclose(viz.to_pixels(pixels), pixels.permute(1, 2, 0).numpy())
+    normalized = Preprocess((0.5,) * 3, (0.5,) * 3).normalize(pixels)
+    with pytest.raises(ValueError, match="pass preprocess="):
+        viz.overlay(normalized, torch.rand(8, 8))
+    shown = viz.to_pixels(normalized, Preprocess((0.5,) * 3, (0.5,) * 3))
+    assert np.allclose(shown, pixels.permute(1, 2, 0).numpy(), atol=1e-6)

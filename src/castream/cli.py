@@ -406,6 +406,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from castream.evaluate import EvalConfig, Runner
 
     poolings = args.poolings or (["gap", "ca"] if args.stream else ["gap"])
+    size, normalization, mean, std = _inputs(args)
     config = EvalConfig(
         model=args.model,
         data=args.data,
@@ -420,7 +421,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         images=args.images,
         batch_size=args.batch_size,
         metric_batch=args.metric_batch,
-        size=args.size,
+        size=size,
         resize=args.resize,
         seed=args.seed,
         boxes=args.boxes,
@@ -433,7 +434,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         compare=_pairs(args.compare, "--compare"),
         method_images=_counts(args.method_images, "--method-images"),
         baselines=tuple(args.baselines),
-        normalization=args.normalization,
+        normalization=normalization,
+        mean=mean,
+        std=std,
         scores=args.scores,
         multilabel_targets=args.multilabel_targets,
         amp=args.amp,
@@ -455,7 +458,7 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="evaluate saliency methods (GAP vs CA)", description=_evaluate.__doc__, **SUBCOMMAND
     )
-    p.add_argument("--model", required=True, help="torchvision name, or timm:NAME")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument(
         "--data", required=True, help="KIND:PATH (synthetic, imagenet, cub, voc, cifar100, mit67, folder)"
     )
@@ -490,17 +493,11 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=8, help="images per saliency batch")
     p.add_argument("--metric-batch", type=int, default=64, help="perturbed images per forward in metrics")
-    p.add_argument("--size", type=int, default=224)
     p.add_argument(
         "--resize", type=int, default=None, help="resize before the centre crop (default size*256/224)"
     )
     p.add_argument("--boxes", default=None, help="ImageNet: folder of the official bounding-box XML files")
-    p.add_argument(
-        "--normalization",
-        choices=["imagenet", "cifar100"],
-        default="imagenet",
-        help="the model's input mean/std",
-    )
+    _add_input_options(p)
     p.add_argument(
         "--scores",
         choices=["softmax", "sigmoid"],
@@ -549,16 +546,20 @@ def _explain(args: argparse.Namespace) -> int:
     from castream import saliency, viz
     from castream._precision import autocast
     from castream.data import eval_transform
-    from castream.models import build_model, checkpoint_classes, load_weights
+    from castream.models import build_model, checkpoint_classes, is_factory, load_weights
+    from castream.preprocess import Preprocess
 
     if args.num_classes < 1:
         raise UsageError(f"--num-classes must be a positive integer, got {args.num_classes}")
+    size, normalization, mean, std = _inputs(args)
+    preprocess = Preprocess(mean, std) if mean is not None else Preprocess.named(normalization)
     classes = checkpoint_classes(args.model, args.checkpoint) if args.checkpoint else args.num_classes
-    model = (
-        build_model(args.model, weights=args.weights)
-        if args.weights
-        else build_model(args.model, num_classes=classes)
-    )
+    if args.weights:
+        model = build_model(args.model, weights=args.weights)
+    elif is_factory(args.model):  # as its factory builds it (own classes), unless a checkpoint has others
+        model = build_model(args.model, num_classes=classes if args.checkpoint else None)
+    else:
+        model = build_model(args.model, num_classes=classes)
     if args.checkpoint:
         load_weights(model, args.checkpoint)
     names = _class_names(args, model)
@@ -567,11 +568,12 @@ def _explain(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
     model.eval().to(device, memory_format=memory)
-    transform = eval_transform(args.size, boxes=False)
+    transform = eval_transform(size, boxes=False, mean=preprocess.mean, std=preprocess.std)
     images = torch.stack([transform(Image.open(path).convert("RGB")) for path in args.images])
     images = images.to(device).contiguous(memory_format=memory)
     kwargs = {"pooling": args.pooling} if args.stream else {}
-    method = saliency.get(args.method)(model, forward_kwargs=kwargs)
+    options = {"preprocess": preprocess} if saliency.get(args.method).masks_input else {}
+    method = saliency.get(args.method)(model, forward_kwargs=kwargs, **options)
     with torch.no_grad(), autocast(device, args.amp):
         probabilities = model(images, **kwargs).float().softmax(1).cpu()
     if names is not None and len(names) != probabilities.shape[1]:
@@ -586,7 +588,7 @@ def _explain(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for path, image, m, p in zip(args.images, images, maps, probabilities):
         stem = f"{Path(path).stem}_{args.method.replace('+', 'p')}"
-        viz.save_overlay(out / f"{stem}.png", image, m)
+        viz.save_overlay(out / f"{stem}.png", image, m, preprocess)
         np.save(out / f"{stem}.npy", m.numpy().astype(np.float32))
         top = p.topk(min(5, len(p)))
         listing = ", ".join(
@@ -613,7 +615,7 @@ def _add_explain(sub) -> None:
         "explain", help="explain predictions on image files", description=_explain.__doc__, **SUBCOMMAND
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--model", default="resnet50", help="torchvision name, or timm:NAME")
+    p.add_argument("--model", default="resnet50", help=MODEL_HELP)
     p.add_argument("--weights", default=None, help="pretrained weights to download (e.g. IMAGENET1K_V1)")
     p.add_argument("--checkpoint", default=None, help="local weights (.safetensors or .pt)")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of a random-weight model")
@@ -621,12 +623,68 @@ def _add_explain(sub) -> None:
     p.add_argument("--pooling", choices=["ca", "gap"], default="ca", help="with --stream")
     p.add_argument("--method", default="gradcam", help=f"one of {castream.saliency.available()}")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: the prediction)")
-    p.add_argument("--size", type=int, default=224)
+    _add_input_options(p)
     p.add_argument("--labels", default=None, help="text file with one class name per line")
     p.add_argument("--out", default="explanations")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda when present)")
     _add_speed_options(p)
     p.set_defaults(func=_explain)
+
+
+MODEL_HELP = (
+    "torchvision name, timm:NAME, or your own model: package.module:factory or path/to/file.py:factory "
+    "(a callable without arguments returning an nn.Module)"
+)
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    """--size and the input statistics: a named normalization or explicit --mean/--std (timm models
+    default to their pretrained_cfg)."""
+    p.add_argument("--size", type=int, default=None, help="input size (default 224, or a timm model's own)")
+    p.add_argument(
+        "--normalization",
+        choices=["imagenet", "cifar100"],
+        default=None,
+        help="the model's input mean/std by name (default imagenet, or a timm model's pretrained_cfg)",
+    )
+    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="input mean per channel")
+    p.add_argument("--std", type=float, nargs="+", default=None, metavar="S", help="input std per channel")
+
+
+def _inputs(args: argparse.Namespace) -> tuple[int, str, tuple | None, tuple | None]:
+    """(size, normalization, mean, std) from the options; a timm model's pretrained_cfg fills what was
+    not given, and the log says so."""
+    if (args.mean is None) != (args.std is None):
+        raise UsageError("--mean and --std go together (one value per input channel each)")
+    if args.mean is not None and args.normalization is not None:
+        raise UsageError("give either --normalization or --mean/--std, not both")
+    size, normalization, mean, std = args.size, args.normalization or "imagenet", args.mean, args.std
+    if args.model.startswith("timm:") and (
+        size is None or (args.mean is None and args.normalization is None)
+    ):
+        cfg = _timm_cfg(args.model[5:])
+        taken = []
+        if cfg is not None and args.mean is None and args.normalization is None and cfg.get("mean"):
+            mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+            taken.append(f"mean {mean} std {std}")
+        if cfg is not None and size is None and cfg.get("input_size"):
+            size = int(cfg["input_size"][-1])
+            taken.append(f"input size {size}")
+        if taken:
+            _log(args)(
+                f"{args.model}: {', '.join(taken)} from its pretrained_cfg (--mean/--std, --size override)"
+            )
+    return size or 224, normalization, mean, std
+
+
+def _timm_cfg(name: str) -> dict | None:
+    """A timm model's pretrained configuration (mean, std, input_size), without building or downloading."""
+    try:
+        import timm
+    except ImportError as err:
+        raise UsageError("timm models need `pip install castream[timm]`") from err
+    cfg = timm.get_pretrained_cfg(name)
+    return cfg.to_dict() if cfg is not None else None
 
 
 def _add_speed_options(p: argparse.ArgumentParser) -> None:

@@ -50,12 +50,77 @@ VARIANTS = {
 }
 
 
+def is_factory(name: str) -> bool:
+    """``package.module:factory`` or ``path/to/file.py:factory``: a user's own model (not ``timm:NAME``)."""
+    return ":" in name and not name.startswith("timm:")
+
+
+def load_factory(spec: str) -> nn.Module:
+    """Call a user's model factory: ``package.module:factory`` (importable) or ``path/to/file.py:factory``;
+    it takes no arguments and returns an ``nn.Module`` (with its weights, if it loads any). Every failure
+    is an error that names the spec and the step that failed."""
+    import importlib
+    import importlib.util
+
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise ValueError(f"a model factory is MODULE:FACTORY or FILE.py:FACTORY, got {spec!r}")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise FileNotFoundError(f"model factory {spec}: no file {path}")
+        module_spec = importlib.util.spec_from_file_location(f"castream_user_model_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            raise ValueError(
+                f"model factory {spec}: running {path} failed ({type(err).__name__}: {err})"
+            ) from err
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ValueError(
+                f"model factory {spec}: cannot import {target!r} ({err}); install it, put it on PYTHONPATH, "
+                "or give a file as path/to/file.py:FACTORY"
+            ) from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ValueError(f"model factory {spec}: {target} has no attribute {attr!r}")
+    if not callable(factory):
+        raise TypeError(f"model factory {spec}: {attr} is a {type(factory).__name__}, not a callable")
+    try:
+        model = factory()
+    except Exception as err:
+        raise ValueError(f"model factory {spec}: {attr}() raised {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model factory {spec}: {attr}() returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
 def build_model(name: str, *, num_classes: int | None = None, weights: str | None = None) -> nn.Module:
     """A torchvision model by name (``resnet50``), a timm one with the ``timm:`` prefix
-    (``timm:convnext_tiny``), or one of castream's variants (``VARIANTS``: ``cifar_resnet18``,
-    ``cifar_mobilenet_v2``, ``resnet10_os16``).
+    (``timm:convnext_tiny``), one of castream's variants (``VARIANTS``: ``cifar_resnet18``,
+    ``cifar_mobilenet_v2``, ``resnet10_os16``), or a user's own from a factory (``package.module:factory``
+    or ``path/to/file.py:factory``, :func:`load_factory`; its head is replaced when ``num_classes``
+    differs from its own).
     ``weights`` (e.g. ``"IMAGENET1K_V1"``, or ``"pretrained"`` for timm) is the only path that downloads;
     without it the model has random weights."""
+    if is_factory(name):
+        if weights:
+            raise ValueError(
+                f"weights={weights!r} applies to torchvision and timm models; {name} loads its own"
+            )
+        model = load_factory(name)
+        if num_classes is not None:
+            from .backbones import describe
+
+            if describe(model, verify=False).num_classes != num_classes:
+                model = replace_head(model, num_classes)
+        return model
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if name in VARIANTS:
         if weights:

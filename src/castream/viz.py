@@ -18,9 +18,19 @@ from .preprocess import Preprocess
 
 
 def to_pixels(image: Tensor, preprocess: Preprocess | None = None) -> np.ndarray:
-    """A normalized (C, H, W) image as (H, W, C) floats in [0, 1]."""
-    pixels = (preprocess or Preprocess()).denormalize(image.detach().float().cpu()).clamp(0, 1)
-    return pixels.permute(1, 2, 0).numpy()
+    """A normalized (C, H, W) image as (H, W, C) floats in [0, 1], undoing ``preprocess`` (the statistics
+    the image was normalized with). ``None`` is allowed only for an image already in [0, 1] (pixels): a
+    guessed normalization would wash out or darken the picture without a word."""
+    image = image.detach().float().cpu()
+    if preprocess is None:
+        if image.min() < 0 or image.max() > 1:
+            raise ValueError(
+                f"the image has values in [{image.min():.3g}, {image.max():.3g}] (it is normalized): pass "
+                "preprocess= with its statistics (castream.Preprocess(mean, std), e.g. Preprocess() for "
+                "ImageNet's)"
+            )
+        return image.permute(1, 2, 0).numpy()
+    return preprocess.denormalize(image).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def overlay(

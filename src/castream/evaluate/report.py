@@ -417,6 +417,13 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
             else ""
         )
         + (". Probabilities: per-class sigmoids" if config.scores == "sigmoid" else "")
+        + f". Input statistics: mean {runner.preprocess.mean}, std {runner.preprocess.std}"
+        + (
+            f". The models ran under {config.amp} autocast (castream's own steps in float32)"
+            if config.amp
+            else ""
+        )
+        + (", channels_last" if config.channels_last else "")
         + ". Baselines: "
         + ", ".join(config.baselines or ("none",))
         + ".",

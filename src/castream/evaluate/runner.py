@@ -99,6 +99,8 @@ class EvalConfig:
     method_options: dict = field(default_factory=dict)
     metric_options: dict = field(default_factory=dict)  # metric group -> keyword options of its function
     normalization: str = "imagenet"  # input mean/std: "imagenet" or "cifar100" (as the model was trained)
+    mean: tuple[float, ...] | None = None  # explicit input statistics (with std): override normalization
+    std: tuple[float, ...] | None = None
     scores: str = "softmax"  # class probabilities of the metrics: "softmax", or "sigmoid" (multi-label)
     multilabel_targets: str = "top"  # multi-label data: the positive class with the highest logit, or "all"
     boxes: str | None = None  # ImageNet bounding-box XML folder
@@ -134,6 +136,11 @@ class EvalConfig:
                 raise ValueError(f"unknown {name} {unknown}; expected a subset of {list(allowed)}")
         self._check_metric_options()
         Preprocess.named(self.normalization)
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together: give both (one value per input channel) or neither")
+        if self.mean is not None:
+            self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
+            self.preprocess()
         metrics.check_scores(self.scores)
         if self.multilabel_targets not in MULTILABEL_TARGETS:
             raise ValueError(
@@ -171,6 +178,12 @@ class EvalConfig:
             for key, value in options.items():
                 if key in RUNNER_OPTIONS.get(group, {}):
                     check_int(f"{group}.{key}", value)
+
+    def preprocess(self) -> Preprocess:
+        """The input statistics: explicit ``mean``/``std``, else the named ``normalization``."""
+        return (
+            Preprocess(self.mean, self.std) if self.mean is not None else Preprocess.named(self.normalization)
+        )
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -240,7 +253,7 @@ class Runner:
         self.rank, self.world, self.device = distributed()
         if device is not None:
             self.device = torch.device(device)
-        self.preprocess = Preprocess.named(config.normalization)
+        self.preprocess = config.preprocess()
         options = {"boxes": config.boxes} if config.boxes else {}
         stats = {"mean": self.preprocess.mean, "std": self.preprocess.std}
         self.dataset = open_dataset(
