@@ -709,3 +709,21 @@ def test_masking_methods_never_forward_an_empty_batch(name):
     finally:
         handle.remove()
     assert maps.shape == (2, 16, 16) and 0 not in sizes
+
+
+def test_random_map_defaults_to_the_explained_layers_grid():
+    """Per-pixel noise is no chance level for deletion on photos (issue 20): the default lattice is the
+    default layer's resolution (7 x 7 for ResNet-18 at 224 px, 2 x 2 at 64 px; a ViT's patch grid)."""
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    for side, grid in ((224, 7), (64, 2)):
+        x = torch.randn(2, 3, side, side)
+        torch.testing.assert_close(
+            saliency.get("random")(model)(x), saliency.get("random")(model, grid=grid)(x)
+        )
+    vit = tiny_vit().eval()
+    assert saliency.get("random")(vit).lattice(torch.zeros(1, 3, 32, 32)) == (4, 4)
+    x = torch.randn(1, 3, 16, 16)
+    pixel = saliency.get("random")(model, grid="pixel")(x, upsample=False, normalize=False)
+    assert pixel.shape == (1, 16, 16)
+    with pytest.raises(ValueError, match="grid must be an int >= 1 or one of"):
+        saliency.get("random")(model, grid="coarse")

@@ -226,8 +226,8 @@ def _ddp_worker(rank, world, init, root, out, queue):
     Trainer(
         castream.train.StreamRecipe(model), train, None, config(epochs=1, max_steps=1), out, progress=False
     ).fit()
-    if rank == 0:
-        queue.put({k: v.clone() for k, v in model.stream.state_dict().items()})
+    if rank == 0:  # numpy arrays travel by value: a tensor's shared-memory handle dies with this process
+        queue.put({k: v.detach().cpu().numpy().copy() for k, v in model.stream.state_dict().items()})
     dist.destroy_process_group()
 
 
@@ -257,7 +257,7 @@ def test_two_process_ddp_step_equals_single_process(shapes, tmp_path):
     for p in procs:
         p.join(timeout=60)
     for k, v in single.stream.state_dict().items():
-        torch.testing.assert_close(distributed[k], v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(distributed[k]), v, rtol=1e-5, atol=1e-6)
 
 
 def test_workers_auto_and_bad_values():

@@ -425,7 +425,7 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
         )
         + (", channels_last" if config.channels_last else "")
         + ". Baselines: "
-        + ", ".join(config.baselines or ("none",))
+        + ", ".join(_baseline_text(runner, b) for b in config.baselines or ("none",))
         + ".",
         "",
         *(
@@ -532,6 +532,26 @@ def _csv_rows(runner, cells: list[dict], models: list[dict]) -> list[dict]:
                 row[key if part == "mean" else f"{key}_{part}"] = round(entry[part] * scale, 6)
         rows.append(row)
     return rows
+
+
+def _baseline_text(runner, name: str) -> str:
+    """A baseline as the report names it: what the random map is, so that its scores read right."""
+    if name == "fakecam":
+        return "Fake-CAM (keeps every pixel but one)"
+    if name != "random":
+        return name
+    grid = runner.config.method_options.get("random", {}).get("grid", "layer")
+    lattice = (
+        "the explained layer's resolution"
+        if grid == "layer"
+        else "one value per pixel"
+        if grid == "pixel"
+        else f"a {grid} x {grid} grid"
+    )
+    return (
+        f"random (seeded uniform noise at {lattice}, upsampled: what a map of that smoothness scores by "
+        "chance)"
+    )
 
 
 def write_report(runner) -> dict:

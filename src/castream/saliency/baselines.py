@@ -7,8 +7,10 @@ import zlib
 import torch
 from torch import Tensor, nn
 
-from ..backbones import describe, resolve_module
+from .._hooks import forward_hooks
+from ..backbones import default_layer, describe, is_vit, prefix_tokens, resolve_module
 from ..stream import StreamModel
+from ..utils import meta_call
 from .base import SaliencyMethod, combine
 
 
@@ -71,28 +73,51 @@ class FakeCAM(SaliencyMethod):
 
 
 class RandomMap(SaliencyMethod):
-    """A seeded random map: the chance level of every metric. Uniform noise on a ``grid`` x ``grid`` lattice
-    (default: one value per pixel), upsampled bilinearly like a CAM of that resolution (pass the explained
-    layer's size for a baseline as smooth as the maps it is compared with). Each image's noise is drawn
-    from ``seed`` and a checksum of the image's content, so an image gets the same map in any batch, in
-    any order and under any pooling; the model is never run."""
+    """A seeded random map: uniform noise on a lattice, upsampled bilinearly like a CAM of that resolution.
+
+    ``grid``: ``"layer"`` (default) the resolution of the layer CAM methods explain by default (the
+    description's last tap; a ViT's patch grid), so that the baseline is as smooth as the maps it is
+    compared with; an int ``n`` for an n x n lattice; ``"pixel"`` for one value per pixel. Per-pixel noise
+    is no chance level for deletion on photos: blacking out scattered pixels destroys a photo faster than
+    any object-shaped map (an out-of-distribution effect), so it would make every method look worse than
+    chance. Each image's noise is drawn from ``seed`` and a checksum of the image's content, so an image
+    gets the same map in any batch, in any order and under any pooling; the model is never run (its
+    layer's size is read on the meta device)."""
 
     name = "random"
     uses_layer = False
+    GRIDS = ("layer", "pixel")
 
-    def __init__(self, model: nn.Module, layer=None, *, seed: int = 0, grid: int | None = None, **options):
+    def __init__(self, model: nn.Module, layer=None, *, seed: int = 0, grid: int | str = "layer", **options):
         if layer is not None:
             raise ValueError("the random map uses no layer; got layer=" + repr(layer))
-        for option, value in (("seed", seed), ("grid", grid)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"{option} must be an integer, got {type(value).__name__} {value!r}")
-        if seed < 0 or (grid is not None and grid < 1):
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
+        if isinstance(grid, str) and grid not in self.GRIDS:
+            raise ValueError(f"grid must be an int >= 1 or one of {self.GRIDS}, got {grid!r}")
+        if not isinstance(grid, str) and (isinstance(grid, bool) or not isinstance(grid, int)):
+            raise TypeError(
+                f"grid must be an integer or one of {self.GRIDS}, got {type(grid).__name__} {grid!r}"
+            )
+        if seed < 0 or (isinstance(grid, int) and grid < 1):
             raise ValueError(f"need seed >= 0 and grid >= 1, got seed={seed}, grid={grid}")
         super().__init__(model, **options)
         self.seed, self.grid = seed, grid
+        self._sizes: dict[tuple[int, ...], tuple[int, int]] = {}
+
+    def lattice(self, images: Tensor) -> tuple[int, int]:
+        """(h, w) of the noise for images of this shape."""
+        if isinstance(self.grid, int):
+            return self.grid, self.grid
+        if self.grid == "pixel":
+            return tuple(images.shape[-2:])
+        key = tuple(images.shape[1:])
+        if key not in self._sizes:
+            self._sizes[key] = layer_grid(self.model, key, self.forward_kwargs)
+        return self._sizes[key]
 
     def compute(self, images: Tensor, targets) -> Tensor:
-        height, width = (self.grid, self.grid) if self.grid else images.shape[-2:]
+        height, width = self.lattice(images)
         quantized = (images.detach().float() * 1024).round().to(torch.int32).cpu().numpy()
         start = zlib.crc32(str(self.seed).encode())  # torch's CPU generator keeps 32 bits of a seed
         maps = [
@@ -100,3 +125,24 @@ class RandomMap(SaliencyMethod):
             for q in quantized
         ]
         return torch.stack(maps).to(images.device, images.dtype)
+
+
+def layer_grid(
+    model: nn.Module, image_shape: tuple[int, ...], forward_kwargs: dict | None = None
+) -> tuple[int, int]:
+    """Spatial size of the layer CAM methods explain by default for inputs of ``image_shape`` (C, H, W):
+    a CNN's (h, w), a ViT's patch grid; read on the meta device."""
+    name = default_layer(model)
+    shapes = []
+    with forward_hooks([(model.get_submodule(name), lambda m, a, out: shapes.append(tuple(out.shape)))]):
+        meta_call(model, (1, *image_shape), **(forward_kwargs or {}))
+    shape = shapes[0] if shapes else ()
+    if len(shape) == 4:
+        return shape[2], shape[3]
+    if len(shape) == 3 and is_vit(model):
+        side = round((shape[1] - prefix_tokens(model)) ** 0.5)
+        return side, side
+    raise ValueError(
+        f"the random map's grid='layer' needs the default layer {name!r} of {type(model).__name__} to be a "
+        f"feature map, got shape {shape}; pass grid= (an int, or 'pixel')"
+    )
