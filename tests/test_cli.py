@@ -215,3 +215,22 @@ def test_timm_models_default_to_their_pretrained_statistics(tmp_path, capsys, mo
     out = capsys.readouterr().out
     assert "from its pretrained_cfg" in out and seen["size"] == 224
     assert seen["mean"] == pytest.approx((0.5, 0.5, 0.5)) and seen["std"] == pytest.approx((0.5, 0.5, 0.5))
+
+
+def test_train_takes_explicit_statistics_and_records_them(tmp_path, capsys):
+    data = tmp_path / "synth"
+    assert (
+        main(["synth", "--out", str(data), "--classes", "3", "--train", "8", "--val", "4", "--size", "32"])
+        == 0
+    )
+    args = ["train", "classifier", "--data", f"synthetic:{data}", "--size", "32", "--epochs", "1"]
+    args += ["--batch-size", "4", "--workers", "0", "--quiet", "--out", str(tmp_path / "run")]
+    assert main([*args, "--mean", "0.4", "0.4", "0.4", "--std", "0.2", "0.2", "0.2"]) == 0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["config"]["extra"]["normalization"] == {"mean": [0.4] * 3, "std": [0.2] * 3}
+    capsys.readouterr()
+    assert (
+        main([*args, "--normalization", "cifar100", "--mean", "0.4", "0.4", "0.4", "--std", "1", "1", "1"])
+        == 2
+    )
+    assert "either --normalization or --mean/--std" in capsys.readouterr().err

@@ -99,6 +99,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         default="imagenet",
         help="input mean/std (evaluate the model with the same --normalization)",
     )
+    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="input mean per channel")
+    p.add_argument("--std", type=float, nargs="+", default=None, metavar="S", help="input std per channel")
     p.add_argument(
         "--rotation", type=float, default=0.0, help="cifar augmentation: random rotation ± degrees"
     )
@@ -181,16 +183,30 @@ def _train_config(args: argparse.Namespace, **extra):
         workers=args.workers,
         checkpoint_every=args.checkpoint_every,
         warmup_epochs=args.warmup_epochs,
-        extra={**extra, "normalization": args.normalization},
+        extra={**extra, "normalization": _training_stats(args)[1]},
     )
+
+
+def _training_stats(args: argparse.Namespace) -> tuple[dict, str | dict]:
+    """The input statistics of training, and how the run records them: the --normalization name, or the
+    explicit --mean/--std (evaluate the model with the same)."""
+    from castream.preprocess import NORMALIZATIONS, Preprocess
+
+    if (args.mean is None) != (args.std is None):
+        raise UsageError("--mean and --std go together (one value per input channel each)")
+    if args.mean is None:
+        return dict(zip(("mean", "std"), NORMALIZATIONS[args.normalization])), args.normalization
+    if args.normalization != "imagenet":
+        raise UsageError("give either --normalization or --mean/--std, not both")
+    chosen = Preprocess(args.mean, args.std)
+    return {"mean": chosen.mean, "std": chosen.std}, {"mean": list(chosen.mean), "std": list(chosen.std)}
 
 
 def _training_data(args: argparse.Namespace):
     from castream.data import cifar_train_transform, eval_transform, train_transform
     from castream.data.registry import open_dataset
-    from castream.preprocess import NORMALIZATIONS
 
-    stats = dict(zip(("mean", "std"), NORMALIZATIONS[args.normalization]))
+    stats = _training_stats(args)[0]
     if args.augment == "cifar":  # pad-and-crop at full size: the eval images are not resized either
         augment = cifar_train_transform(args.size, rotation=args.rotation, **stats)
         evaluate = eval_transform(args.size, resize=args.size, **stats)
