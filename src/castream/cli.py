@@ -79,7 +79,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         required=True,
         help="KIND:PATH, KIND in synthetic, imagenet, cub, voc, cifar100, mit67, folder",
     )
-    p.add_argument("--model", default="resnet18", help="torchvision name, or timm:NAME")
+    p.add_argument("--model", default="resnet18", help=MODEL_HELP)
     p.add_argument("--weights", default=None, help="pretrained weights to download (e.g. IMAGENET1K_V1)")
     p.add_argument("--checkpoint", default=None, help="local weights (.safetensors or .pt) to start from")
     p.add_argument("--out", required=True, help="folder for checkpoints and logs")
