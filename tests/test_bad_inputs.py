@@ -12,6 +12,7 @@ import torch
 import castream
 from castream import metrics, saliency
 from castream.cli import main
+from castream.interop.quantus import explain as quantus_explain
 from castream.models import build_model
 
 from _models import TinyNet
@@ -108,6 +109,62 @@ API_CASES = {
         TypeError,
         "grid must be an integer",
     ),
+    # issue 21: numbers that ran silently before
+    "extremal perturbation with an infinite lr": (
+        lambda m: saliency.get("ep")(m, lr=float("inf")),
+        ValueError,
+        "lr must be a finite number",
+    ),
+    "extremal perturbation with a negative area growth": (
+        lambda m: saliency.get("ep")(m, area_growth=-1),
+        ValueError,
+        "area_growth .* need > 0",
+    ),
+    "extremal perturbation with jitter as a string": (
+        lambda m: saliency.get("ep")(m, jitter="False"),
+        TypeError,
+        "jitter must be True or False",
+    ),
+    "fading rate above 1": (
+        lambda m: metrics.fading_rate(torch.tensor([[0.5, 1.5]])),
+        ValueError,
+        r"fractions in \[0, 1\]",
+    ),
+    "fading rate with NaN": (
+        lambda m: metrics.fading_rate(torch.tensor([[float("nan"), 0.5]])),
+        ValueError,
+        r"fractions in \[0, 1\]",
+    ),
+    "fading rate of a list": (
+        lambda m: metrics.fading_rate([[0.5, 0.5]]),
+        TypeError,
+        "floating-point tensor",
+    ),
+    "fading rate of integers": (
+        lambda m: metrics.fading_rate(torch.tensor([[0, 1]])),
+        TypeError,
+        "floating-point tensor",
+    ),
+    "quantus explain with fractional targets": (
+        lambda m: quantus_explain(m, _images().numpy(), np.array([0.7, 1.9])),
+        TypeError,
+        "targets must be integer class indices",
+    ),
+    "quantus explain with bool targets": (
+        lambda m: quantus_explain(m, _images().numpy(), np.array([True, False])),
+        TypeError,
+        "targets must be integer class indices",
+    ),
+    "quantus explain with uint8 images": (
+        lambda m: quantus_explain(m, (_images() * 255).to(torch.uint8).numpy(), [0, 1]),
+        TypeError,
+        "floating-point model inputs",
+    ),
+    "quantus explain with channels-last images": (
+        lambda m: quantus_explain(m, _images(2, 64).permute(0, 2, 3, 1).numpy(), [0, 1]),
+        ValueError,
+        "look channels-last",
+    ),
 }
 
 
@@ -162,6 +219,14 @@ def test_corrupt_evaluation_config_names_the_file(tmp_path):
 
 
 CLI_CASES = [
+    (  # issue 21: an option of a method that is not evaluated was ignored with exit code 0
+        [
+            *("evaluate", "--model", "resnet18", "--data", "synthetic:x", "--out", "o"),
+            *("--methods", "gradcam", "--option", "scorecam.batch_size=abc"),
+        ],
+        1,
+        "not among the methods",
+    ),
     (
         ["evaluate", "--model", "resnet18", "--data", "synthetic:x", "--out", "o", "--compare", "nopath"],
         2,

@@ -375,7 +375,8 @@ def _add_train(sub) -> None:
 
 
 def _dotted_options(items: list[str], option: str, form: str) -> dict:
-    """``NAME.KEY=VALUE`` pairs -> {name: {key: value}} (values parsed as JSON when possible)."""
+    """``NAME.KEY=VALUE`` pairs -> {name: {key: value}}: values parsed as JSON when possible (numbers,
+    true/false/null, lists), True/False/None as booleans and None, anything else a string."""
     import json
 
     options: dict = {}
@@ -385,8 +386,8 @@ def _dotted_options(items: list[str], option: str, form: str) -> dict:
             raise UsageError(f"{option} takes {form}, got {key!r}")
         try:
             parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
+        except json.JSONDecodeError:  # Python's spelling of the JSON constants too (jitter=False)
+            parsed = {"True": True, "False": False, "None": None}.get(value, value)
         options.setdefault(method, {})[name] = parsed
     return options
 

@@ -121,6 +121,12 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown baseline {unknown}; expected a subset of {list(BASELINES)}")
         self.methods = tuple(dict.fromkeys([*self.methods, *self.baselines]))
+        for method in self.method_options:
+            if method not in self.methods:
+                raise ValueError(
+                    f"method_options names {method!r}, which is not among the methods {self.methods}; "
+                    "an option of a method that is not evaluated would be ignored"
+                )
         for method, count in self.method_images.items():
             if method not in self.methods:
                 raise ValueError(

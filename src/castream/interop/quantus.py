@@ -28,10 +28,28 @@ def explain(
     reference = next(model.parameters(), None)
     device = device or (reference.device if reference is not None else "cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
-    images = torch.as_tensor(np.asarray(inputs), device=device, dtype=dtype)
-    labels = (
-        None if targets is None else torch.as_tensor(np.asarray(targets), device=device).long().reshape(-1)
-    )
+    array = np.asarray(inputs)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(
+            f"inputs must be floating-point model inputs (normalized images), got {array.dtype}; convert "
+            "uint8 pixels with your preprocessing first"
+        )
+    if array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
+        raise ValueError(
+            f"inputs of shape {array.shape} look channels-last (B, H, W, C); castream and Quantus' torch "
+            "models take (B, C, H, W): pass inputs.transpose(0, 3, 1, 2)"
+        )
+    images = torch.as_tensor(array, device=device, dtype=dtype)
+    labels = None
+    if targets is not None:
+        classes = np.asarray(targets)
+        if classes.dtype == bool or not np.issubdtype(classes.dtype, np.integer):
+            integral = np.issubdtype(classes.dtype, np.floating) and np.all(np.mod(classes, 1) == 0)
+            if not integral:
+                raise TypeError(
+                    f"targets must be integer class indices, got {classes.dtype} {classes.tolist()}"
+                )
+        labels = torch.as_tensor(classes.astype(np.int64), device=device).reshape(-1)
     with saliency.get(method)(model, **options) as explainer:
         maps = explainer(images, labels)
     return maps.detach().float().cpu().numpy()

@@ -160,7 +160,13 @@ def fading_rate(rows: Tensor) -> float:
     ``1 − mean(adversarial) / mean(clean)``, the relative loss of accuracy in the adversarial environment
     (lower is better). The paper's Tables 4 and 5 fit this with a clean accuracy of 75.28% for every cell
     (e.g. 1 − 18.40/75.28 = 75.56%). NaN when no clean image is classified correctly."""
-    if rows.dim() != 2 or rows.shape[1] != 2:
+    if not isinstance(rows, Tensor) or not rows.is_floating_point():
+        got = f"a {rows.dtype} tensor" if isinstance(rows, Tensor) else type(rows).__name__
+        raise TypeError(f"expected a floating-point tensor of (N, 2) accuracy rows, got {got}")
+    if rows.dim() != 2 or rows.shape[1] != 2 or len(rows) == 0:
         raise ValueError(f"expected (N, 2) rows of (adversarial, clean) accuracy, got {tuple(rows.shape)}")
+    if not torch.isfinite(rows).all() or rows.min() < 0 or rows.max() > 1:
+        bad = rows[~(torch.isfinite(rows).all(1) & (rows >= 0).all(1) & (rows <= 1).all(1))]
+        raise ValueError(f"accuracies are fractions in [0, 1]; got rows {bad[:3].tolist()} ({len(bad)} such)")
     clean = float(rows[:, 1].mean())
     return 1 - float(rows[:, 0].mean()) / clean if clean > 0 else float("nan")

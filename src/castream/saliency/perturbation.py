@@ -137,11 +137,22 @@ class ExtremalPerturbation(SaliencyMethod):
         check_int("max_iter", max_iter, minimum=0)
         check_int("levels", levels, minimum=2)
         check_int("step", step)
+        numbers = {"max_blur": max_blur, "sigma": sigma, "lr": lr, "momentum": momentum}
+        numbers.update(area_weight=area_weight, area_growth=area_growth)
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if not (max_blur > 0 and sigma > 0 and lr > 0 and 0 <= momentum < 1 and area_weight >= 0):
             raise ValueError(
                 f"need max_blur, sigma, lr > 0, momentum in [0, 1), area_weight >= 0; got {max_blur}, "
                 f"{sigma}, {lr}, {momentum}, {area_weight}"
             )
+        if area_growth <= 0:
+            raise ValueError(
+                f"area_growth multiplies the area weight every iteration: need > 0, got {area_growth}"
+            )
+        if not isinstance(jitter, bool):
+            raise TypeError(f"jitter must be True or False, got {type(jitter).__name__} {jitter!r}")
         super().__init__(model, **options)
         self.areas, self.variant, self.max_iter, self.levels = areas, variant, max_iter, levels
         self.max_blur, self.step, self.sigma, self.jitter = max_blur, step, sigma, jitter
