@@ -244,3 +244,13 @@ def test_option_values_parse_python_booleans():
         ["ep.jitter=False", "ep.lr=0.1", "ep.areas=[0.1,0.2]", "x.y=text"], "--option", "F"
     )
     assert parsed == {"ep": {"jitter": False, "lr": 0.1, "areas": [0.1, 0.2]}, "x": {"y": "text"}}
+
+
+def test_import_castream_defers_importlib_metadata():
+    """The version is looked up on first use, so the console script's start imports less before main()
+    installs its Ctrl-C handler (issue 21)."""
+    code = "import sys, castream; print('importlib.metadata' in sys.modules); print(castream.__version__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[0] == "False" and out[1] == castream.__version__

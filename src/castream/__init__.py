@@ -5,7 +5,6 @@ them under a documented protocol.
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 
 # Every public name loads on first use (PEP 562), so ``import castream`` (and the console script's start,
 # where a Ctrl-C must give one line, not a traceback) does not import torch.
@@ -46,17 +45,25 @@ def __getattr__(name: str):
         return import_module(f".{name}", __name__)
     if name in _NAMES:
         return getattr(import_module(f".{_NAMES[name]}", __name__), name)
+    if name == "__version__":
+        return _version()
     raise AttributeError(f"module 'castream' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_NAMES, *_SUBPACKAGES})
+    return sorted({*globals(), *_NAMES, *_SUBPACKAGES, "__version__"})
 
 
-try:
-    __version__ = version("castream")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+def _version() -> str:
+    """The installed distribution's version, looked up on first use: importing importlib.metadata at
+    start-up would widen the window in which a Ctrl-C gives a traceback instead of one line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("castream")
+    except PackageNotFoundError:  # running from a source tree without installation
+        return "0.0.0+unknown"
+
 
 __all__ = [
     "IMAGENET_MEAN",
