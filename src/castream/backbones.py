@@ -260,6 +260,11 @@ def _spatial(event: Event) -> int | None:
     return shape[2] * shape[3] if shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1 else None
 
 
+def _area_of(output: object) -> int | None:
+    """H * W of a 4-D tensor output, else None."""
+    return output.shape[2] * output.shape[3] if isinstance(output, Tensor) and output.dim() == 4 else None
+
+
 def _area(t: Tensor) -> int:
     return t.shape[2] * t.shape[3] if t.dim() == 4 else 0
 
@@ -407,6 +412,17 @@ def _rule(model: nn.Module, probe_size: int) -> _Rule:
     if not isinstance(output, Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
         raise _unsupported(model, f"its output is {shape}, not (B, classes) logits")
+    collapsed = [
+        e.name
+        for e in trace.modules()
+        if isinstance(e.module, nn.Conv2d) and max(e.module.stride) > 1 and _area_of(e.output) == 1
+    ]
+    if collapsed:
+        raise ValueError(
+            f"the probe of {probe_size} x {probe_size} pixels is too small for {type(model).__name__}: "
+            f"{collapsed[0]!r} already downsamples it to 1 x 1, so the rule cannot see the global pooling "
+            "or the stages; pass a larger probe_size (e.g. 224)"
+        )
     pools = [e for e in trace.events if _is_global_pool(e)]
     if not pools:
         raise _unsupported(model, "it has no global pooling of a (B, C, H, W) feature map")
@@ -448,8 +464,16 @@ def _verify(model: nn.Module, spec: BackboneSpec) -> None:
         with forward_hooks([(module, lambda m, a, out: captured.append(out.clone()))]):
             output = model(x)
         logits = output if isinstance(output, Tensor) else None
-        pooled = spec.pool_input(captured[-1]).mean(dim=(2, 3))
-        found = spec.classify(model, pooled)
+        try:
+            pooled = spec.pool_input(captured[-1]).mean(dim=(2, 3))
+            found = spec.classify(model, pooled)
+        except Exception as err:  # the head does not take the pooled features at all
+            raise _unsupported(
+                model,
+                f"the description ({spec.how}: last tap {spec.taps[-1]!r}, head {list(spec.head)}) fails "
+                f"when its head is fed the pooled last tap ({type(err).__name__}: "
+                f"{str(err).splitlines()[0]})",
+            ) from None
     if logits is None or logits.dim() != 2:
         return  # a tuple/dict output: the logits cannot be told apart here; methods take output=
     scale = logits.abs().max().item() + 1e-6
