@@ -275,5 +275,5 @@ def test_a_shared_module_chosen_as_a_tap_is_a_clear_error():
 
 def test_a_probe_too_small_is_named_as_such():
     """describe(model, probe_size=8) said 'it has no global pooling' of a model that has one (issue 21)."""
-    with pytest.raises(ValueError, match="probe of 8 x 8 pixels is too small .* probe_size"):
+    with pytest.raises(ValueError, match=r"probe of 8 x 8 pixels is too small .* probe_size"):
         castream.describe(torchvision.models.efficientnet_b0(), probe_size=8)
