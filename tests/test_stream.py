@@ -278,3 +278,24 @@ def test_bad_input_errors():
         specific(torch.randn(2, 3, 64, 64), labels=torch.tensor([1]))
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         specific(torch.randn(2, 3, 64, 64), labels=torch.tensor([1, 10]))
+
+
+@pytest.mark.parametrize(
+    "metadata, fragment",
+    [
+        ({}, "has no 'config' entry"),
+        ({"config": "{not json"}, "config is not JSON"),
+        ({"config": "[1, 2]"}, "config is a list"),
+        ({"config": '{"family": "x"}'}, "invalid stream config .*lacks"),
+    ],
+)
+def test_stream_checkpoint_with_bad_metadata_names_the_file(tmp_path, metadata, fragment):
+    """A bare JSONDecodeError / KeyError: 'config' before (issue 21)."""
+    from safetensors.torch import save_file
+
+    from castream.stream import CHECKPOINT_FORMAT, read_stream_config
+
+    path = tmp_path / "bad.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"format": CHECKPOINT_FORMAT, **metadata})
+    with pytest.raises(ValueError, match=f"bad.safetensors: .*{fragment}"):
+        read_stream_config(path)

@@ -347,7 +347,20 @@ def read_stream_config(path: str | os.PathLike) -> StreamConfig:
         raise ValueError(f"{path} is not a readable safetensors stream checkpoint: {err}") from None
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a castream stream checkpoint (format {metadata.get('format')!r})")
-    return StreamConfig.from_json(metadata["config"])
+    if "config" not in metadata:
+        raise ValueError(f"{path}: the stream checkpoint's metadata has no 'config' entry")
+    try:
+        config = json.loads(metadata["config"])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: the stream checkpoint's config is not JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{path}: the stream checkpoint's config is a {type(config).__name__}, not an object"
+        )
+    try:
+        return StreamConfig.from_json(metadata["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: invalid stream config ({err})") from None
 
 
 def load_stream(backbone: nn.Module, path: str | os.PathLike) -> StreamModel:
