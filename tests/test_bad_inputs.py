@@ -390,3 +390,20 @@ def test_cli_malformed_method_option(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--option takes METHOD.KEY=VALUE" in err and len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_of_another_architecture_lists_the_keys(tmp_path):
+    """The cause was cut off after 'Error(s) in loading state_dict for ResNet:' (issue 21)."""
+    import torchvision
+
+    from castream.models import load_weights, save_weights
+
+    save_weights(torchvision.models.resnet18(num_classes=5), tmp_path / "r18.safetensors")
+    with pytest.raises(ValueError) as info:
+        load_weights(torchvision.models.resnet34(num_classes=10), tmp_path / "r18.safetensors")
+    message = str(info.value)
+    assert (
+        "r18.safetensors does not fit ResNet" in message
+        and "96 missing keys (layer1.2.conv1.weight" in message
+    )
+    assert "fc.weight (5, 512) vs (10, 512)" in message

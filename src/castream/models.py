@@ -194,13 +194,32 @@ def read_state(path: str | os.PathLike) -> dict:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a local checkpoint (see :func:`read_state`) into ``model``."""
-    try:
-        model.load_state_dict(read_state(path))
-    except RuntimeError as err:
+    """Load a local checkpoint (see :func:`read_state`) into ``model``; a checkpoint of another
+    architecture or class count is an error listing the missing, unexpected and mismatched keys."""
+    state = read_state(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+            for what, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("keys of another shape, checkpoint vs model", mismatched),
+            )
+            if keys
+        ]
         raise ValueError(
-            f"checkpoint {path} does not fit {type(model).__name__}: {str(err).splitlines()[0]}"
-        ) from None
+            f"checkpoint {path} does not fit {type(model).__name__} (another architecture or class count?): "
+            + "; ".join(parts)
+        )
+    model.load_state_dict(state)
     return model
 
 
