@@ -688,3 +688,48 @@ def test_a_failing_host_step_surfaces_and_keeps_finished_batches(artifacts, tmp_
     with pytest.raises(RuntimeError, match="host step failed"):
         runner.evaluate_cell("resnet10_os16", "gap", "gradcam")
     assert len(runner.finished("resnet10_os16-gap-gradcam")) == 3  # the first batch of 3
+
+
+def test_voc_image_without_objects_is_skipped_not_explained_as_class_0(tmp_path):
+    """An annotation with no object has no class to explain; it was explained as class 0 and counted in
+    AD/AG/AI (issue 21). It is skipped with its reason, like an unreadable image."""
+    from PIL import Image
+
+    from castream.evaluate.report import read_shards
+    from test_data import voc_xml
+
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    scenes = {
+        "2008_000001": [("dog", (1, 1, 30, 40))],
+        "2008_000002": [],
+        "2008_000003": [("cat", (5, 5, 50, 50))],
+    }
+    (root / "JPEGImages").mkdir(parents=True)
+    for name, objects in scenes.items():
+        Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy()).save(
+            root / "JPEGImages" / f"{name}.jpg"
+        )
+        voc_xml(root / "Annotations" / f"{name}.xml", objects, w=64, h=64)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "val.txt").write_text("\n".join(scenes) + "\n")
+    save_weights(build_model("resnet10_os16", num_classes=20), tmp_path / "voc.safetensors")
+    cfg = EvalConfig(
+        model="resnet10_os16",
+        data=f"voc:{root}",
+        checkpoint=str(tmp_path / "voc.safetensors"),
+        poolings=("gap",),
+        methods=("gradcam",),
+        baselines=(),
+        metrics=("recognition",),
+        size=32,
+        resize=32,
+        batch_size=3,
+        out=str(tmp_path / "out"),
+    )
+    runner = Runner(cfg, progress=False, log=lambda *_: None)
+    runner.run()
+    empty = runner.dataset.samples.index(next(s for s in runner.dataset.samples if "000002" in str(s.path)))
+    rows, _ = read_shards(tmp_path / "out", "resnet10_os16-gap-gradcam")
+    assert empty not in rows and len(rows) == 2
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "1 image(s) without an object to explain" in markdown and "**Incomplete:**" not in markdown

@@ -90,13 +90,15 @@ def _records(out: Path, cell: str):
 
 
 def skipped_images(runner) -> list[dict]:
-    """Unreadable images left out of the evaluation (``{"index", "reason"}``), from the shards."""
+    """Images left out of the evaluation (``{"index", "reason"}``), from the shards: unreadable ones (in
+    every cell) and multi-label images without an object (in the method cells only: they still count in
+    the mAP)."""
     found = {}
-    for label in runner.models:
-        for pooling in runner.poolings(label):
-            for record in _records(runner.out, _cell(label, pooling, "accuracy")):
-                for entry in record.get("skipped", []):
-                    found.setdefault(entry["index"], entry)
+    cells = [(label, pooling, "accuracy") for label in runner.models for pooling in runner.poolings(label)]
+    for cell in [*cells, *runner.cells()]:
+        for record in _records(runner.out, _cell(*cell)):
+            for entry in record.get("skipped", []):
+                found.setdefault(entry["index"], entry)
     return [found[i] for i in sorted(found)]
 
 
@@ -387,7 +389,16 @@ def _skipped(entries: list[dict]) -> list[str]:
     if not entries:
         return []
     listed = "; ".join(e["reason"] for e in entries[:10]) + ("; ..." if len(entries) > 10 else "")
-    return [f"**Skipped:** {len(entries)} unreadable image(s) left out of every table ({listed}).", ""]
+    unlabelled = sum("no class to explain" in e["reason"] for e in entries)
+    kinds = [
+        f"{count} {what}"
+        for count, what in (
+            (len(entries) - unlabelled, "unreadable image(s)"),
+            (unlabelled, "image(s) without an object to explain"),
+        )
+        if count
+    ]
+    return [f"**Skipped:** {' and '.join(kinds)} left out of every table ({listed}).", ""]
 
 
 def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str], results: dict) -> str:
@@ -565,6 +576,9 @@ def write_report(runner) -> dict:
     all_rows = {}
     for label, pooling, method in runner.cells():
         rows, timings = read_shards(out, _cell(label, pooling, method))
+        skipped = {
+            e["index"] for r in _records(out, _cell(label, pooling, method)) for e in r.get("skipped", [])
+        }
         all_rows[(label, pooling, method)] = rows
         curves = {
             kind: (fractions.tolist(), torch.tensor(series).mean(0).tolist())
@@ -579,7 +593,8 @@ def write_report(runner) -> dict:
                 "label": f"{label} " * several + f"{method} {POOLING_NAMES[pooling]}",
                 "images": len({k[0] if isinstance(k, tuple) else k for k in rows}),
                 "rows": len(rows),
-                "images_asked": len(runner.method_indices(method)),
+                # images the cell could explain: skipped ones (unreadable, no object) are listed apart
+                "images_asked": len(set(runner.method_indices(method)) - skipped),
                 "metrics": _aggregate(rows, config.seed).summary(),
                 "seconds_per_8": sum(s for s, _ in timings) / max(1, sum(n for _, n in timings)) * 8,
                 "curves": curves,

@@ -454,6 +454,24 @@ class Runner:
                 pending = pool.submit(self._read, batches[k + 1]) if k + 1 < len(batches) else None
                 yield self._to_device(read)
 
+    @staticmethod
+    def _without_unlabelled(indices: list[int], images: Tensor, labels: Tensor, meta: list, skipped: list):
+        """Multi-label images whose annotation has no object have no class to explain: they are left out
+        and recorded as skipped (they were explained as class 0 before). ``images`` is None when none is
+        left."""
+        empty = (labels == 0).all(dim=1).tolist()
+        if not any(empty):
+            return indices, images, labels, meta
+        skipped.extend(
+            {"index": i, "reason": "its annotation has no object, so there is no class to explain"}
+            for i, e in zip(indices, empty)
+            if e
+        )
+        keep = [j for j, e in enumerate(empty) if not e]
+        if not keep:
+            return [], None, None, []
+        return [indices[j] for j in keep], images[keep], labels[keep], [meta[j] for j in keep]
+
     def _targets(self, labels: Tensor, logits: Tensor) -> Tensor:
         """The ground-truth class; for multi-label images the positive class with the highest logit."""
         if labels.dim() == 1:
@@ -547,6 +565,10 @@ class Runner:
         with bar, ThreadPoolExecutor(1, thread_name_prefix="castream-host") as host:
             finishing = None
             for indices, images, labels, targets_meta, skipped in self._loaded(todo):
+                if images is not None and self.multilabel:
+                    indices, images, labels, targets_meta = self._without_unlabelled(
+                        indices, images, labels, targets_meta, skipped
+                    )
                 if images is None:
                     record = {"images": [], "skipped": skipped}
                     finishing = self._after(host, finishing, partial(self._append, cell, record))
