@@ -181,6 +181,25 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(shapes, tmp_path, m
     assert not list(tmp_path.glob(".checkpoint.pt.*"))
 
 
+def test_full_disk_inside_torch_save_says_so(tmp_path, monkeypatch):
+    """torch.save reports a full disk as '[enforce fail at inline_container.cc:672] . unexpected pos ...'
+    (issue 21): the error names the file, the cause and that the previous checkpoint is intact."""
+    from castream.utils import atomic_write
+
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"previous")
+
+    def failing(tmp):
+        tmp.write_bytes(b"part")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 4000")
+
+    with pytest.raises(OSError, match=r"No space left .*checkpoint.pt; the previous checkpoint.pt is intact"):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"previous" and not list(tmp_path.glob(".checkpoint.pt.*"))
+    with pytest.raises(RuntimeError, match="another failure"):  # other errors pass through unchanged
+        atomic_write(target, lambda tmp: (_ for _ in ()).throw(RuntimeError("another failure")))
+
+
 def test_warm_up_is_linear_per_step_then_the_schedule(shapes, tmp_path):
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 

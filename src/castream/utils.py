@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -73,9 +74,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as err:
+            # torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos"
+            full = getattr(err, "errno", None) == errno.ENOSPC or "unexpected pos" in str(err)
+            if not full:
+                raise
+            previous = (
+                f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            )
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on the disk while writing {path}; {previous} (free space and rerun)",
+            ) from err
         os.replace(tmp, path)
     finally:
         if tmp.exists():
