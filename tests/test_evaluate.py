@@ -566,21 +566,17 @@ def test_unreadable_evaluation_image_is_skipped_and_listed(artifacts, tmp_path):
     assert "**Skipped:** 1 unreadable image" in (tmp_path / "out" / "results.md").read_text()
 
 
-def test_voc_every_positive_class_with_sigmoid_probabilities(tmp_path):
+def _voc_folder(tmp_path, scenes: dict):
+    """A Pascal VOC 2012 layout with one random 64 x 64 JPEG per scene (name -> [(class, box)]), its val
+    split, and a random 20-class resnet10_os16 at ``tmp_path / "voc.safetensors"``."""
     from PIL import Image
 
-    from castream.evaluate.report import read_shards
     from test_data import voc_xml
 
     root = tmp_path / "VOCdevkit" / "VOC2012"
-    scenes = {
-        "2008_000001": [("dog", (1, 1, 30, 40)), ("person", (30, 10, 60, 60))],
-        "2008_000002": [("cat", (5, 5, 50, 50))],
-        "2008_000003": [("person", (0, 0, 64, 64)), ("cat", (10, 10, 20, 20)), ("car", (40, 40, 60, 60))],
-    }
+    (root / "JPEGImages").mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
     for name, objects in scenes.items():
-        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
         pixels = (torch.rand(64, 64, 3, generator=g) * 255).byte().numpy()
         Image.fromarray(pixels).save(root / "JPEGImages" / f"{name}.jpg")
         voc_xml(root / "Annotations" / f"{name}.xml", objects, w=64, h=64)
@@ -588,6 +584,21 @@ def test_voc_every_positive_class_with_sigmoid_probabilities(tmp_path):
     (root / "ImageSets" / "Main" / "val.txt").write_text("\n".join(scenes) + "\n")
     torch.manual_seed(0)
     save_weights(build_model("resnet10_os16", num_classes=20), tmp_path / "voc.safetensors")
+    return root
+
+
+def test_voc_every_positive_class_with_sigmoid_probabilities(tmp_path):
+
+    from castream.evaluate.report import read_shards
+
+    root = _voc_folder(
+        tmp_path,
+        {
+            "2008_000001": [("dog", (1, 1, 30, 40)), ("person", (30, 10, 60, 60))],
+            "2008_000002": [("cat", (5, 5, 50, 50))],
+            "2008_000003": [("person", (0, 0, 64, 64)), ("cat", (10, 10, 20, 20)), ("car", (40, 40, 60, 60))],
+        },
+    )
     cfg = EvalConfig(
         model="resnet10_os16",
         data=f"voc:{root}",
@@ -693,26 +704,17 @@ def test_a_failing_host_step_surfaces_and_keeps_finished_batches(artifacts, tmp_
 def test_voc_image_without_objects_is_skipped_not_explained_as_class_0(tmp_path):
     """An annotation with no object has no class to explain; it was explained as class 0 and counted in
     AD/AG/AI (issue 21). It is skipped with its reason, like an unreadable image."""
-    from PIL import Image
 
     from castream.evaluate.report import read_shards
-    from test_data import voc_xml
 
-    root = tmp_path / "VOCdevkit" / "VOC2012"
-    scenes = {
-        "2008_000001": [("dog", (1, 1, 30, 40))],
-        "2008_000002": [],
-        "2008_000003": [("cat", (5, 5, 50, 50))],
-    }
-    (root / "JPEGImages").mkdir(parents=True)
-    for name, objects in scenes.items():
-        Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy()).save(
-            root / "JPEGImages" / f"{name}.jpg"
-        )
-        voc_xml(root / "Annotations" / f"{name}.xml", objects, w=64, h=64)
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    (root / "ImageSets" / "Main" / "val.txt").write_text("\n".join(scenes) + "\n")
-    save_weights(build_model("resnet10_os16", num_classes=20), tmp_path / "voc.safetensors")
+    root = _voc_folder(
+        tmp_path,
+        {
+            "2008_000001": [("dog", (1, 1, 30, 40))],
+            "2008_000002": [],
+            "2008_000003": [("cat", (5, 5, 50, 50))],
+        },
+    )
     cfg = EvalConfig(
         model="resnet10_os16",
         data=f"voc:{root}",

@@ -99,9 +99,9 @@ def saliency_grid(
     picture.save(path, compress_level=1)
 
 
-def _save(fig, path, dpi: float = 110) -> None:
+def _save(fig, path) -> None:
     """Write a figure as PNG, fast (zlib level 1: the figures are re-written by every report) and close it."""
-    fig.savefig(path, dpi=dpi, pil_kwargs={"compress_level": 1})
+    fig.savefig(path, dpi=110, pil_kwargs={"compress_level": 1})
     plt.close(fig)
 
 
