@@ -95,3 +95,26 @@ def test_demo_cli_help_names_retrain(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "--retrain" in capsys.readouterr().out
+
+
+def test_demo_cache_follows_the_weights_content(tmp_path, monkeypatch):
+    """Weights changed in place never lend their cached results: the evaluation folder is named after the
+    weights' content (it was named after their path, and the demo reported the old weights' accuracy)."""
+    from castream.models import read_state, save_weights
+
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    for name in ("classifier.safetensors", "stream.safetensors"):
+        (shipped / name).write_bytes((demo.WEIGHTS / name).read_bytes())
+    monkeypatch.setattr(demo, "WEIGHTS", shipped)
+    config = DemoConfig(**TINY_EVAL)
+    quiet = {"progress": False, "log": lambda m: None}
+    before = run_demo(tmp_path / "demo", config, **quiet)["models"][0]["accuracy"]["probability"]["mean"]
+    state = read_state(shipped / "classifier.safetensors")
+    state["fc.weight"] = -state["fc.weight"]  # other weights at the same path: the least likely class wins
+    model = demo.build_model("resnet10_os16", num_classes=6)
+    model.load_state_dict(state)
+    save_weights(model, shipped / "classifier.safetensors")
+    after = run_demo(tmp_path / "demo", config, **quiet)["models"][0]["accuracy"]["probability"]["mean"]
+    assert after < before / 2
+    assert len(list((tmp_path / "demo" / "cache").glob("eval-*"))) == 2

@@ -377,7 +377,7 @@ def test_method_images_baselines_discrimination_and_paired_comparisons(artifacts
     cell = next(c for c in results["cells"] if c["method"] == "gradcam")
     assert {"discrimination", "energy_target", "sp_target", "sp"} <= set(cell["metrics"])
     # the comparison is the paired bootstrap of the per-image rows of the two cells
-    from castream.evaluate.report import read_shards
+    from castream.evaluate.results import read_shards
 
     gap, _ = read_shards(tmp_path, "resnet10_os16-gap-gradcam")
     ca, _ = read_shards(tmp_path, "resnet10_os16-ca-gradcam")
@@ -419,7 +419,7 @@ def test_box_study_and_metric_options_in_the_runner(artifacts, tmp_path):
 
 
 def test_adversarial_verification_in_the_runner(artifacts, tmp_path):
-    from castream.evaluate.report import read_shards
+    from castream.evaluate.results import read_shards
 
     cfg = config(
         artifacts,
@@ -589,7 +589,7 @@ def _voc_folder(tmp_path, scenes: dict):
 
 def test_voc_every_positive_class_with_sigmoid_probabilities(tmp_path):
 
-    from castream.evaluate.report import read_shards
+    from castream.evaluate.results import read_shards
 
     root = _voc_folder(
         tmp_path,
@@ -641,7 +641,7 @@ def test_voc_every_positive_class_with_sigmoid_probabilities(tmp_path):
 
 
 def _cell_rows(out, cell):
-    from castream.evaluate.report import read_shards
+    from castream.evaluate.results import read_shards
 
     return read_shards(out, cell)[0]
 
@@ -695,7 +695,7 @@ def test_a_failing_host_step_surfaces_and_keeps_finished_batches(artifacts, tmp_
         return original(**kw)
 
     monkeypatch.setattr(runner, "_host_metrics", failing)
-    runner._check_config()
+    runner.claim()
     with pytest.raises(RuntimeError, match="host step failed"):
         runner.evaluate_cell("resnet10_os16", "gap", "gradcam")
     assert len(runner.finished("resnet10_os16-gap-gradcam")) == 3  # the first batch of 3
@@ -705,7 +705,7 @@ def test_voc_image_without_objects_is_skipped_not_explained_as_class_0(tmp_path)
     """An annotation with no object has no class to explain; it was explained as class 0 and counted in
     AD/AG/AI (issue 21). It is skipped with its reason, like an unreadable image."""
 
-    from castream.evaluate.report import read_shards
+    from castream.evaluate.results import read_shards
 
     root = _voc_folder(
         tmp_path,
@@ -735,3 +735,73 @@ def test_voc_image_without_objects_is_skipped_not_explained_as_class_0(tmp_path)
     assert empty not in rows and len(rows) == 2
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "1 image(s) without an object to explain" in markdown and "**Incomplete:**" not in markdown
+
+
+# --- stale, foreign and user files (issue 21, items 1-4) ---------------------------------------------
+
+
+def _small(artifacts, out, **kw):
+    options = dict(methods=("gradcam",), poolings=("gap",), stream=None, baselines=(), images=6)
+    return config(artifacts, out, **{**options, "metrics": ("recognition",), **kw})
+
+
+def test_a_checkpoint_changed_in_place_is_not_served_the_old_results(artifacts, tmp_path):
+    """The run folder is tied to the weights' content, not their path: other weights at the same path are
+    refused with the reason, and give other results in a new folder."""
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(artifacts["checkpoint"].read_bytes())
+    quiet = {"progress": False, "log": lambda *_: None}
+    Runner(_small(artifacts, tmp_path / "a", checkpoint=str(weights)), **quiet).run()
+    torch.manual_seed(1)
+    save_weights(build_model("resnet10_os16", num_classes=3), weights)
+    with pytest.raises(ValueError, match=r"the weights of resnet10_os16 changed .*replaced at the same path"):
+        Runner(_small(artifacts, tmp_path / "a", checkpoint=str(weights)), **quiet).run()
+    Runner(_small(artifacts, tmp_path / "b", checkpoint=str(weights)), **quiet).run()
+    assert read_csv(tmp_path / "a" / "results.csv") != read_csv(tmp_path / "b" / "results.csv")
+
+
+def test_foreign_and_duplicate_shard_records_are_ignored_with_a_warning(artifacts, tmp_path):
+    """A record of another run (another seed's images) placed in a shard, and a second copy of a record,
+    are not averaged in: the run recomputes what they replaced, warns, and the report says so."""
+    logs = []
+    Runner(_small(artifacts, tmp_path / "a"), progress=False, log=lambda *_: None).run()
+    Runner(_small(artifacts, tmp_path / "b", seed=3), progress=False, log=lambda *_: None).run()
+    name = "shards/resnet10_os16-gap-gradcam.rank0.jsonl"
+    own, foreign = ((tmp_path / d / name).read_text().splitlines() for d in "ab")
+    assert json.loads(own[0])["run"] != json.loads(foreign[0])["run"]
+    (tmp_path / "a" / name).write_text("\n".join([foreign[0], *own[1:], own[1]]) + "\n")
+    expected = read_csv(tmp_path / "a" / "results.csv")
+    Runner(_small(artifacts, tmp_path / "a"), progress=False, log=logs.append).run()
+    assert read_csv(tmp_path / "a" / "results.csv") == expected
+    warnings = [m for m in logs if m.startswith("warning:")]
+    assert any("another run" in m for m in warnings) and any("second record" in m for m in warnings)
+    markdown = (tmp_path / "a" / "results.md").read_text()
+    assert "**Ignored records:** 2 shard record(s)" in markdown
+
+
+def test_evaluate_refuses_a_folder_of_user_files(artifacts, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.md").write_text("my notes")
+    with pytest.raises(FileExistsError, match=r"results\.md; no config\.json"):
+        Runner(_small(artifacts, out), progress=False, log=lambda *_: None).run()
+    assert (out / "results.md").read_text() == "my notes" and sorted(out.iterdir()) == [out / "results.md"]
+
+
+def test_explain_replaces_its_own_files_but_not_the_users(tmp_path, capsys):
+    """A rerun replaces what castream wrote; a file of the user's (or one edited since) is refused unless
+    --overwrite, and then nothing is written."""
+    Image.fromarray((np.random.rand(40, 40, 3) * 255).astype(np.uint8)).save(tmp_path / "cat.png")
+    out = tmp_path / "out"
+    options = ["--model", "resnet18", "--num-classes", "4", "--size", "64", "--out", str(out)]
+    args = ["explain", str(tmp_path / "cat.png"), *options]
+    assert main(args) == 0 and main(args) == 0
+    (out / "cat_gradcam.png").write_bytes(b"my edit")
+    assert main(args) == 1
+    assert "castream did not write there" in capsys.readouterr().err
+    assert (out / "cat_gradcam.png").read_bytes() == b"my edit"
+    assert main([*args, "--overwrite"]) == 0 and (out / "cat_gradcam.png").read_bytes() != b"my edit"
+    (tmp_path / "b").mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "b" / "cat.png")
+    assert main(["explain", str(tmp_path / "cat.png"), str(tmp_path / "b" / "cat.png"), *options]) == 2
+    assert "the same file name" in capsys.readouterr().err

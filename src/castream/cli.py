@@ -553,7 +553,9 @@ def _add_evaluate(sub) -> None:
 
 def _explain(args: argparse.Namespace) -> int:
     """Explain the prediction on IMAGE files: an overlay (PNG) and the raw map (.npy, H x W float32) per
-    image in OUT, and the top-5 classes printed."""
+    image in OUT, and the top-5 classes printed. Files castream did not write there are kept unless
+    --overwrite."""
+    from functools import partial
     from pathlib import Path
 
     import numpy as np
@@ -565,6 +567,7 @@ def _explain(args: argparse.Namespace) -> int:
     from castream.data import eval_transform
     from castream.models import build_model, checkpoint_classes, is_factory, load_weights
     from castream.preprocess import Preprocess
+    from castream.utils import write_owned
 
     if args.num_classes < 1:
         raise UsageError(f"--num-classes must be a positive integer, got {args.num_classes}")
@@ -597,22 +600,34 @@ def _explain(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--labels names {len(names)} classes, but the model has {probabilities.shape[1]} outputs"
         )
+    stems = [f"{Path(path).stem}_{args.method.replace('+', 'p')}" for path in args.images]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise UsageError(f"images with the same file name would write the same files: {repeated}")
     targets = None if args.target is None else [args.target] * len(images)
     with autocast(device, args.amp):
         maps = method(images, targets).cpu()
     images = images.cpu()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path, image, m, p in zip(args.images, images, maps, probabilities):
-        stem = f"{Path(path).stem}_{args.method.replace('+', 'p')}"
-        viz.save_overlay(out / f"{stem}.png", image, m, preprocess)
-        np.save(out / f"{stem}.npy", m.numpy().astype(np.float32))
+    files = {}
+    for stem, image, m in zip(stems, images, maps):
+        files[f"{stem}.png"] = partial(viz.save_overlay, image=image, saliency=m, preprocess=preprocess)
+        files[f"{stem}.npy"] = partial(_save_npy, array=m.numpy().astype(np.float32))
+    write_owned(out, files, overwrite=args.overwrite)
+    for path, stem, p in zip(args.images, stems, probabilities):
         top = p.topk(min(5, len(p)))
         listing = ", ".join(
             f"{names[i] if names else i} {v:.3f}" for v, i in zip(top.values.tolist(), top.indices.tolist())
         )
         print(f"{path}: {listing} -> {out / stem}.png")
     return 0
+
+
+def _save_npy(path, array) -> None:
+    import numpy as np
+
+    with open(path, "wb") as f:  # np.save would append .npy to a temporary file's name
+        np.save(f, array)
 
 
 def _class_names(args: argparse.Namespace, model) -> list[str] | None:
@@ -643,6 +658,11 @@ def _add_explain(sub) -> None:
     _add_input_options(p)
     p.add_argument("--labels", default=None, help="text file with one class name per line")
     p.add_argument("--out", default="explanations")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in OUT that castream did not write there (its own are always replaced)",
+    )
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda when present)")
     _add_speed_options(p)
     p.set_defaults(func=_explain)

@@ -30,7 +30,7 @@ from .data import SyntheticShapes, eval_transform, synthetic, train_transform
 from .evaluate import EvalConfig, Runner
 from .models import build_model, load_weights
 from .train import TrainConfig, train_classifier, train_stream
-from .utils import atomic_write
+from .utils import atomic_write, file_digest
 
 WEIGHTS = Path(__file__).parent / "demo_weights"
 REPORT_FILES = ("results.md", "results.json", "results.csv", "saliency_grid.png", "curves.png", "ad_ag.png")
@@ -218,7 +218,10 @@ def run_demo(
         "seed": config.seed,
         "method_options": {"scorecam": {"batch_size": 256}, "random": {"grid": 4}},
     }
-    key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:12]
+    # the folder is named after the settings and the weights' content, so weights changed in place (or a
+    # run that failed on other weights) never lend their results to these ones
+    identity = {**fields, "digests": [file_digest(weights), file_digest(stream)]}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:12]
     evaluation = EvalConfig(**fields, out=str(cache / f"eval-{key}"))
     start = time.perf_counter()
     results = Runner(evaluation, progress=progress, log=log).run()

@@ -1,8 +1,11 @@
-"""Small shared utilities: parameter and FLOP counting, meta-device probing, atomic file writes."""
+"""Small shared utilities: parameter and FLOP counting, meta-device probing, atomic file writes, file
+content digests, files written only where castream owns them."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -105,3 +108,66 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
     return int(value)
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """``"sha256:<hex>"`` of a file's content: what identifies a checkpoint (the same path may hold other
+    weights later). Computed once per file and process, cached by path, size, mtime and inode."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise FileNotFoundError(f"cannot read {path}: {err.strerror}") from None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        _DIGESTS[key] = f"sha256:{digest.hexdigest()}"
+    return _DIGESTS[key]
+
+
+def state_digest(module: nn.Module) -> str:
+    """``"sha256:<hex>"`` of a module's state dict (names, dtypes, shapes and values): the identity of the
+    weights a result was computed with, however they were loaded."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return f"sha256:{digest.hexdigest()}"
+
+
+MANIFEST = ".castream-files.json"
+
+
+def write_owned(folder: str | os.PathLike, files: dict[str, Callable[[Path], None]], overwrite: bool) -> None:
+    """Write ``files`` (name -> ``write(tmp)``, as :func:`atomic_write`) into ``folder``, keeping a manifest
+    of the digests of what castream wrote there: a rerun replaces its own files, but a file castream did
+    not write (or that was changed since) is only replaced with ``overwrite``. Nothing is written when one
+    is refused."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        manifest = {}  # unreadable: every existing file counts as not castream's
+    if not overwrite:
+        foreign = [
+            name
+            for name in files
+            if (folder / name).exists() and manifest.get(name) != file_digest(folder / name)
+        ]
+        if foreign:
+            raise FileExistsError(
+                f"{folder} already holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, "
+                "which castream did not write there (or which changed since); pass --overwrite "
+                "(overwrite=True) to replace them, or choose another --out"
+            )
+    for name, write in files.items():
+        manifest[name] = file_digest(atomic_write(folder / name, write))
+    atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True)))

@@ -44,7 +44,7 @@ def overlay(
 def save_overlay(
     path: str | os.PathLike, image: Tensor, saliency: Tensor, preprocess: Preprocess | None = None
 ) -> None:
-    plt.imsave(path, np.clip(overlay(image, saliency, preprocess), 0, 1))
+    plt.imsave(path, np.clip(overlay(image, saliency, preprocess), 0, 1), format="png")
 
 
 def saliency_grid(

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         runner = Runner(config, progress=False, log=lambda *_: None, device=device)
         label = next(iter(runner.models))
         model = runner.models[label]
+        runner.claim()
         runner.evaluate_accuracy(label, "gap")
         counter = [0]
         handle = _count_forwards(model, counter)

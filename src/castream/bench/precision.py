@@ -18,8 +18,8 @@ from .. import saliency
 from ..data import SyntheticShapes, eval_transform, synthetic
 from ..demo import WEIGHTS, DemoConfig
 from ..evaluate import EvalConfig, Runner
-from ..evaluate.report import read_shards
-from ..evaluate.runner import _cell, load_classifier
+from ..evaluate.results import cell_name, read_shards
+from ..evaluate.runner import load_classifier
 from ..stream import load_stream
 from ._timing import base_parser, emit, environment, precision
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             runner = Runner(config, progress=False, log=lambda *_: None, device=device)
             runner.run()
-            rows[amp] = {c: read_shards(runner.out, _cell(*c))[0] for c in runner.cells()}
+            rows[amp] = {c: read_shards(runner.out, cell_name(*c))[0] for c in runner.cells()}
         for key in VALUES:
             per_image, of_means = [], []
             for cell, reference in rows[None].items():

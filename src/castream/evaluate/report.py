@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import platform
-from pathlib import Path
 
 import torch
 
@@ -14,7 +13,7 @@ from .. import metrics, viz
 from ..saliency import RawAttention
 from ..stream import StreamModel
 from ..utils import count_flops, count_parameters
-from .runner import _cell, shard_records
+from .results import cell_name
 
 # metric key -> (column title, shown x100 as a percentage, lower is better; None: neither)
 COLUMNS = {
@@ -67,26 +66,7 @@ ARROWS = {True: "↓", False: "↑", None: ""}  # lower is better / higher is be
 # per-image metrics compared between GAP and CA with the paired bootstrap
 COMPARED = ("ad", "ag", "ai", "insertion", "deletion", "overall", "sp", "discrimination", "sp_target")
 POOLING_NAMES = {"gap": "GAP", "ca": "CA"}
-
-
-def read_shards(out: Path, cell: str) -> tuple[dict[int | tuple[int, int], dict], list[tuple[float, int]]]:
-    """Rows of a cell (first record wins) and its (seconds, batch) timings. A row is keyed by its image
-    index, or by (image index, class) where every positive class of a multi-label image is explained."""
-    rows: dict[int | tuple[int, int], dict] = {}
-    timings = []
-    for record in _records(out, cell):
-        for row in record["images"]:
-            if "insertion" in row and "deletion" in row:  # SA-CAM §4.5's "overall" AUC, derived per image
-                row["overall"] = row["insertion"] - row["deletion"]
-            rows.setdefault((row["index"], row["class"]) if "class" in row else row["index"], row)
-        if "seconds" in record:
-            timings.append((record["seconds"], len(record["images"])))
-    return rows, timings
-
-
-def _records(out: Path, cell: str):
-    for path in sorted((out / "shards").glob(f"{cell}.rank*.jsonl")):
-        yield from shard_records(path)
+BLUR_NAMES = {"gaussian": "Gaussian", "rise": "RISE gkern"}
 
 
 def skipped_images(runner) -> list[dict]:
@@ -96,9 +76,8 @@ def skipped_images(runner) -> list[dict]:
     found = {}
     cells = [(label, pooling, "accuracy") for label in runner.models for pooling in runner.poolings(label)]
     for cell in [*cells, *runner.cells()]:
-        for record in _records(runner.out, _cell(*cell)):
-            for entry in record.get("skipped", []):
-                found.setdefault(entry["index"], entry)
+        for index, entry in runner.records(cell_name(*cell)).skipped.items():
+            found.setdefault(index, entry)
     return [found[i] for i in sorted(found)]
 
 
@@ -124,7 +103,7 @@ def _fmt(entry: dict | None, percent: bool) -> str:
 
 
 def _accuracy(runner, label: str, pooling: str) -> dict:
-    rows, _ = read_shards(runner.out, _cell(label, pooling, "accuracy"))
+    rows = runner.records(cell_name(label, pooling, "accuracy")).rows
     indices = sorted(rows)
     if runner.multilabel:
         scores = torch.tensor([rows[i]["scores"] for i in indices])
@@ -401,10 +380,19 @@ def _skipped(entries: list[dict]) -> list[str]:
     return [f"**Skipped:** {' and '.join(kinds)} left out of every table ({listed}).", ""]
 
 
+def _ignored(warnings: list[str]) -> list[str]:
+    """A warning paragraph when shard records were ignored (another run's, or a second one of an image)."""
+    if not warnings:
+        return []
+    listed = "; ".join(warnings[:5]) + ("; ..." if len(warnings) > 5 else "")
+    return [f"**Ignored records:** {len(warnings)} shard record(s) were not used ({listed}).", ""]
+
+
 def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str], results: dict) -> str:
     config = runner.config
     settings = metrics.PROTOCOLS[config.protocol]
     maps = runner.map_size()
+    blur = config.metric_options.get("insertion", {}).get("blur") or settings["blur"]
     lines = [
         f"# castream evaluation: {config.model} on {config.data}",
         "",
@@ -413,8 +401,8 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
         f"{len(runner.indices)} evaluation images at {config.size}x{config.size}, seed {config.seed}"
         + (f"; explained layer {maps[0]} with {maps[1]} × {maps[2]} feature maps" if maps else "")
         + ". "
-        f"Causal metrics use protocol `{config.protocol}` (pixels per step ceil(H*W/{settings['steps']}), "
-        f"insertion from a Gaussian blur with kernel {settings['blur_kernel']} and sigma "
+        f"Causal metrics use protocol `{config.protocol}` ({metrics.step_rule(config.protocol)}, "
+        f"insertion from a {BLUR_NAMES[blur]} blur with kernel {settings['blur_kernel']} and sigma "
         f"{settings['blur_sigma']} ({settings['blur_padding']} padding), deletion to {settings['deletion']}, "
         f"{settings['ties']} tie order). Percentages except SM (nats) and "
         "MS; in brackets a 95% bootstrap confidence interval over images; N is the number of images of the "
@@ -454,6 +442,7 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
         ),
         *_coverage(cells),
         *_skipped(results["skipped"]),
+        *_ignored(results["ignored_records"]),
         "## Recognition (thesis Table 3.3 layout)",
         "",
         "| NETWORK | POOL | GFLOPS | #PARAM | "
@@ -575,10 +564,8 @@ def write_report(runner) -> dict:
     fractions = metrics.step_counts(config.size, config.size, config.protocol).double() / config.size**2
     all_rows = {}
     for label, pooling, method in runner.cells():
-        rows, timings = read_shards(out, _cell(label, pooling, method))
-        skipped = {
-            e["index"] for r in _records(out, _cell(label, pooling, method)) for e in r.get("skipped", [])
-        }
+        records = runner.records(cell_name(label, pooling, method))
+        rows, timings, skipped = records.rows, records.timings, set(records.skipped)
         all_rows[(label, pooling, method)] = rows
         curves = {
             kind: (fractions.tolist(), torch.tensor(series).mean(0).tolist())
@@ -617,6 +604,7 @@ def write_report(runner) -> dict:
         "models": models,
         "cells": [{k: v for k, v in c.items() if k != "label"} for c in cells],
         "skipped": skipped_images(runner),
+        "ignored_records": list(runner.warnings),
         "comparisons": compared,
         "summary": summary(runner, cells, models, compared),
         "figures": figures,

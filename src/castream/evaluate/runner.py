@@ -33,7 +33,8 @@ from ..preprocess import Preprocess
 from ..saliency import get as get_method
 from ..stream import StreamModel, load_stream
 from ..train.loop import distributed
-from ..utils import check_int
+from ..utils import atomic_write, check_int, state_digest
+from .results import CellRecords, cell_name, read_cell, read_config, run_id
 
 METRIC_GROUPS = (
     "recognition",
@@ -209,36 +210,18 @@ def load_classifier(name: str, classes: int, weights: str | None, checkpoint: st
     return load_weights(model, checkpoint) if checkpoint else model
 
 
-def shard_records(path: Path) -> Iterator[dict]:
-    """The records of a shard file. Only its last line may be torn (a kill during a write: no newline
-    yet), and it is skipped; any other unreadable or malformed line is an error naming the file and line."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines, start=1):
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            if number == len(lines):  # the unterminated last line
-                continue
-            raise ValueError(
-                f"{path}:{number}: corrupt shard line; delete the file to recompute it"
-            ) from None
-        rows = record.get("images") if isinstance(record, dict) else None
-        if not isinstance(rows, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("index"), int) for r in rows
-        ):
-            raise ValueError(
-                f'{path}:{number}: a shard line must be {{"images": [{{"index": int, ...}}, ...]}}; '
-                "delete the file to recompute it"
-            )
-        yield record
-
-
-def _cell(label: str, pooling: str, method: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "_." else "_" for c in label)
-    return f"{safe}-{pooling}-{method.replace('+', 'p')}"
+def _difference(key: str, stored, current) -> str:
+    """One changed setting of :meth:`Runner.claim`, in words."""
+    if key != "weights":
+        return f"{key}: {stored!r} -> {current!r}"
+    if not isinstance(stored, dict):
+        return "the weights' digests are not recorded (a folder of an earlier castream)"
+    changed = [label for label in current if stored.get(label) != current[label]]
+    return "; ".join(
+        f"the weights of {label} changed ({str(stored.get(label))[:15]}... -> {current[label][:15]}...: "
+        "a checkpoint or stream replaced at the same path?)"
+        for label in changed
+    )
 
 
 class Runner:
@@ -275,16 +258,18 @@ class Runner:
         classes = len(self.dataset.classes)
         backbone = load_classifier(config.model, classes, config.weights, config.checkpoint)
         model = load_stream(backbone, config.stream) if config.stream else backbone
-        self.models = {config.model: model.to(self.device).eval()}
+        self.models = {config.model: model}
         for label, checkpoint in config.compare.items():
             if label in self.models:
                 raise ValueError(f"model label {label!r} is used twice")
-            self.models[label] = (
-                load_classifier(config.model, classes, None, checkpoint).to(self.device).eval()
-            )
-        if config.channels_last:
-            for m in self.models.values():
-                m.to(memory_format=torch.channels_last)
+            self.models[label] = load_classifier(config.model, classes, None, checkpoint)
+        # what the results are computed with: the weights' content, not the paths they were read from
+        self.weights = {label: state_digest(m) for label, m in self.models.items()}
+        memory = torch.channels_last if config.channels_last else torch.preserve_format
+        for m in self.models.values():
+            m.to(self.device, memory_format=memory).eval()
+        self.identity: str | None = None  # the run's identity, set when the output folder is checked
+        self.warnings: list[str] = []  # ignored shard records, in the order they were found
         minimum = min_input_size(model)
         if config.size < minimum:
             raise ValueError(
@@ -352,18 +337,19 @@ class Runner:
     def _shard(self, cell: str) -> Path:
         return self.out / "shards" / f"{cell}.rank{self.rank}.jsonl"
 
-    def finished(self, cell: str) -> set[int]:
-        """Image indices with a record in any shard of ``cell`` (every process's, so the world size may
-        change between runs)."""
-        return {
-            row["index"]
-            for path in self._shards(cell)
-            for record in shard_records(path)
-            for row in record["images"] + record.get("skipped", [])
-        }
+    def records(self, cell: str) -> CellRecords:
+        """The valid records of ``cell`` (every process's shards, so the world size may change between
+        runs); records of another run or a second record of an image are ignored, with a warning."""
+        found = read_cell(self.out, cell, self.identity)
+        for warning in found.ignored:
+            if warning not in self.warnings:
+                self.warnings.append(warning)
+                self.log(f"warning: {warning}")
+        return found
 
-    def _shards(self, cell: str) -> list[Path]:
-        return sorted((self.out / "shards").glob(f"{cell}.rank*.jsonl"))
+    def finished(self, cell: str) -> set[int]:
+        """Image indices of ``cell`` with a valid record: what a resumed run skips."""
+        return self.records(cell).done
 
     def _append(self, cell: str, record: dict) -> None:
         path = self._shard(cell)
@@ -376,33 +362,43 @@ class Runner:
                     f.seek(0)
                     f.truncate(f.read().rfind(b"\n") + 1)
             f.seek(0, os.SEEK_END)
-            f.write((json.dumps(record) + "\n").encode())
+            f.write((json.dumps({"run": self.identity, "cell": cell, **record}) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
 
-    def _check_config(self) -> None:
+    def fingerprint(self) -> dict:
+        """The configuration and the content digest of every model's weights (its stream included)."""
+        return {**self.config.fingerprint(), "weights": self.weights}
+
+    def claim(self) -> None:
+        """Claim the output folder for this run (it must be new or empty: castream never overwrites files
+        it did not write), or check that it holds this run's results; sets the run's identity."""
         path = self.out / "config.json"
-        current = self.config.fingerprint()
-        if path.exists():
-            try:
-                stored = json.loads(path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ValueError(f"cannot read {path} ({err}); delete it or use another --out") from None
-            # a setting added after the stored run was made counts as its default
-            defaults = {f.name: f.default for f in fields(EvalConfig) if f.default is not MISSING}
-            differences = [
-                f"{k}: {stored.get(k, defaults.get(k))!r} -> {v!r}"
-                for k, v in current.items()
-                if stored.get(k, defaults.get(k)) != v
-            ]
-            if differences:
-                raise ValueError(
-                    f"{self.out} holds results of another evaluation ({'; '.join(differences)}); "
-                    "use another --out"
+        current = self.fingerprint()
+        if self.rank == 0 and not path.exists():
+            if self.out.exists() and any(self.out.iterdir()):
+                found = sorted(p.name for p in self.out.iterdir())
+                raise FileExistsError(
+                    f"{self.out} holds files that are not a castream evaluation ({', '.join(found[:5])}"
+                    f"{', ...' if len(found) > 5 else ''}; no config.json); choose a new or empty --out"
                 )
-        elif self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(current, indent=1))
+            atomic_write(path, lambda tmp: tmp.write_text(json.dumps(current, indent=1)))
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        stored = read_config(self.out)
+        # a setting added after the stored run was made counts as its default
+        defaults = {f.name: f.default for f in fields(EvalConfig) if f.default is not MISSING}
+        differences = [
+            _difference(k, stored.get(k, defaults.get(k)), v)
+            for k, v in current.items()
+            if stored.get(k, defaults.get(k)) != v
+        ]
+        if differences:
+            raise ValueError(
+                f"{self.out} holds results of another evaluation ({'; '.join(differences)}); use another "
+                f"--out, or delete {self.out} to recompute"
+            )
+        self.identity = run_id(stored)
 
     def build_method(self, name: str, label: str, pooling: str):
         """The saliency method ``name`` explaining model ``label`` through ``pooling``, with its options."""
@@ -519,7 +515,7 @@ class Runner:
                 yield b, indices
 
     def evaluate_accuracy(self, label: str, pooling: str) -> None:
-        cell = _cell(label, pooling, "accuracy")
+        cell = cell_name(label, pooling, "accuracy")
         done = self.finished(cell)
         todo = [indices for _, indices in self._my_batches() if not set(indices) <= done]
         for indices, images, labels, _, skipped in self._loaded(todo):
@@ -548,7 +544,7 @@ class Runner:
         background thread while the device goes on with the next batch, and loading is prefetched."""
         from tqdm import tqdm
 
-        config, cell = self.config, _cell(label, pooling, method_name)
+        config, cell = self.config, cell_name(label, pooling, method_name)
         done = self.finished(cell)
         model, kwargs = self.models[label], self.forward_kwargs(label, pooling)
         method = self.build_method(method_name, label, pooling)
@@ -712,7 +708,7 @@ class Runner:
         """Evaluate every cell (resuming), then rank 0 writes and returns the report."""
         from .report import write_report
 
-        self._check_config()
+        self.claim()
         for label in self.models:
             for pooling in self.poolings(label):
                 self.evaluate_accuracy(label, pooling)
