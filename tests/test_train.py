@@ -309,3 +309,51 @@ def test_training_loads_no_annotations(tmp_path, monkeypatch):
         model, train, None, tmp_path / "run", TrainConfig(epochs=1, batch_size=4, workers=0), progress=False
     )
     assert seen and all(t == {} for t in seen) and train.annotations
+
+
+# --- files castream did not write, finished runs, the log after a kill (issue 21, items 5, 6, 14) ----
+
+
+def test_training_refuses_user_files_and_a_finished_run_without_resume(shapes, tmp_path):
+    train, _ = shapes
+    quiet = {"progress": False, "log": lambda s: None}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"my weights")
+    with pytest.raises(FileExistsError, match=r"not a castream training run \(model\.safetensors\)"):
+        train_classifier(small_resnet(), train, None, mine, config(epochs=1), **quiet)
+    assert (mine / "model.safetensors").read_bytes() == b"my weights"
+
+    run = tmp_path / "run"
+    train_classifier(small_resnet(), train, None, run, config(epochs=1), **quiet)
+    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train_classifier(small_resnet(), train, None, run, config(epochs=1), **quiet)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == files
+    history = train_classifier(small_resnet(), train, None, run, config(epochs=2), resume=True, **quiet)
+    assert [json.loads(x)["epoch"] for x in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert len(history) == 2
+
+
+def test_a_kill_between_checkpoint_and_log_line_is_repaired_by_resume(shapes, tmp_path, monkeypatch):
+    """The epoch's log line is written after its checkpoint; a kill in between loses the line, and the
+    resumed run restores it from the checkpoint's history (instead of going on without it)."""
+    train, _ = shapes
+    quiet = {"progress": False, "log": lambda s: None}
+    original = Trainer._write_log
+
+    def killed(self):
+        if len(self.history) == 1:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(Trainer, "_write_log", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(ClassifierRecipe(small_resnet()), train, None, config(epochs=1), tmp_path, **quiet).fit()
+    assert (tmp_path / "checkpoint.pt").is_file() and not (tmp_path / "log.jsonl").exists()
+    monkeypatch.setattr(Trainer, "_write_log", original)
+    history = Trainer(
+        ClassifierRecipe(small_resnet()), train, None, config(epochs=2), tmp_path, resume=True, **quiet
+    ).fit()
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert lines == history and [r["epoch"] for r in lines] == [1, 2]

@@ -400,6 +400,27 @@ class Trainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
 
+    def _claim(self) -> None:
+        """A new run needs a new or empty folder: a finished or interrupted run there is continued with
+        ``resume``, and files castream did not write are never overwritten."""
+        found = sorted(p.name for p in self.out_dir.iterdir()) if self.out_dir.is_dir() else []
+        if self.checkpoint_path.exists():
+            raise FileExistsError(
+                f"{self.out_dir} holds a training run ({self.checkpoint_path.name}); pass --resume "
+                "(resume=True) to continue or extend it, or choose another --out"
+            )
+        if found:
+            raise FileExistsError(
+                f"{self.out_dir} holds files that are not a castream training run "
+                f"({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); choose a new or empty --out"
+            )
+
+    def _write_log(self) -> None:
+        """``log.jsonl``: one line per finished epoch, rewritten atomically from the history (which the
+        checkpoint holds), so the log never lacks or repeats an epoch of the checkpoint."""
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        atomic_write(self.out_dir / "log.jsonl", lambda tmp: tmp.write_text(lines))
+
     # -- loops ---------------------------------------------------------------------------------------
     def _loader(self, epoch: int) -> DataLoader:
         self.train_set.epoch = epoch
@@ -498,8 +519,12 @@ class Trainer:
         self._build()
         if self.resume:
             self._load()
+        elif self.rank == 0:
+            self._claim()
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume:  # the log as of the checkpoint: an epoch line lost to a kill comes back
+                self._write_log()
         try:
             while self.epoch < self.config.epochs:
                 start = time.perf_counter()
@@ -515,10 +540,8 @@ class Trainer:
                 self.history.append(record)
                 self._save()
                 if self.rank == 0:
-                    line = json.dumps(record)
-                    with open(self.out_dir / "log.jsonl", "a") as f:
-                        f.write(line + "\n")
-                    self.log(line)
+                    self._write_log()
+                    self.log(json.dumps(record))
         except _StopTraining:
             pass
         return self.history
