@@ -407,3 +407,17 @@ def test_checkpoint_of_another_architecture_lists_the_keys(tmp_path):
         and "96 missing keys (layer1.2.conv1.weight" in message
     )
     assert "fc.weight (5, 512) vs (10, 512)" in message
+
+
+def test_strides_are_measured_not_read_from_a_small_probe():
+    """A ResNet probed at 56 px has a 2 x 2 last map; its strides are still 4..32 (they read as 28 before,
+    and 28-px images were then accepted with all-zero attention maps)."""
+    import torchvision
+
+    expected = castream.describe(torchvision.models.resnet18()).strides
+    assert expected[-1] == 32
+    for size in (56, 100, 112):
+        assert castream.describe(torchvision.models.resnet18(), probe_size=size).strides == expected
+    model = castream.attach_stream(torchvision.models.resnet18(), probe_size=56)
+    with pytest.raises(ValueError, match="at least 32 pixels"):
+        model(torch.randn(1, 3, 28, 28))

@@ -492,6 +492,25 @@ def _verify(model: nn.Module, spec: BackboneSpec) -> None:
         )
 
 
+STRIDE_PROBE = 448  # 2^6 * 7: every power-of-two stride up to 64, and ViT-like 14, 28, 56, divide it
+
+
+def _strides(model: nn.Module, taps: tuple[str, ...], channels: int, size: int, shapes: list) -> tuple:
+    """Each tap's stride, measured as how much its map grows when the input grows by ``STRIDE_PROBE``
+    pixels: exact whatever the padding and the probe size (``size / map size`` is not: a ResNet probed at
+    56 px has a 2 x 2 last map, which reads as stride 28, not 32). A model that takes only one input size
+    keeps ``size / map size``."""
+    try:
+        larger, _ = probe_shapes(model, taps, (1, channels, size + STRIDE_PROBE, size + STRIDE_PROBE))
+    except ValueError:
+        larger = None
+    strides = []
+    for shape, bigger in zip(shapes, larger or shapes):
+        grown = bigger[2] - shape[2] if larger is not None else 0
+        strides.append(max(1, round(STRIDE_PROBE / grown)) if grown > 0 else max(1, round(size / shape[2])))
+    return tuple(strides)
+
+
 def describe(
     model: nn.Module,
     *,
@@ -557,7 +576,7 @@ def describe(
         head=head,
         head_input=head_input,
         dims=tuple(int(s[1]) for s in shapes),
-        strides=tuple(max(1, round(probe_size / s[2])) for s in shapes),
+        strides=_strides(model, tuple(taps), in_channels, probe_size, shapes),
         num_classes=int(num_classes),
         in_channels=in_channels,
         num_parameters=count_parameters(model, trainable_only=False),
