@@ -50,6 +50,40 @@ def test_captum_input_attribution_through_castream_metrics(model):
         saliency.get("captum:Nothing")
 
 
+def _min_max(a):
+    lo, hi = a.amin((1, 2), keepdim=True), a.amax((1, 2), keepdim=True)
+    return torch.nan_to_num((a - lo) / (hi - lo))  # a constant map is all zeros, as castream's
+
+
+def test_captum_attributions_that_take_the_module(model):
+    """GuidedBackprop, DeepLift and GuidedGradCam hook the network's modules: they get a module (they
+    raised "Given model must be an instance of torch.nn.Module" before). Each equals Captum called on the
+    model directly, and the caller's images and model are left as found."""
+    attr = pytest.importorskip("captum.attr")
+    x = torch.randn(2, 3, 16, 16)
+    t = model(x).argmax(1)  # the predicted classes: their Grad-CAM (in GuidedGradCam) is not all zeros
+    references = {
+        "GuidedBackprop": lambda: attr.GuidedBackprop(model),
+        "DeepLift": lambda: attr.DeepLift(model),
+        "GuidedGradCam": lambda: attr.GuidedGradCam(model, model.features),
+    }
+    for name, reference in references.items():
+        maps = saliency.get(f"captum:{name}")(
+            model, **({"layer": "features"} if name == "GuidedGradCam" else {})
+        )(x, t)
+        expected = _min_max(reference().attribute(x.clone(), target=t).detach().abs().amax(1))
+        torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6, msg=name)
+        assert not x.requires_grad and x.grad is None, name
+        assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules()), name
+    # castream's own guided backprop is the same attribution
+    torch.testing.assert_close(
+        saliency.get("guidedbackprop")(model)(x, t),
+        saliency.get("captum:GuidedBackprop")(model)(x, t),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_quantus_explain_func_round_trip(model):
     quantus = pytest.importorskip("quantus")
     from castream.interop.quantus import explain

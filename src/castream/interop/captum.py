@@ -9,6 +9,7 @@ default layer). Captum's per-channel attributions are reduced to one map per ima
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
@@ -68,9 +69,11 @@ class CaptumMethod(SaliencyMethod):
             raise TypeError(
                 f"attribution must be a captum.attr Attribution class or name, got {attribution!r}"
             )
+        # layer_based: attributions at a layer's resolution; uses_layer: a layer is needed (GuidedGradCam
+        # takes one too, and attributes to the input)
         self.layer_based = issubclass(attribution, attr.LayerAttribution)
-        self.uses_layer = self.layer_based
-        if layer is not None and not self.layer_based:
+        self.uses_layer = _takes(attribution, "layer")
+        if layer is not None and not self.uses_layer:
             raise ValueError(f"{attribution.__name__} attributes to the input; it takes no layer")
         reduce = reduce or ("sum" if self.layer_based else "abs-max")
         if reduce not in REDUCTIONS:
@@ -86,17 +89,36 @@ class CaptumMethod(SaliencyMethod):
         with torch.no_grad():
             t = self.targets(targets, self.logits(images))
 
-        def forward(x: Tensor, *extra) -> Tensor:
-            return self.logits(x)
-
+        # attributions that hook the network's modules (GuidedBackprop, DeepLift, LRP...) take a module;
+        # the others a function. Either computes castream's logits (forward_kwargs, output selection).
+        forward = _Logits(self) if _takes(self.attribution, "model") else (lambda x, *extra: self.logits(x))
         algorithm = (
-            self.attribution(forward, self.layers[0][1]) if self.layer_based else self.attribution(forward)
+            self.attribution(forward, self.layers[0][1]) if self.uses_layer else self.attribution(forward)
         )
         with torch.enable_grad():
-            attributions = algorithm.attribute(images, target=t, **self.attribute_kwargs)
+            # a copy: some attributions (DeepLift) set requires_grad on the tensor they are given
+            attributions = algorithm.attribute(images.detach().clone(), target=t, **self.attribute_kwargs)
         if self.layer_based:
             attributions = self._as_map(self.layers[0][0], attributions)
         return REDUCTIONS[self.reduce](attributions.detach())
+
+
+def _takes(attribution: type, name: str) -> bool:
+    """Whether a Captum attribution's constructor takes ``name`` ("model": a module, not a function;
+    "layer")."""
+    return name in inspect.signature(attribution.__init__).parameters
+
+
+class _Logits(nn.Module):
+    """A method's logits as a module holding the model, for Captum attributions that register hooks on
+    the model's modules."""
+
+    def __init__(self, method: CaptumMethod) -> None:
+        super().__init__()
+        self.model, self._logits = method.model, method.logits
+
+    def forward(self, x: Tensor, *extra) -> Tensor:
+        return self._logits(x)
 
 
 def method_class(attribution: str) -> type[CaptumMethod]:
@@ -111,6 +133,6 @@ def method_class(attribution: str) -> type[CaptumMethod]:
         {
             "attribution": attribution,
             "name": f"captum:{attribution}",
-            "uses_layer": issubclass(cls, attr.LayerAttribution),
+            "uses_layer": _takes(cls, "layer"),
         },
     )
