@@ -202,7 +202,7 @@ def test_insertion_default_starts_from_blur_and_authors_preset():
     _, authors = metrics.deletion(
         Toy(), x, maps, t, preprocess=RAW, protocol="authors-code", return_curves=True
     )
-    assert authors.protocol == "authors-code" and len(authors.fractions) == 29
+    assert authors.protocol == "authors-code" and len(authors.fractions) == 1 + 1024 // (8 * 32)
     assert (
         metrics.step_counts(224, 224).tolist()[:3] == [0, 224, 448]
         and len(metrics.step_counts(224, 224)) == 225
@@ -243,6 +243,70 @@ def test_authors_code_reverses_ties_and_pads_the_blur_with_zeros():
         norm.baseline(z, "blur", kernel_size=4, padding="zeros")
     with pytest.raises(ValueError, match="ties must be one of"):
         metrics.saliency_rank(maps, "random")
+
+
+def _authors_causal(model, image, explanation, target, mode, step, substrate_fn):
+    """A transcription of the authors' (and RISE's) ``CausalMetric.single_run`` and ``auc``: numpy's
+    flip(argsort) order, ``step`` pixels per step, the softmax score of ``target``, and
+    ``auc = (sum - first/2 - last/2) / n_steps``."""
+    import numpy as np
+
+    hw = image.shape[-1] * image.shape[-2]
+    n_steps = (hw + step - 1) // step
+    if mode == "del":
+        start, finish = image.clone(), substrate_fn(image)
+    else:
+        start, finish = substrate_fn(image), image.clone()
+    order = np.flip(np.argsort(explanation.reshape(-1, hw).numpy(), axis=1), axis=-1)
+    scores = np.empty(n_steps + 1)
+    for i in range(n_steps + 1):
+        with torch.no_grad():
+            scores[i] = torch.softmax(model(start), 1)[0, target].item()
+        if i < n_steps:
+            coords = order[:, step * i : step * (i + 1)]
+            start.numpy().reshape(1, 3, hw)[0, :, coords] = finish.numpy().reshape(1, 3, hw)[0, :, coords]
+    return (scores.sum() - scores[0] / 2 - scores[-1] / 2) / (scores.shape[0] - 1)
+
+
+def test_authors_code_preset_equals_the_released_causal_metric():
+    """``protocol="authors-code"`` equals the authors' CausalMetric with their ``gkern(5, 5)`` blur
+    (``conv2d(x, kern, padding=2)``: a 5 x 5 box filter, zero padding), ``torch.zeros_like`` deletion and
+    ``8 * imsize`` pixels per step, at sizes whose step divides H*W (elsewhere their AUC spaces the last,
+    shorter step like the others). Maps without ties: numpy's unstable argsort orders ties arbitrarily."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    def gkern(klen, nsig):
+        inp = np.zeros((klen, klen))
+        inp[klen // 2, klen // 2] = 1
+        k = gaussian_filter(inp, nsig)
+        kern = np.zeros((3, 3, klen, klen), "float32")
+        kern[0, 0], kern[1, 1], kern[2, 2] = k, k, k
+        return torch.from_numpy(kern)
+
+    kern = gkern(5, 5)
+    blur = lambda x: F.conv2d(x, kern, padding=5 // 2)  # noqa: E731 (as the released code)
+    torch.manual_seed(0)
+    model = TinyNet(classes=4).eval()
+    for size in (32, 40):
+        x, maps = torch.randn(2, 3, size, size), torch.rand(2, size, size)
+        t = torch.tensor([1, 3])
+        options = dict(preprocess=Preprocess(), protocol="authors-code")
+        ins = metrics.insertion(model, x, maps, t, **options)
+        dele = metrics.deletion(model, x, maps, t, **options)
+        for i in range(2):
+            args = (model, x[i : i + 1], maps[i], t[i].item())
+            assert ins[i].item() == pytest.approx(_authors_causal(*args, "ins", 8 * size, blur), abs=1e-5)
+            expected = _authors_causal(*args, "del", 8 * size, torch.zeros_like)
+            assert dele[i].item() == pytest.approx(expected, abs=1e-5)
+    assert metrics.protocol_step(64, 64, "authors-code") == 512 and metrics.protocol_step(64, 64) == 19
+    # the thesis preset with RISE's gkern(11, 5) instead of the truncated Gaussian (blur="rise")
+    x, maps, t = torch.randn(1, 3, 24, 24), torch.rand(1, 24, 24), torch.tensor([2])
+    _, curves = metrics.insertion(model, x, maps, t, preprocess=Preprocess(), blur="rise", return_curves=True)
+    reference = F.conv2d(F.pad(x, (5, 5, 5, 5), mode="reflect"), gkern(11, 5))
+    assert curves.probabilities[0, 0].item() == pytest.approx(torch.softmax(model(reference), 1)[0, 2].item())
+    with pytest.raises(ValueError, match="blur kernel must be one of"):
+        metrics.insertion(model, x, maps, t, blur="box")
 
 
 def test_evidence_map_beats_random_map():
@@ -732,3 +796,86 @@ def test_sanity_check_randomizes_whole_blocks():
         metrics.sanity_check(lambda m: saliency.GradCAM(m), model, images, layers=["relu"])
     with pytest.raises(ValueError, match="not a module"):
         metrics.sanity_check(lambda m: saliency.GradCAM(m), model, images, layers=["layer9"])
+
+
+def test_unit_interpretability_equals_a_hand_count():
+    """Thesis eq. (1.15) / Network Dissection: the dataset-level IoU of each unit's top-quantile mask with
+    each concept mask, against an explicit per-image loop."""
+    torch.manual_seed(0)
+    acts = torch.rand(5, 3, 4, 4)
+    masks = torch.rand(5, 2, 8, 8) > 0.6
+    got = metrics.unit_interpretability(acts, masks, top=0.1, batch_size=2)
+    for k in range(3):
+        values = acts[:, k].flatten().sort(descending=True).values
+        threshold = values[round(0.1 * values.numel()) - 1]
+        for c in range(2):
+            inter = union = 0
+            for n in range(5):
+                up = F.interpolate(acts[n : n + 1, k : k + 1], size=(8, 8), mode="bilinear")[0, 0]
+                m = up >= threshold
+                inter += (m & masks[n, c]).sum().item()
+                union += (m | masks[n, c]).sum().item()
+            assert got[k, c].item() == pytest.approx(inter / union)
+    empty = metrics.unit_interpretability(acts, torch.zeros(5, 1, 8, 8, dtype=torch.bool), top=0.1)
+    assert empty.shape == (3, 1) and (empty == 0).all()  # a unit's mask is never empty: IoU 0, not NaN
+    with pytest.raises(ValueError, match="top must be a fraction"):
+        metrics.unit_interpretability(acts, masks, top=0)
+    with pytest.raises(ValueError, match="masks must be"):
+        metrics.unit_interpretability(acts, masks[:2])
+
+
+def _quantus_05_region_perturbation(model, x, a, y, patch, regions, value):
+    """A transcription of Quantus 0.5's ``RegionPerturbation.evaluate_instance`` (order "morf") with a
+    constant ``perturb_baseline``: every top-left position of the zero-padded map scored by its patch sum,
+    sorted descending, overlapping patches skipped, the kept ones replaced cumulatively; the result is the
+    mean of ``p(x) - p(x^(k))`` over k = 1..L (the AOPC of the tutorial the thesis followed)."""
+    import itertools
+
+    import numpy as np
+
+    def predict(arr):
+        with torch.no_grad():
+            return torch.softmax(model(torch.from_numpy(arr)[None]), 1)[0, y].item()
+
+    x, a = x.numpy(), a.numpy()
+    pad = patch - 1
+    a_pad = np.pad(a, ((0, 0), (pad, pad), (pad, pad)))
+    sums, slices = [], []
+    for i, j in itertools.product(range(pad, a_pad.shape[1] - pad), range(pad, a_pad.shape[2] - pad)):
+        sums.append(a_pad[:, i : i + patch, j : j + patch].sum())
+        slices.append((i, j))
+    blocked = np.zeros(a_pad.shape[1:], dtype=bool)
+    kept = []
+    for k in np.argsort(sums, kind="stable")[::-1]:
+        i, j = slices[k]
+        if not blocked[i : i + patch, j : j + patch].any():
+            kept.append((i, j))
+            blocked[i : i + patch, j : j + patch] = True
+        if len(kept) >= regions:
+            break
+    clean, perturbed, results = predict(x), x.copy(), []
+    for i, j in kept:
+        padded = np.pad(perturbed, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+        padded[:, i : i + patch, j : j + patch] = value
+        perturbed = padded[:, pad:-pad, pad:-pad]
+        results.append(clean - predict(np.ascontiguousarray(perturbed)))
+    return float(np.mean(results))
+
+
+def test_aopc_quantus_05_convention_equals_quantus_05_and_relates_to_the_default():
+    torch.manual_seed(0)
+    model = TinyNet(classes=4).eval()
+    x, maps, t = torch.randn(3, 3, 20, 20), torch.rand(3, 20, 20), torch.tensor([0, 2, 3])
+    options = dict(patch_size=4, regions=5, baseline=torch.tensor(0.3))
+    got = metrics.aopc(model, x, maps, t, convention="quantus-0.5", **options)
+    for i in range(3):
+        expected = _quantus_05_region_perturbation(model, x[i], maps[i : i + 1], t[i].item(), 4, 5, 0.3)
+        assert got[i].item() == pytest.approx(expected, abs=1e-6)
+    # castream's default replaces the same patches in pixel space and adds the k = 0 term: with the same
+    # replacement (a pixel value) it is L/(L+1) of the Quantus 0.5 value
+    raw = Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    pixel = torch.full((3, 1, 1), 0.3)
+    default = metrics.aopc(model, x, maps, t, patch_size=4, regions=5, baseline=pixel, preprocess=raw)
+    torch.testing.assert_close(default, got * 5 / 6, rtol=1e-5, atol=1e-7)
+    uniform = metrics.aopc(model, x, maps, t, convention="quantus-0.5", patch_size=4, regions=5, seed=1)
+    assert uniform.shape == (3,) and torch.isfinite(uniform).all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
@@ -26,6 +27,21 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 BASELINES = ("black", "mean", "blur")
+BLUR_KERNELS = ("gaussian", "rise")
+
+
+def _kernel_line(kernel: str, size: int, sigma: float) -> Tensor:
+    """The 1-D factor of a separable blur kernel (both kernels are outer products of it)."""
+    if kernel == "gaussian":
+        coords = torch.arange(size, dtype=torch.float64) - size // 2
+        line = torch.exp(-(coords**2) / (2 * sigma**2))
+        return line / line.sum()
+    from scipy.ndimage import gaussian_filter1d
+
+    # gkern: gaussian_filter of a 2-D delta, which filters each axis in turn: the outer product of this
+    delta = np.zeros(size)
+    delta[size // 2] = 1.0
+    return torch.from_numpy(gaussian_filter1d(delta, sigma, mode="reflect"))
 
 
 class Preprocess:
@@ -80,6 +96,7 @@ class Preprocess:
         images: Tensor,
         kind: str | Tensor = "black",
         *,
+        kernel: str = "gaussian",
         kernel_size: int = 11,
         sigma: float = 5.0,
         padding: str = "reflect",
@@ -87,11 +104,19 @@ class Preprocess:
         """A normalized baseline image for each image: what masked-out pixels become.
 
         ``kind``: ``"black"`` (pixel value 0), ``"mean"`` (the normalization mean colour, i.e. the dataset
-        mean), ``"blur"`` (Gaussian blur of the image, ``kernel_size``/``sigma``; the kernel is capped at
-        ``2 * min(H, W) - 1`` for small images), or a tensor of *pixel*
-        values broadcastable to ``images``. Blur ``padding``: ``"reflect"`` (default) or ``"zeros"``: zero
-        padding of the *normalized* image, i.e. the dataset mean colour beyond the border, as the authors'
-        and RISE's ``conv2d(x, kernel, padding=k // 2)`` (the kernel is then not capped).
+        mean), ``"blur"`` (a blur of the image), or a tensor of *pixel* values broadcastable to ``images``.
+
+        The blur's ``kernel``: ``"gaussian"``, a Gaussian of ``sigma`` truncated to ``kernel_size`` and
+        renormalized (torchvision's ``gaussian_blur``); or ``"rise"``, RISE's and the CA-Stream authors'
+        ``gkern(kernel_size, sigma)``: ``scipy.ndimage.gaussian_filter`` of a centred delta in a
+        ``kernel_size`` square (reflect mode, truncated at 4 σ). For σ near or above the size this is
+        almost flat: ``gkern(5, 5)`` is a 5 x 5 box filter (weights 0.0400 ± 3e-6), ``gkern(11, 5)`` has
+        weights 0.0077-0.0088 where the Gaussian has 0.0044-0.0120.
+
+        ``padding``: ``"reflect"`` (default: the image is reflected; a Gaussian kernel is capped at
+        ``2 * min(H, W) - 1`` for small images) or ``"zeros"``: zero padding of the *normalized* image,
+        i.e. the dataset mean colour beyond the border, as the authors' and RISE's
+        ``conv2d(x, kernel, padding=k // 2)``.
         """
         mean, std = self._stats(images)
         if isinstance(kind, Tensor):
@@ -100,27 +125,36 @@ class Preprocess:
             return (-mean / std).expand_as(images)
         if kind == "mean":
             return torch.zeros_like(images)
-        if kind == "blur" and padding == "zeros":
-            if kernel_size % 2 == 0:
-                raise ValueError(f"zero-padded blur needs an odd kernel_size, got {kernel_size}")
-            coords = torch.arange(kernel_size, device=images.device, dtype=images.dtype) - kernel_size // 2
-            line = torch.exp(-(coords**2) / (2 * sigma**2))
-            line = line / line.sum()
-            channels, half = images.shape[-3], kernel_size // 2
-            flat = images.reshape(-1, *images.shape[-3:])
-            rows = line.view(1, 1, -1, 1).expand(channels, 1, kernel_size, 1)
-            blurred = F.conv2d(flat, rows, padding=(half, 0), groups=channels)  # separable: rows, then
-            blurred = F.conv2d(blurred, rows.transpose(2, 3), padding=(0, half), groups=channels)  # cols
-            return blurred.view_as(images)
-        if padding != "reflect":
+        if kind != "blur":
+            raise ValueError(f"unknown baseline {kind!r}; expected one of {BASELINES} or a pixel tensor")
+        if kernel not in BLUR_KERNELS:
+            raise ValueError(f"blur kernel must be one of {BLUR_KERNELS}, got {kernel!r}")
+        if padding not in ("reflect", "zeros"):
             raise ValueError(f"blur padding must be 'reflect' or 'zeros', got {padding!r}")
-        if kind == "blur":
+        if kernel == "gaussian" and padding == "reflect":
             # Blurring commutes with the per-channel affine normalization (reflect padding, unit-sum kernel).
             # Reflect padding needs the kernel to be shorter than twice the image side.
             kernel_size = min(kernel_size, 2 * min(images.shape[-2:]) - 1)
             flat = images.reshape(-1, *images.shape[-3:])
             return TF.gaussian_blur(flat, [kernel_size, kernel_size], [sigma, sigma]).view_as(images)
-        raise ValueError(f"unknown baseline {kind!r}; expected one of {BASELINES} or a pixel tensor")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"this blur needs an odd kernel_size, got {kernel_size}")
+        half = kernel_size // 2
+        if padding == "reflect" and half >= min(images.shape[-2:]):
+            raise ValueError(
+                f"a reflect-padded {kernel_size} x {kernel_size} kernel needs images larger than {half} "
+                f"pixels, got {tuple(images.shape[-2:])}"
+            )
+        line = _kernel_line(kernel, kernel_size, sigma).to(images.device, images.dtype)
+        channels = images.shape[-3]
+        flat = images.reshape(-1, *images.shape[-3:])
+        if padding == "reflect":
+            flat = F.pad(flat, (half, half, half, half), mode="reflect")
+        pad = (half, 0) if padding == "zeros" else 0
+        rows = line.view(1, 1, -1, 1).expand(channels, 1, kernel_size, 1)
+        blurred = F.conv2d(flat, rows, padding=pad, groups=channels)  # separable: rows, then columns
+        blurred = F.conv2d(blurred, rows.transpose(2, 3), padding=pad[::-1] if pad else 0, groups=channels)
+        return blurred.view_as(images)
 
     def mask(self, images: Tensor, maps: Tensor, baseline: str | Tensor = "black") -> Tensor:
         """Mask normalized ``images`` (..., C, H, W) by ``maps`` (..., H, W) in [0, 1], in pixel space.

@@ -6,7 +6,18 @@ Fractions in [0, 1] everywhere; percentages are applied only by reports.
 from . import aggregate
 from ._common import SCORES, check_scores, probability
 from .aggregate import Aggregator, paired_bootstrap
-from .causal import PROTOCOLS, Curves, aopc, deletion, insertion, region_masks, saliency_rank, step_counts
+from .causal import (
+    PROTOCOLS,
+    Curves,
+    aopc,
+    deletion,
+    insertion,
+    protocol_step,
+    region_masks,
+    saliency_rank,
+    step_counts,
+    step_rule,
+)
 from .discrimination import class_discrimination
 from .localization import (
     box_accuracy,
@@ -14,6 +25,7 @@ from .localization import (
     localization,
     pointing_hits,
     threshold_ious,
+    unit_interpretability,
 )
 from .recognition import (
     BOX_STUDY,
@@ -55,11 +67,14 @@ __all__ = [
     "pearson",
     "pointing_hits",
     "probability",
+    "protocol_step",
     "recognition",
     "region_masks",
     "saliency_rank",
     "sanity_check",
     "spearman",
     "step_counts",
+    "step_rule",
     "threshold_ious",
+    "unit_interpretability",
 ]

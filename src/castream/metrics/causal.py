@@ -21,14 +21,19 @@ from ._common import (
     resolve_targets,
 )
 
-# Presets (PROTOCOL.md). steps: pixels per step = ceil(H*W / steps), i.e. 224 px (thesis) or 1792 px
-# (the authors' released code) at 224 x 224. "coarse" is the thesis protocol with 32 steps (7 times fewer
+# Presets (PROTOCOL.md). steps: pixels per step = ceil(H*W / steps), i.e. 224 px (thesis) at 224 x 224;
+# step_per_side: pixels per step = that many times the image width (the authors' released code takes
+# 8 x imsize: 1792 px at 224, 512 px at 64). "coarse" is the thesis protocol with 32 steps (7 times fewer
 # forwards; the CPU demo's choice): the trapezoid AUC over 33 points instead of 225.
 # ties: "stable" (equal saliency: lower pixel index first) or "reverse" (higher index first: the
 # flip(argsort) of the authors' and RISE's code). blur_padding: "reflect" in pixel space, or "zeros" in
 # normalized space (the authors' conv2d with zero padding, i.e. the dataset mean colour at the border).
+# blur: the kernel's shape, "gaussian" (a Gaussian truncated to blur_kernel) or "rise" (RISE's and the
+# authors' gkern: scipy's gaussian_filter of a centred delta, see Preprocess.baseline).
 _THESIS = {
     "steps": 224,
+    "step_per_side": None,
+    "blur": "gaussian",
     "blur_kernel": 11,
     "blur_sigma": 5.0,
     "blur_padding": "reflect",
@@ -41,7 +46,9 @@ PROTOCOLS: dict[str, dict] = {
     "coarse": {**_THESIS, "steps": 32},
     "authors-code": {
         **_THESIS,
-        "steps": 28,
+        "steps": None,
+        "step_per_side": 8,
+        "blur": "rise",
         "blur_kernel": 5,
         "blur_padding": "zeros",
         "deletion": "mean",
@@ -65,10 +72,26 @@ def _protocol(name: str) -> dict:
     return PROTOCOLS[name]
 
 
+def protocol_step(height: int, width: int, protocol: str = "thesis") -> int:
+    """Pixels per step of a preset: ``ceil(H*W / steps)``, or ``step_per_side * W`` (authors' code)."""
+    settings = _protocol(protocol)
+    if settings["step_per_side"]:
+        return settings["step_per_side"] * width
+    return math.ceil(height * width / settings["steps"])
+
+
+def step_rule(protocol: str) -> str:
+    """A preset's step rule in words (for reports)."""
+    settings = _protocol(protocol)
+    if settings["step_per_side"]:
+        return f"{settings['step_per_side']} x W pixels per step"
+    return f"pixels per step ceil(H*W/{settings['steps']})"
+
+
 def step_counts(height: int, width: int, protocol: str = "thesis", step: int | None = None) -> Tensor:
     """Numbers of changed pixels at each step: 0, step, 2 step, ..., H*W."""
     pixels = height * width
-    step = math.ceil(pixels / _protocol(protocol)["steps"]) if step is None else check_int("step", step)
+    step = protocol_step(height, width, protocol) if step is None else check_int("step", step)
     return (torch.arange(math.ceil(pixels / step) + 1) * step).clamp(max=pixels)
 
 
@@ -101,6 +124,7 @@ def _causal(
     protocol: str,
     step: int | None,
     baseline: str | Tensor | None,
+    blur: str | None,
     batch_size: int | None,
     return_curves: bool,
     normalize: bool,
@@ -120,6 +144,7 @@ def _causal(
     base = preprocess.baseline(
         images,
         baseline,
+        kernel=settings["blur"] if blur is None else blur,
         kernel_size=settings["blur_kernel"],
         sigma=settings["blur_sigma"],
         padding=settings["blur_padding"],
@@ -155,6 +180,7 @@ def _causal_metric(kind: str, doc: str):
         protocol: str = "thesis",
         step: int | None = None,
         baseline: str | Tensor | None = None,
+        blur: str | None = None,
         batch_size: int | None = None,
         return_curves: bool = False,
         normalize: bool = False,
@@ -172,6 +198,7 @@ def _causal_metric(kind: str, doc: str):
             protocol=protocol,
             step=step,
             baseline=baseline,
+            blur=blur,
             batch_size=batch_size,
             return_curves=return_curves,
             normalize=normalize,
@@ -190,13 +217,14 @@ insertion = _causal_metric(
     """Insertion AUC per image (B,) in [0, 1] (thesis Algorithm 1).
 
     Start from ``baseline`` (the protocol's: a Gaussian blur of the image, kernel 11, σ 5, reflect
-    padding for ``"thesis"``; kernel 5 with zero padding in normalized space for ``"authors-code"``) and
-    insert the image's pixels most salient first (ties: stable, lower index first; reversed for
-    ``"authors-code"``), ``step`` pixels at a time (default ``ceil(H*W/224)``, or ``ceil(H*W/28)`` for
-    ``"authors-code"``). The curve is the target probability against the fraction of pixels inserted
-    (0 and 1 included); the AUC is the trapezoid rule. All steps of all images run in batched forwards of
-    ``batch_size`` images. ``return_curves=True`` returns ``(auc, Curves)``; ``scores="sigmoid"`` takes
-    per-class sigmoid probabilities (multi-label models). Higher is better.
+    padding for ``"thesis"``; the authors' ``gkern(5, 5)``, a 5 x 5 box filter, with zero padding in
+    normalized space for ``"authors-code"``; ``blur="gaussian"|"rise"`` overrides the kernel's shape, see
+    :meth:`Preprocess.baseline`) and insert the image's pixels most salient first (ties: stable, lower
+    index first; reversed for ``"authors-code"``), ``step`` pixels at a time (default ``ceil(H*W/224)``,
+    or ``8 * W`` for ``"authors-code"``). The curve is the target probability against the fraction of
+    pixels inserted (0 and 1 included); the AUC is the trapezoid rule. All steps of all images run in
+    batched forwards of ``batch_size`` images. ``return_curves=True`` returns ``(auc, Curves)``;
+    ``scores="sigmoid"`` takes per-class sigmoid probabilities (multi-label models). Higher is better.
     """,
 )
 
@@ -257,7 +285,7 @@ def grid_patch_ranks(maps: Tensor, patch_size: int) -> Tensor:
     return ranks[:, (rows[:, None] * grid_w + cols[None, :]).flatten()].view(-1, height, width)
 
 
-AOPC_CONVENTIONS = ("castream", "quantus")
+AOPC_CONVENTIONS = ("castream", "quantus", "quantus-0.5")
 QUANTUS_BASELINES = ("uniform", "black", "white")
 
 
@@ -292,8 +320,15 @@ def aopc(
     grid (:func:`grid_patch_ranks`), the mean runs over k = 1..L only, ``1/L sum_{k=1..L} (p(x) -
     p(x^(k)))``, and values are written in model-input (normalized) space: ``"uniform"`` is one U(0, 1)
     value per image and patch (seeded), ``"black"``/``"white"`` the image's minimum/maximum input value,
-    or a tensor of normalized values broadcastable to the images. ``scores="sigmoid"``: per-class sigmoid
-    probabilities (multi-label models).
+    or a tensor of normalized values broadcastable to the images.
+
+    ``convention="quantus-0.5"`` (Quantus up to 0.5, as the Quantus tutorial the thesis' §2.7 AOPC
+    followed: ``RegionPerturbation(patch_size=14, regions_evaluation=10, perturb_baseline="uniform")``):
+    castream's greedy patch order, the mean over k = 1..L (over the patches found, when fewer than L fit),
+    values in model-input space: ``"uniform"`` is one U(0, 1) value per image, patch and channel (seeded),
+    ``"black"``/``"white"`` and tensors as for ``"quantus"``. With the same perturbations castream's
+    default is L/(L+1) of it (10/11 at L = 10: its k = 0 term is 0). ``scores="sigmoid"``: per-class
+    sigmoid probabilities (multi-label models).
     """
     check_scores(scores)
     if convention not in AOPC_CONVENTIONS:
@@ -304,17 +339,29 @@ def aopc(
     check_int("patch_size", patch_size)
     check_int("regions", regions)
     generator = torch.Generator(device=images.device).manual_seed(seed)
-    if convention == "quantus":
-        ranks = grid_patch_ranks(maps, patch_size)
-        patches = int(ranks.max()) + 1
-        if regions > patches:
-            raise ValueError(f"regions={regions} exceeds the {patches} grid patches of size {patch_size}")
+    found = None  # per image and step k = 1..L: whether a patch was added (quantus-0.5)
+    if convention in ("quantus", "quantus-0.5"):
+        if convention == "quantus":
+            ranks = grid_patch_ranks(maps, patch_size)
+            patches = int(ranks.max()) + 1
+            if regions > patches:
+                raise ValueError(f"regions={regions} exceeds the {patches} grid patches of size {patch_size}")
+        else:  # the step at which each pixel's patch is replaced (0-based; `regions`: never)
+            masks = region_masks(maps, patch_size, regions)
+            ranks = regions - masks[:, 1:].sum(dim=1)
+            found = (masks[:, 1:] != masks[:, :-1]).flatten(2).any(dim=2)
         if isinstance(baseline, Tensor):
             values = baseline.to(images).expand_as(images)
         elif baseline == "uniform":
-            noise = torch.rand(len(images), regions, generator=generator, device=images.device)
-            values = noise.to(images.dtype).gather(1, ranks.clamp(max=regions - 1).flatten(1))
-            values = values.view(-1, 1, *images.shape[-2:]).expand_as(images)
+            channels = images.shape[1] if convention == "quantus-0.5" else 1
+            noise = torch.rand(len(images), regions, channels, generator=generator, device=images.device)
+            if convention == "quantus":
+                noise = noise.squeeze(2)  # the draws of the grid convention, one per image and patch
+                values = noise.to(images.dtype).gather(1, ranks.clamp(max=regions - 1).flatten(1))
+                values = values.view(-1, 1, *images.shape[-2:]).expand_as(images)
+            else:
+                index = ranks.clamp(max=regions - 1).flatten(1)[:, :, None].expand(-1, -1, channels)
+                values = noise.to(images.dtype).gather(1, index).transpose(1, 2).view_as(images)
         elif baseline in ("black", "white"):
             flat = images.flatten(1)
             extreme = flat.amin(1) if baseline == "black" else flat.amax(1)
@@ -351,4 +398,7 @@ def aopc(
         curves = chunked_probabilities(
             fn, len(images) * steps, build, batch_size, images.device, scores
         ).view(-1, steps)
-    return (probability(logits, t, scores)[:, None] - curves).mean(dim=1)
+    drops = probability(logits, t, scores)[:, None] - curves
+    if found is None:
+        return drops.mean(dim=1)
+    return (drops * found).sum(dim=1) / found.sum(dim=1)

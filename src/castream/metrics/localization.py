@@ -236,3 +236,53 @@ def localization(
     result = {k: v.float() for k, v in out.items()}
     result["valid"] = valid
     return result
+
+
+def unit_interpretability(
+    activations: Tensor, masks: Tensor, *, top: float = 0.005, batch_size: int = 16
+) -> Tensor:
+    """Unit interpretability of Network Dissection (Bau et al. 2017), thesis eq. (1.15): ``(K, C)``
+    dataset-level ``IoU_{k,c} = Σ_x |M^k(x) ∩ L_c(x)| / Σ_x |M^k(x) ∪ L_c(x)|``.
+
+    ``activations`` (N, K, h, w): unit ``k``'s feature maps over the N images; ``masks`` (N, C, H, W):
+    the localization (segmentation) mask of each concept ``c``. ``M^k`` is ``A^k`` upsampled bilinearly
+    to H x W and binarized at ``T_k``, the unit's top-``top`` quantile over all its activations in the
+    dataset (Network Dissection's 0.005: its ``top``·N·h·w-th largest value). A pair with an empty union
+    is NaN. The sums run over chunks of ``batch_size`` images, on the activations' device. Network
+    Dissection calls unit ``k`` a detector of the concept with the highest IoU when it exceeds 0.04.
+    """
+    if not isinstance(activations, Tensor) or activations.dim() != 4 or not activations.is_floating_point():
+        raise ValueError(f"activations must be a float (N, K, h, w) tensor, got {_describe(activations)}")
+    if not isinstance(masks, Tensor) or masks.dim() != 4 or len(masks) != len(activations):
+        raise ValueError(
+            f"masks must be an (N, C, H, W) tensor with N = {len(activations)}, got {_describe(masks)}"
+        )
+    if not 0 < top < 1:
+        raise ValueError(f"top must be a fraction in (0, 1), got {top!r}")
+    from ..utils import check_int
+
+    batch_size = check_int("batch_size", batch_size)
+    count = activations.shape[0] * activations.shape[2] * activations.shape[3]
+    per_unit = activations.transpose(0, 1).reshape(activations.shape[1], -1)
+    kth = max(1, round(top * count))
+    thresholds = per_unit.topk(kth, dim=1).values[:, -1].float()
+    masks = masks.to(activations.device, torch.bool)
+    size = masks.shape[-2:]
+    inter = torch.zeros(activations.shape[1], masks.shape[1], dtype=torch.float64, device=activations.device)
+    unit_area = torch.zeros(activations.shape[1], dtype=torch.float64, device=activations.device)
+    for start in range(0, len(activations), batch_size):
+        chunk = activations[start : start + batch_size].float()
+        up = torch.nn.functional.interpolate(chunk, size=size, mode="bilinear", align_corners=False)
+        binary = (up >= thresholds[None, :, None, None]).flatten(2).double()  # (n, K, P)
+        labels = masks[start : start + batch_size].flatten(2).double()  # (n, C, P)
+        inter += torch.einsum("nkp,ncp->kc", binary, labels)
+        unit_area += binary.sum(dim=(0, 2))
+    concept_area = masks.flatten(2).sum(dim=(0, 2)).double()
+    union = unit_area[:, None] + concept_area[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+
+
+def _describe(value) -> str:
+    return (
+        f"{type(value).__name__} of shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)
+    )

@@ -194,7 +194,8 @@ def _head_linears(model: nn.Module) -> list[nn.Linear]:
 
 class TransformerAttribution(_AttentionMethod):
     """Chefer et al. 2021 relevance ⊙ gradient attention rollout (module docstring), from block
-    ``start_layer`` (default 0, as the released code) to the last; heads fused by ``head_fusion`` (the
+    ``start_layer`` (default 0, the released ``generate_LRP``'s default; the authors' evaluation scripts,
+    and so the paper's numbers, use 1) to the last; heads fused by ``head_fusion`` (the
     paper's mean by default). torchvision and timm ViT/DeiT with class-token pooling; the class token's
     row over the patch tokens is the map."""
 
