@@ -445,20 +445,29 @@ def test_adversarial_verification_in_the_runner(artifacts, tmp_path):
         composites = image.expand(2, -1, -1, -1).clone()
         composites[:, :, 0, 0] = torch.stack(hosts)[:, :, 0, 0]
         with torch.no_grad():
-            hits = (model(composites, pooling="gap").argmax(1) == labels[i]).float().mean().item()
+            per_host = (model(composites, pooling="gap").argmax(1) == labels[i]).float()
+        hits = per_host.mean().item()
         assert rows[i]["adversarial"] == pytest.approx(hits)
+        # each host's result is kept (SA-CAM Tables 4-5 report one row per case)
+        assert [rows[i]["adversarial_case1"], rows[i]["adversarial_case2"]] == per_host.tolist()
         assert rows[i]["key_area"] == pytest.approx(1 - 1 / 32**2)
     cell = next(c for c in results["cells"] if c["method"] == "gradcam" and c["pooling"] == "gap")
     assert {"adversarial", "fading", "key_area"} <= set(cell["metrics"])
     adv = [rows[i]["fading"] for i in sorted(rows)]
     fake = next(c for c in results["cells"] if c["method"] == "fakecam" and c["pooling"] == "gap")
     assert fake["metrics"]["fading"]["mean"] == pytest.approx(castream.metrics.fading_rate(torch.tensor(adv)))
+    case = [[rows[i]["adversarial_case2"], rows[i]["fading"][1]] for i in sorted(rows)]
+    assert fake["metrics"]["adversarial_case2"]["mean"] == pytest.approx(sum(r[0] for r in case) / len(case))
+    assert fake["metrics"]["fading_case2"]["mean"] == pytest.approx(
+        castream.metrics.fading_rate(torch.tensor(case)), nan_ok=True
+    )
     markdown = (tmp_path / "results.md").read_text()
     assert "## Adversarial verification" in markdown and "Fading↓" in markdown and "Key area |" in markdown
+    assert "| Acc_adv↑ | Acc_adv case 1↑ | Acc_adv case 2↑ | Fading↓ | Fading case 1↓" in markdown
     with pytest.raises(ValueError, match=r"adversarial\.cases must be an integer >= 1"):
         config(artifacts, tmp_path, metrics=("adversarial",), metric_options={"adversarial": {"cases": 0}})
     with pytest.raises(
-        ValueError, match=r"adversarial has no option 'seed'; it takes \['threshold', 'cases'\]"
+        ValueError, match=r"adversarial has no option 'seed'; it takes \['threshold', 'placement', 'cases'\]"
     ):
         config(artifacts, tmp_path, metrics=("adversarial",), metric_options={"adversarial": {"seed": 1}})
 

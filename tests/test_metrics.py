@@ -98,6 +98,30 @@ def test_sigmoid_scores_match_hand_computation():
         metrics.recognition(Toy(), x, maps, t, preprocess=RAW, scores="logits")
 
 
+def test_adversarial_verification_random_placement_moves_the_key_area_into_the_host():
+    """``placement="random"``: the key area's pixels land, in the same arrangement, at a seeded position
+    inside the host; everything else is the host's. An empty key area leaves the host."""
+    x = torch.rand(2, 3, 8, 8)
+    maps = torch.zeros(2, 8, 8)
+    maps[0, 1:3, 2:5] = 1.0  # a 2 x 3 key area
+    hosts = torch.rand(2, 4, 3, 8, 8)
+    composites = metrics.robustness._embed(maps > 0.5, x, hosts, seed=3)
+    assert torch.equal(composites[1], hosts[1])
+    positions = set()
+    for j in range(4):
+        changed = (composites[0, j] != hosts[0, j]).any(0).nonzero()
+        top, left = changed.min(0).values.tolist()
+        assert changed.shape[0] == 6 and changed.max(0).values.tolist() == [top + 1, left + 2]
+        assert torch.equal(composites[0, j, :, top : top + 2, left : left + 3], x[0, :, 1:3, 2:5])
+        positions.add((top, left))
+    assert len(positions) > 1
+    assert torch.equal(composites, metrics.robustness._embed(maps > 0.5, x, hosts, seed=3))
+    out = metrics.adversarial_verification(Toy(), x, maps, hosts, torch.tensor([0, 1]), placement="random")
+    assert out["cases"].shape == (2, 4)
+    with pytest.raises(ValueError, match="placement must be one of"):
+        metrics.adversarial_verification(Toy(), x, maps, hosts, torch.tensor([0, 1]), placement="centre")
+
+
 def test_adversarial_verification_matches_hand_computation():
     x = images(4)
     maps = torch.stack([ordered_map(seed=i) for i in range(4)])

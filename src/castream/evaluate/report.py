@@ -83,10 +83,11 @@ def skipped_images(runner) -> list[dict]:
 
 def _aggregate(rows: dict, seed: int) -> metrics.Aggregator:
     """Every metric of a cell's rows, in the order of their keys (image index, or (image, class))."""
-    agg = metrics.Aggregator(seed=seed)
     order = sorted(rows)
     skip = ("index", "class")
     keys = [k for k in rows[order[0]] if k not in skip and not k.endswith("_curve")] if order else []
+    cases = {k: metrics.fading_rate for k in keys if k.startswith("fading_case")}  # per-host fading rates
+    agg = metrics.Aggregator(seed=seed, reducers=cases)
     for key in keys:
         values = torch.tensor([rows[i][key] for i in order], dtype=torch.float64)
         agg.update(key, values, torch.arange(len(order)))
@@ -380,6 +381,26 @@ def _skipped(entries: list[dict]) -> list[str]:
     return [f"**Skipped:** {' and '.join(kinds)} left out of every table ({listed}).", ""]
 
 
+def _with_cases(keys: tuple[str, ...], cells: list[dict]) -> list[str]:
+    """``keys`` with the per-host columns (``adversarial_case1``, ...) found in the cells after their mean."""
+    found = {k for c in cells for k in c["metrics"] if "_case" in k}
+    number = lambda k: int(k.rpartition("_case")[2])  # noqa: E731
+    out = []
+    for key in keys:
+        out.append(key)
+        out += sorted((k for k in found if k.rpartition("_case")[0] == key), key=number)
+    return out
+
+
+def _column(key: str) -> tuple:
+    """(title, percent, lower is better) of a column; a per-host column takes its mean's."""
+    if key in COLUMNS:
+        return COLUMNS[key]
+    base, _, case = key.rpartition("_case")
+    title, percent, lower = COLUMNS[base]
+    return (f"{title} case {case}", percent, lower)
+
+
 def _ignored(warnings: list[str]) -> list[str]:
     """A warning paragraph when shard records were ignored (another run's, or a second one of an image)."""
     if not warnings:
@@ -465,10 +486,12 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
             f"{row['parameters'] / 1e6:.2f}M | {value} |"
         )
     for title, keys in TABLES.items():
+        if "adversarial" in keys:  # a column per host ("case", SA-CAM Tables 4-5) after each mean
+            keys = _with_cases(keys, cells)
         present = [k for k in keys if any(k in c["metrics"] for c in cells)]
         if not present or (keys == BOX_TABLE and set(present) <= {"ad", "ag", "ai"}):
             continue
-        arrows = [COLUMNS[k][0] + ARROWS[COLUMNS[k][2]] for k in present]
+        arrows = [_column(k)[0] + ARROWS[_column(k)[2]] for k in present]
         lines += [
             "",
             f"## {title}",
@@ -481,7 +504,7 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
             network = c["model"] if c["model"] != previous[0] else ""
             method = c["method"] if (c["model"], c["method"]) != previous else ""
             previous = (c["model"], c["method"])
-            values = [_fmt(c["metrics"].get(k), COLUMNS[k][1]) for k in present]
+            values = [_fmt(c["metrics"].get(k), _column(k)[1]) for k in present]
             count = (
                 str(c["images"])
                 if c["images"] == c["images_asked"]

@@ -108,6 +108,9 @@ def read_cell(out: Path, cell: str, run: str | None = None) -> CellRecords:
             for key, row in zip(keys, record["images"]):
                 if "insertion" in row and "deletion" in row:  # SA-CAM §4.5's "overall" AUC, per image
                     row["overall"] = row["insertion"] - row["deletion"]
+                for j, hit in enumerate(row.pop("adversarial_cases", []), start=1):  # SA-CAM Tables 4-5
+                    row[f"adversarial_case{j}"] = hit
+                    row[f"fading_case{j}"] = [hit, row["fading"][1]]
                 found.rows[key] = row
             found.skipped.update((e["index"], e) for e in record.get("skipped", []))
             if "seconds" in record:

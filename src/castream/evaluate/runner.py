@@ -677,11 +677,12 @@ class Runner:
                 maps,
                 hosts,
                 targets,
+                seed=config.seed,
                 batch_size=config.metric_batch,
                 forward_kwargs=shared["forward_kwargs"],
                 **opts,
             )
-            out.update(adversarial=adv["accuracy"], key_area=adv["area"])
+            out.update(adversarial=adv["accuracy"], key_area=adv["area"], adversarial_cases=adv["cases"])
             out["fading"] = torch.stack([adv["accuracy"], adv["clean"]], dim=1)
         if "discrimination" in config.metrics:
             classes = torch.stack([t["classes"] for t in targets_meta]).to(maps.device)

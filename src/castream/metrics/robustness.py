@@ -111,14 +111,19 @@ def adversarial_verification(
     targets=None,
     *,
     threshold: float = 0.5,
+    placement: str = "in-place",
+    seed: int = 0,
     normalize: bool = False,
     batch_size: int = DEFAULT_BATCH,
     output=None,
     forward_kwargs: dict | None = None,
 ) -> dict[str, Tensor]:
     """SA-CAM §4.6 adversarial verification: the key area ``K = 1[map > threshold]`` of each image pasted
-    into each of its ``J`` host images (``K ⊙ x + (1 − K) ⊙ host``, the "adversarial environments"), and
-    whether the classifier still predicts the target class.
+    into each of its ``J`` host images (the "adversarial environments"), and whether the classifier still
+    predicts the target class. The paper leaves the threshold (0.5 of the min-max normalized map here)
+    and the position open: ``placement="in-place"`` keeps the key area where it is (``K ⊙ x + (1 − K) ⊙
+    host``); ``"random"`` moves it, its bounding box placed uniformly where it fits in the host (drawn
+    from ``seed``), as the paper's "randomly embed it into multiple adversarial images" may mean.
 
     ``hosts``: ``(B, J, C, H, W)`` images in the same (model-input) space as ``images``, e.g. images of other
     classes. Returns per image ``"accuracy"`` (fraction of its J composites classified as the target),
@@ -139,11 +144,17 @@ def adversarial_verification(
         )
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     cases = hosts.shape[1]
     key = (maps > threshold).to(images.dtype)[:, None, None]  # (B, 1, 1, H, W)
+    hosts = hosts.to(images.dtype)
     with evaluation(model, output, forward_kwargs) as fn:
         t, logits = resolve_targets(fn, images, targets, batch_size)
-        composites = (key * images[:, None] + (1 - key) * hosts.to(images.dtype)).flatten(0, 1)
+        if placement == "in-place":
+            composites = (key * images[:, None] + (1 - key) * hosts).flatten(0, 1)
+        else:
+            composites = _embed(key[:, 0, 0] > 0, images, hosts, seed).flatten(0, 1)
         predicted = torch.cat([fn(chunk).argmax(dim=1) for chunk in composites.split(batch_size)])
     hits = (predicted.view(-1, cases) == t[:, None]).float()
     return {
@@ -153,6 +164,30 @@ def adversarial_verification(
         "area": key.flatten(1).mean(dim=1).float(),
         "target": t,
     }
+
+
+PLACEMENTS = ("in-place", "random")
+
+
+def _embed(key: Tensor, images: Tensor, hosts: Tensor, seed: int) -> Tensor:
+    """(B, J, C, H, W) composites: each image's key area (its pixels inside their bounding box) pasted
+    into each host with the box at a uniformly drawn position where it fits. An empty key area leaves the
+    host as it is."""
+    generator = torch.Generator().manual_seed(seed)
+    out = hosts.clone()
+    height, width = images.shape[-2:]
+    for b in range(len(images)):
+        rows, cols = key[b].nonzero(as_tuple=True)
+        if len(rows) == 0:
+            continue
+        y0, y1, x0, x1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        patch, mask = images[b, :, y0:y1, x0:x1], key[b, y0:y1, x0:x1]
+        for j in range(hosts.shape[1]):
+            top = int(torch.randint(height - (y1 - y0) + 1, (), generator=generator))
+            left = int(torch.randint(width - (x1 - x0) + 1, (), generator=generator))
+            region = out[b, j, :, top : top + y1 - y0, left : left + x1 - x0]
+            region.copy_(torch.where(mask, patch, region))
+    return out
 
 
 def fading_rate(rows: Tensor) -> float:
