@@ -573,6 +573,29 @@ def naive_mask(params, size, step, sigma):
     return out.clamp(0, 1)
 
 
+def naive_full_mask(params, size, step, sigma):
+    """TorchRay's ``MaskGenerator.generate`` full mask (margin σ), pixel by pixel: output pixel u, window
+    offset k, node ``floor(u / step) + k - padding`` at ``margin + step * node``."""
+    margin, radius = sigma, 1 + math.ceil(sigma / step)
+    padding = 1 + math.ceil((margin + sigma) / step)
+    mid = [math.ceil(z / step) + 2 * padding - 2 * radius for z in size]
+    out_shape = [step * m - step + 1 for m in mid]
+    out = torch.zeros(out_shape, dtype=params.dtype)
+    for uy in range(out_shape[0]):
+        for ux in range(out_shape[1]):
+            values = []
+            for ky in range(2 * radius + 1):
+                for kx in range(2 * radius + 1):
+                    iy, ix = uy // step + ky - padding, ux // step + kx - padding
+                    inside = 0 <= iy < params.shape[0] and 0 <= ix < params.shape[1]
+                    m = params[iy, ix] if inside else params.new_zeros(())
+                    z = math.hypot(uy - (margin + step * iy), ux - (margin + step * ix)) / sigma
+                    values.append(m * math.exp(-2 * max(z - 0.5, 0) ** 2))
+            v = torch.stack(values)
+            out[uy, ux] = (v * torch.softmax(20 * v, 0)).sum()
+    return out.clamp(0, 1)
+
+
 def naive_pyramid(x, levels, max_blur):
     """Level l: 2-D Gaussian of sigma max_blur (1 - l/(L-1)), radius ceil(4 sigma), zero padding."""
     out = []
@@ -596,25 +619,38 @@ def test_smooth_mask_matches_the_pixel_loop():
     generator = SmoothMask((14, 13), 4, 4.0, "cpu", torch.float64)
     for i in range(3):
         torch.testing.assert_close(generator(params)[i], naive_mask(params[i], (14, 13), 4, 4.0))
+    # TorchRay's full mask with its σ margin, also where σ is not a multiple of the step
+    for sigma in (4.0, 5.0):
+        full = SmoothMask((14, 13), 4, sigma, "cpu", torch.float64, margin=sigma)
+        for i in range(2):
+            torch.testing.assert_close(full(params)[i], naive_full_mask(params[i], (14, 13), 4, sigma))
+    full = SmoothMask((14, 13), 4, 4.0, "cpu", torch.float64, margin=4.0)
+    torch.testing.assert_close(full.crop(full(params)), generator(params))  # σ a multiple of the step
 
 
-def extremal_reference(model, x, target, iterations, step=4, sigma=4.0, area=0.2, levels=4, blur=2.0):
-    """One image, the preserve game with torch.optim.SGD as TorchRay sets it up. The mask generator is
-    castream's (checked against the pixel loop above): the sorted-area term assigns its gradient by rank,
-    so masks equal up to rounding (all parameters start at 1) would rank differently."""
+def extremal_reference(
+    model, x, target, iterations, step=4, sigma=4.0, area=0.2, levels=4, blur=2.0, full=True, reward=None
+):
+    """One image, the preserve game with torch.optim.SGD as TorchRay sets it up: the area term on the full
+    mask with its σ margin (``full=False``: on the image part), ``reward(logits, target)`` (default: the
+    target logit). The mask generator is castream's (checked against the pixel loops above): the
+    sorted-area term assigns its gradient by rank, so masks equal up to rounding (all parameters start at
+    1) would rank differently."""
     from castream.saliency.perturbation import SmoothMask
 
-    generator = SmoothMask(tuple(x.shape[1:]), step, sigma, "cpu", x.dtype)
+    generator = SmoothMask(tuple(x.shape[1:]), step, sigma, "cpu", x.dtype, margin=sigma if full else 0.0)
     pyramid = naive_pyramid(x, levels, blur)
     grid = (math.ceil(x.shape[1] / step), math.ceil(x.shape[2] / step))
     params = torch.ones(grid, dtype=x.dtype, requires_grad=True)
     optimizer = torch.optim.SGD([params], lr=0.01, momentum=0.9, dampening=0.9)
-    n = x.shape[1] * x.shape[2]
+    n = generator.full[0] * generator.full[1]
     reference = torch.ones(n, dtype=x.dtype)
     reference[: int(n * (1 - area))] = 0
     weight = 300.0
+    reward = reward or (lambda logits, c: logits[c])
     for t in range(iterations):
-        mask = generator(params[None])[0]
+        whole = generator(params[None])[0]
+        mask = generator.crop(whole)
         position = mask * (levels - 1)
         low = position.floor().clamp(max=levels - 2)
         frac = position - low
@@ -624,14 +660,14 @@ def extremal_reference(model, x, target, iterations, step=4, sigma=4.0, area=0.2
         blurred = below + frac * (above - below)
         if t % 2 == 0:
             blurred = blurred.flip(-1)
-        reward = model(blurred[None])[0, target]
-        regul = ((mask.flatten().sort(stable=True).values - reference) ** 2).mean() * weight
+        value = reward(model(blurred[None])[0], target)
+        regul = ((whole.flatten().sort(stable=True).values - reference) ** 2).mean() * weight
         optimizer.zero_grad()
-        (-(reward - regul)).backward()
+        (-(value - regul)).backward()
         optimizer.step()
         params.data.clamp_(0, 1)
         weight *= 1.0035
-    return generator(params.detach()[None])[0]
+    return generator.crop(generator(params.detach()[None]))[0]
 
 
 def test_extremal_perturbation_matches_a_per_image_reference():
@@ -644,6 +680,33 @@ def test_extremal_perturbation_matches_a_per_image_reference():
     maps = method(x, [1, 3], upsample=False, normalize=False)
     for i, target in enumerate([1, 3]):
         torch.testing.assert_close(maps[i], extremal_reference(model, x[i], target, 4))
+    options = dict(max_iter=4, step=4, sigma=5.0, areas=0.2, levels=4, max_blur=2.0)  # σ not a multiple
+    image_only = saliency.get("extremalperturbation")(model, area_measure="image", **options)
+    contrastive = saliency.get("extremalperturbation")(model, reward="contrastive", **options)
+
+    def margin(logits, c):  # TorchRay's contrastive_reward
+        others = logits.clone()
+        others[c] = -100
+        return logits[c] - others.max()
+
+    for i, target in enumerate([1, 3]):
+        torch.testing.assert_close(
+            image_only(x, [1, 3], upsample=False, normalize=False)[i],
+            extremal_reference(model, x[i], target, 4, sigma=5.0, full=False),
+        )
+        torch.testing.assert_close(
+            contrastive(x, [1, 3], upsample=False, normalize=False)[i],
+            extremal_reference(model, x[i], target, 4, sigma=5.0, reward=margin),
+        )
+    # smooth: the final mask blurred with σ = smooth * min(H, W), TorchRay's imsmooth (zero padding)
+    smoothed = saliency.get("extremalperturbation")(model, smooth=0.1, **options)
+    plain = saliency.get("extremalperturbation")(model, **options)(x, [1, 3], upsample=False, normalize=False)
+    sigma = 0.1 * 14
+    r = math.ceil(4 * sigma)
+    grid = torch.arange(-r, r + 1, dtype=x.dtype)
+    kernel = torch.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / (2 * sigma**2))
+    expected = F.conv2d(plain[:, None], (kernel / kernel.sum())[None, None], padding=r)[:, 0]
+    torch.testing.assert_close(smoothed(x, [1, 3], upsample=False, normalize=False), expected)
 
 
 SMALL_EP = {"step": 1, "sigma": 3.0, "max_blur": 3.0}  # TorchRay's 7 / 21 / 20 are sized for 224 px
@@ -668,8 +731,11 @@ def test_extremal_perturbation_meets_its_area_and_finds_the_evidence():
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 28, 28)
-    for area in (0.1, 0.25):
-        maps = saliency.ExtremalPerturbation(Flat(), max_iter=300, areas=area, **SMALL_EP)(x, normalize=False)
+    for area in (0.1, 0.25):  # the area measured on the image part (the full mask has a σ margin)
+        method = saliency.ExtremalPerturbation(
+            Flat(), max_iter=300, areas=area, area_measure="image", **SMALL_EP
+        )
+        maps = method(x, normalize=False)
         assert ((maps > 0.5).float().mean((1, 2)) - area).abs().max() < 0.05
     method = saliency.ExtremalPerturbation(Texture(), max_iter=300, areas=0.25, jitter=False, **SMALL_EP)
     maps = method(x, [0, 1], normalize=False)  # no flip jitter: the toy is not mirror-invariant
