@@ -210,7 +210,8 @@ def run_demo(
         "metrics": ("recognition", "insertion", "deletion", "localization", "discrimination"),
         "protocol": config.protocol,
         "images": config.eval_images,
-        "method_images": dict(config.method_images),
+        # on a GPU every method runs on every image; on CPUs the expensive ones on a prefix
+        "method_images": {} if torch.cuda.is_available() else dict(config.method_images),
         "batch_size": 8,
         "metric_batch": config.metric_batch,
         "size": config.size,
@@ -268,6 +269,14 @@ def _setup_note(config: DemoConfig, retrain: bool, weights: Path, stream: Path, 
             f" Validation accuracy: classifier {classifier_log[-1]['acc'] * 100:.1f}%, stream GAP "
             f"{stream_log[-1]['acc_gap'] * 100:.1f}% / CA {stream_log[-1]['acc_ca'] * 100:.1f}%."
         )
+    coverage = (
+        f"CUDA was present, so every method was evaluated on all {config.eval_images} images."
+        if torch.cuda.is_available()
+        else "On CPUs the expensive methods run on a prefix of the images ("
+        + ", ".join(f"{m}: {n}" for m, n in config.method_images.items())
+        + f" of {config.eval_images}); with CUDA every method runs on all of them."
+    )
+    lines += ["", coverage]
     lines += ["", "```bash", *training_commands(config), "```", "", "Stage times (this run):", ""]
     lines += [f"- {name}: {seconds:.1f} s" for name, seconds in times.items()]
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from .. import metrics, viz
 from ..saliency import RawAttention
 from ..stream import StreamModel
 from ..utils import count_flops, count_parameters
+from .claims import check_claims
 from .results import cell_name
 
 # metric key -> (column title, shown x100 as a percentage, lower is better; None: neither)
@@ -353,6 +354,48 @@ def _comparison_table(compared: list[dict]) -> list[str]:
     return lines
 
 
+def _claims_sentence(claims: list[dict]) -> str:
+    """The summary's sentence on the claims: how many of each verdict."""
+    if not claims:
+        return ""
+    counts = {
+        v: sum(c["verdict"] == v for c in claims) for v in ("reproduced", "contradicted", "inconclusive")
+    }
+    listed = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    return f' Claims of the papers this evaluation covers: {listed} (table "Claims of the papers, checked").'
+
+
+def _claims_table(claims: list[dict]) -> list[str]:
+    """One row per checked claim: the measured differences against the claimed directions, the verdict."""
+    arrows = {1: "↑", -1: "↓", 0: "≈"}
+    lines = [
+        "",
+        "## Claims of the papers, checked",
+        "",
+        "Differences B − A in points with their 95% paired-bootstrap interval, against the claimed "
+        "direction (↑ B higher, ↓ lower, ≈ equal within the paper's largest accuracy change). Reproduced: "
+        "every interval on the claimed side; contradicted: one on the other side; inconclusive: otherwise, "
+        "with the number of images that would likely decide it (from the observed spread).",
+        "",
+        "| CLAIM | SOURCE | B − A | N | DIFFERENCES | VERDICT |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in claims:
+        parts = [
+            f"{_column(k)[0] if k in COLUMNS else k} {arrows[m['expected']]} {m['mean'] * 100:+.2f} "
+            f"[{m['low'] * 100:+.2f}, {m['high'] * 100:+.2f}]"
+            for k, m in c["metrics"].items()
+        ]
+        verdict = c["verdict"] + (
+            f" (~{c['images_to_decide']} images would decide)" if c["images_to_decide"] else ""
+        )
+        lines.append(
+            f"| {c['claim']} (`{c['id']}`) | {c['source']} | {c['comparison']} | {c['images']} | "
+            f"{'; '.join(parts)} | {verdict} |"
+        )
+    return lines
+
+
 def _coverage(cells: list[dict]) -> list[str]:
     """A warning paragraph when a cell holds fewer images than it was asked for (an unfinished run)."""
     short = [
@@ -517,6 +560,8 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
             )
     if results["comparisons"]:
         lines += _comparison_table(results["comparisons"])
+    if results["claims"]:
+        lines += _claims_table(results["claims"])
     lines += [
         "",
         "## Time (thesis Table 2.1 layout)",
@@ -615,6 +660,7 @@ def write_report(runner) -> dict:
     ]
     figures = _figures(runner, cells)
     compared = comparisons(runner, all_rows)
+    claims = check_claims(runner, all_rows, config.seed)
     results = {
         "config": config.to_dict(),
         "protocol": {"name": config.protocol, **metrics.PROTOCOLS[config.protocol]},
@@ -629,7 +675,8 @@ def write_report(runner) -> dict:
         "skipped": skipped_images(runner),
         "ignored_records": list(runner.warnings),
         "comparisons": compared,
-        "summary": summary(runner, cells, models, compared),
+        "claims": claims,
+        "summary": summary(runner, cells, models, compared) + _claims_sentence(claims),
         "figures": figures,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
