@@ -238,7 +238,7 @@ def test_train_takes_explicit_statistics_and_records_them(tmp_path, capsys):
 
 def test_option_values_parse_python_booleans():
     """``--option ep.jitter=False`` passed the string "False", which counts as on (issue 21)."""
-    from castream.cli import _dotted_options
+    from castream.cli.evaluate import _dotted_options
 
     parsed = _dotted_options(
         ["ep.jitter=False", "ep.lr=0.1", "ep.areas=[0.1,0.2]", "x.y=text"], "--option", "F"

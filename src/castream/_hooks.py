@@ -1,4 +1,5 @@
-"""Forward hooks that are always removed, even when the forward raises."""
+"""Forward hooks that are always removed, and a model state that is always restored, even when the
+forward raises."""
 
 from __future__ import annotations
 
@@ -25,3 +26,20 @@ def forward_hooks(pairs: Iterable[tuple[nn.Module, Callable]], *, pre: bool = Fa
 
 class StopForward(Exception):
     """Raised from a hook to end a forward pass early once every needed activation is captured."""
+
+
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` everywhere for the block; the exact previous state after."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)

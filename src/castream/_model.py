@@ -3,9 +3,7 @@ and checked, the caller's state restored afterwards."""
 
 from __future__ import annotations
 
-import contextlib
-import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -13,41 +11,6 @@ import torch
 from torch import Tensor, nn
 
 OutputSelector = int | str | Callable[[Any], Tensor] | None
-_MIN_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def min_input_size(model: nn.Module) -> int:
-    """The smallest input side a model of a described family accepts (its last stage's stride; 1 when
-    castream cannot describe the model). Computed once per model (a forward on the meta device)."""
-    if model not in _MIN_SIZES:
-        from .backbones import describe, detect_family
-        from .stream import StreamModel
-
-        try:
-            if isinstance(model, StreamModel):
-                _MIN_SIZES[model] = model.spec.min_size
-            else:  # known layouts only: the rule would run the caller's forward just for this check
-                _MIN_SIZES[model] = describe(model, verify=False).min_size if detect_family(model) else 1
-        except Exception:  # any failure of the meta forward: no known minimum
-            _MIN_SIZES[model] = 1
-    return _MIN_SIZES[model]
-
-
-@contextlib.contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode and ``requires_grad=False`` everywhere for the block; the exact previous state after."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 class Logits:
@@ -57,13 +20,19 @@ class Logits:
     ``forward_kwargs`` go to every forward (e.g. ``{"pooling": "gap"}`` for a StreamModel).
     """
 
-    def __init__(self, model: nn.Module, output: OutputSelector = None, forward_kwargs: dict | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        output: OutputSelector = None,
+        forward_kwargs: dict | None = None,
+        min_size: int = 1,
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.output = output
         self.forward_kwargs = dict(forward_kwargs or {})
-        self.min_size = min_input_size(model)  # here, before any method registers its hooks
+        self.min_size = min_size  # backbones.min_input_size(model), computed by the caller
 
     def select(self, out: Any) -> Tensor:
         if self.output is not None and not callable(self.output):

@@ -17,8 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
-from ._hooks import forward_hooks
-from ._model import frozen_eval
+from ._hooks import forward_hooks, frozen_eval
 
 
 @dataclass

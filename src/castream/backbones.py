@@ -28,6 +28,7 @@ Tap widths ``d_l`` and strides come from one forward on the meta device.
 from __future__ import annotations
 
 import difflib
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from ._hooks import forward_hooks
+from ._hooks import forward_hooks, frozen_eval
 from ._trace import Event, Trace, trace_forward, zeros_input
 from .utils import count_parameters, meta_call
 
@@ -166,8 +167,6 @@ def probe_shapes(model: nn.Module, names: Sequence[str], input_size: tuple[int, 
 
 def _real_call(model: nn.Module, input_size: tuple[int, ...], pairs: list) -> object:
     """One real forward on zeros (eval mode, no autograd, model restored) with ``pairs`` of hooks."""
-    from ._model import frozen_eval
-
     with frozen_eval(model), torch.no_grad(), forward_hooks(pairs):
         return model(zeros_input(model, input_size))
 
@@ -449,8 +448,6 @@ def _verify(model: nn.Module, spec: BackboneSpec) -> None:
     Every description is checked so, whether it comes from a layout, the rule or explicit names: a wrong
     one (a missing activation before the pooling, a head that is not the whole head) would otherwise give
     a stream whose GAP path is not the model."""
-    from ._model import frozen_eval
-
     reference = next(model.parameters(), None)
     device = reference.device if reference is not None else torch.device("cpu")
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
@@ -610,10 +607,9 @@ def prefix_tokens(model: nn.Module) -> int:
 def default_layer(model: nn.Module) -> str:
     """The layer CAM methods explain by default: the last stage output of a CNN (thesis §2.5.1), or the
     first LayerNorm of the last block of a ViT (which needs ``reshape=True``)."""
-    from .stream import StreamModel
-
-    if isinstance(model, StreamModel):
-        return f"backbone.{model.spec.taps[-1]}"
+    own = getattr(model, "cam_layer", None)  # a model that names its own (a StreamModel: its last tap)
+    if isinstance(own, str):
+        return own
     family = detect_family(model)
     if family is not None:
         return LAYOUTS[family][0][-1]
@@ -632,3 +628,21 @@ def default_layer(model: nn.Module) -> str:
             f"no default layer for {type(model).__name__} ({err}); pass layer= (a module name or the "
             "module itself)"
         ) from None
+
+
+_MIN_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest input side a model accepts: its own ``min_input_size`` (a StreamModel's last stride),
+    or the last stage's stride of a described family (1 when castream cannot describe the model).
+    Computed once per model (a forward on the meta device)."""
+    own = getattr(model, "min_input_size", None)
+    if isinstance(own, int):
+        return own
+    if model not in _MIN_SIZES:
+        try:  # known layouts only: the rule would run the caller's forward just for this check
+            _MIN_SIZES[model] = describe(model, verify=False).min_size if detect_family(model) else 1
+        except Exception:  # any failure of the meta forward: no known minimum
+            _MIN_SIZES[model] = 1
+    return _MIN_SIZES[model]

@@ -209,6 +209,17 @@ class StreamModel(nn.Module):
             raise RuntimeError(f"taps {missing} did not run in the backbone's forward")
         return [captured[n] for n in names], output
 
+    @property
+    def min_input_size(self) -> int:
+        """The smallest input side (the last tap's stride): what ``backbones.min_input_size`` reads."""
+        return self.spec.min_size
+
+    @property
+    def cam_layer(self) -> str:
+        """The layer CAM methods explain by default (the backbone's last tap), for
+        ``backbones.default_layer``."""
+        return f"backbone.{self.spec.taps[-1]}"
+
     def forward(self, x: Tensor, *, pooling: str = "ca", labels: Tensor | None = None) -> Tensor:
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")

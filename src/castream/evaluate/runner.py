@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import metrics
-from .._model import min_input_size
 from .._precision import autocast, check_amp
+from ..backbones import min_input_size
 from ..data import class_boxes, collate, eval_transform
 from ..data.registry import is_multilabel, open_dataset
 from ..models import build_model, load_weights, replace_head

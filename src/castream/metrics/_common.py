@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .._model import Logits, OutputSelector, check_images, check_targets, frozen_eval
+from .._hooks import frozen_eval
+from .._model import Logits, OutputSelector, check_images, check_targets
+from ..backbones import min_input_size
 from ..maps import normalize_maps
 
 DEFAULT_BATCH = 64
@@ -21,7 +23,7 @@ def evaluation(
 ) -> Iterator[Logits]:
     """The model frozen in eval mode without autograd; yields the logits function. State restored after."""
     with frozen_eval(model), torch.no_grad():
-        yield Logits(model, output, forward_kwargs)
+        yield Logits(model, output, forward_kwargs, min_input_size(model))
 
 
 def check_maps(maps: Tensor, images: Tensor, normalize: bool = False) -> Tensor:

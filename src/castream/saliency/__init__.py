@@ -53,7 +53,11 @@ def available() -> list[str]:
 
 def get(name: str) -> type[SaliencyMethod]:
     """The method class registered under ``name`` (case and ``-``/``_`` insensitive), or
-    ``"captum:NAME"`` for the Captum attribution ``captum.attr.NAME`` (castream.interop.captum)."""
+    ``"captum:NAME"`` for the Captum attribution ``captum.attr.NAME`` (castream.interop.captum).
+
+    The lazy import of ``interop.captum`` here is the one place where a lower layer reaches the interop
+    layer above it (``tests/test_architecture.py`` allows exactly this edge): every name the runner and
+    the CLI take goes through ``get``, and Captum's classes are only known once captum is imported."""
     if name.lower().startswith("captum:"):
         from ..interop.captum import method_class
 

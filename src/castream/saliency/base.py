@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._hooks import forward_hooks
-from .._model import Logits, OutputSelector, check_images, check_targets, frozen_eval
+from .._hooks import forward_hooks, frozen_eval
+from .._model import Logits, OutputSelector, check_images, check_targets
 from .._precision import at_least_float32, full_precision
-from ..backbones import default_layer, module_name, prefix_tokens, resolve_module
+from ..backbones import default_layer, min_input_size, module_name, prefix_tokens, resolve_module
 from ..maps import finalize_maps
 
 
@@ -71,7 +71,7 @@ class SaliencyMethod:
         reshape: bool | Callable[[Tensor], Tensor] | None = None,
         forward_kwargs: dict | None = None,
     ) -> None:
-        self._logits = Logits(model, output, forward_kwargs)
+        self._logits = Logits(model, output, forward_kwargs, min_input_size(model))  # before any hook
         self.model = model
         self.forward_kwargs = self._logits.forward_kwargs
         self.reshape = TokenReshape(prefix_tokens(model)) if reshape is True else (reshape or None)

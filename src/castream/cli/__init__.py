@@ -1,0 +1,59 @@
+"""The ``castream`` command line: a thin layer over the public API, one module per subcommand.
+
+Errors are printed as one readable line (the full traceback with ``--debug``) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+import castream
+
+from ._options import UsageError, _common
+from .bench import _add_bench
+from .demo import _add_demo
+from .evaluate import _add_evaluate
+from .explain import _add_explain
+from .synth import _add_synth
+from .train import _add_train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="castream", description=castream.__doc__.splitlines()[0], parents=[_common(False)]
+    )
+    parser.add_argument("--version", action="version", version=f"castream {castream.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_demo, _add_synth, _add_train, _add_explain, _add_evaluate, _add_bench):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        parser = build_parser()  # imports torch (the subcommands' defaults): Ctrl-C here is one line too
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        return _run(args)
+    except KeyboardInterrupt:
+        print("castream: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"castream {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"castream {args.command}: error: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,95 @@
+"""Options and helpers shared by several subcommands: input statistics, speed options, logging, usage
+errors."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class UsageError(ValueError):
+    """A malformed command-line value: reported in one line with exit code 2, like argparse's errors."""
+
+
+def _log(args: argparse.Namespace):
+    return (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
+
+
+def _common(default=None) -> argparse.ArgumentParser:
+    """--quiet/--debug, accepted before or after the subcommand (the copy in subcommands must not
+    override a value given before it, hence SUPPRESS defaults there)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", default=default, help="no progress bars or logs")
+    common.add_argument("--debug", action="store_true", default=default, help="show full tracebacks")
+    return common
+
+
+SUBCOMMAND = {"parents": [_common(argparse.SUPPRESS)]}
+
+
+MODEL_HELP = (
+    "torchvision name, timm:NAME, or your own model: package.module:factory or path/to/file.py:factory "
+    "(a callable without arguments returning an nn.Module)"
+)
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    """--size and the input statistics: a named normalization or explicit --mean/--std (timm models
+    default to their pretrained_cfg)."""
+    p.add_argument("--size", type=int, default=None, help="input size (default 224, or a timm model's own)")
+    p.add_argument(
+        "--normalization",
+        choices=["imagenet", "cifar100"],
+        default=None,
+        help="the model's input mean/std by name (default imagenet, or a timm model's pretrained_cfg)",
+    )
+    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="input mean per channel")
+    p.add_argument("--std", type=float, nargs="+", default=None, metavar="S", help="input std per channel")
+
+
+def _inputs(args: argparse.Namespace) -> tuple[int, str, tuple | None, tuple | None]:
+    """(size, normalization, mean, std) from the options; a timm model's pretrained_cfg fills what was
+    not given, and the log says so."""
+    if (args.mean is None) != (args.std is None):
+        raise UsageError("--mean and --std go together (one value per input channel each)")
+    if args.mean is not None and args.normalization is not None:
+        raise UsageError("give either --normalization or --mean/--std, not both")
+    size, normalization, mean, std = args.size, args.normalization or "imagenet", args.mean, args.std
+    if args.model.startswith("timm:") and (
+        size is None or (args.mean is None and args.normalization is None)
+    ):
+        cfg = _timm_cfg(args.model[5:])
+        taken = []
+        if cfg is not None and args.mean is None and args.normalization is None and cfg.get("mean"):
+            mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+            taken.append(f"mean {mean} std {std}")
+        if cfg is not None and size is None and cfg.get("input_size"):
+            size = int(cfg["input_size"][-1])
+            taken.append(f"input size {size}")
+        if taken:
+            _log(args)(
+                f"{args.model}: {', '.join(taken)} from its pretrained_cfg (--mean/--std, --size override)"
+            )
+    return size or 224, normalization, mean, std
+
+
+def _timm_cfg(name: str) -> dict | None:
+    """A timm model's pretrained configuration (mean, std, input_size), without building or downloading."""
+    try:
+        import timm
+    except ImportError as err:
+        raise UsageError("timm models need `pip install castream[timm]`") from err
+    cfg = timm.get_pretrained_cfg(name)
+    return cfg.to_dict() if cfg is not None else None
+
+
+def _add_speed_options(p: argparse.ArgumentParser) -> None:
+    """--amp and --channels-last: how the model runs (castream's own numerics stay in float32)."""
+    p.add_argument(
+        "--amp",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="run the model under autocast in this precision (maps, probabilities, AUCs stay float32)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="model and images in torch.channels_last memory format"
+    )
