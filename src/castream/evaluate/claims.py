@@ -225,7 +225,7 @@ def _needed(entries: list[dict], distance) -> int | None:
 
 def check_claims(runner, rows: dict[tuple[str, str, str], dict], seed: int) -> list[dict]:
     """Every claim the evaluation covers, with its measured differences and verdict. ``rows``: per-image
-    rows of each (model label, pooling, method) cell; accuracy rows are read from the runner."""
+    rows of each (model label, pooling, method) cell, the accuracy cells as method ``"accuracy"``."""
     out = []
     for label in runner.models:
         poolings = runner.poolings(label)
@@ -243,21 +243,14 @@ def check_claims(runner, rows: dict[tuple[str, str, str], dict], seed: int) -> l
                     continue
                 pairs = [(p, p, claim.other, claim.method) for p in poolings]
             for pool_a, pool_b, method_a, method_b in pairs:
-                entry = _check(runner, rows, claim, label, (pool_a, method_a), (pool_b, method_b), seed)
+                entry = _check(rows, claim, label, (pool_a, method_a), (pool_b, method_b), seed)
                 if entry is not None:
                     out.append(entry)
     return out
 
 
-def _check(runner, rows, claim: Claim, label: str, a: tuple, b: tuple, seed: int) -> dict | None:
-    from .results import cell_name
-
-    def cell(pooling: str, method: str) -> dict:
-        if method == "accuracy":
-            return runner.records(cell_name(label, pooling, "accuracy")).rows
-        return rows.get((label, pooling, method), {})
-
-    first, second = cell(*a), cell(*b)
+def _check(rows, claim: Claim, label: str, a: tuple, b: tuple, seed: int) -> dict | None:
+    first, second = (rows.get((label, pooling, method), {}) for pooling, method in (a, b))
     common = sorted(set(first) & set(second))
     expected = dict(claim.expected)
     if not common or any(k not in first[common[0]] or k not in second[common[0]] for k in expected):

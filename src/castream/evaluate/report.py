@@ -1,5 +1,6 @@
 """Report: results.json (everything), results.csv (one row per model/pooling/method), results.md (tables
-laid out like thesis Tables 3.1, 2.6 and 3.3) and figures, from the runner's per-image shards."""
+laid out like thesis Tables 3.1, 2.6 and 3.3) and figures. It only renders what ``results.collect``
+aggregates from the runner's shards."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ import torch
 from .. import metrics, viz
 from ..saliency import RawAttention
 from ..stream import StreamModel
-from ..utils import count_flops, count_parameters
-from .claims import check_claims
-from .results import cell_name
+from .results import COMPARED, collect
 
 # metric key -> (column title, shown x100 as a percentage, lower is better; None: neither)
 COLUMNS = {
@@ -64,35 +63,8 @@ TABLES = {
     ),
 }
 ARROWS = {True: "↓", False: "↑", None: ""}  # lower is better / higher is better / descriptive
-# per-image metrics compared between GAP and CA with the paired bootstrap
-COMPARED = ("ad", "ag", "ai", "insertion", "deletion", "overall", "sp", "discrimination", "sp_target")
 POOLING_NAMES = {"gap": "GAP", "ca": "CA"}
 BLUR_NAMES = {"gaussian": "Gaussian", "rise": "RISE gkern"}
-
-
-def skipped_images(runner) -> list[dict]:
-    """Images left out of the evaluation (``{"index", "reason"}``), from the shards: unreadable ones (in
-    every cell) and multi-label images without an object (in the method cells only: they still count in
-    the mAP)."""
-    found = {}
-    cells = [(label, pooling, "accuracy") for label in runner.models for pooling in runner.poolings(label)]
-    for cell in [*cells, *runner.cells()]:
-        for index, entry in runner.records(cell_name(*cell)).skipped.items():
-            found.setdefault(index, entry)
-    return [found[i] for i in sorted(found)]
-
-
-def _aggregate(rows: dict, seed: int) -> metrics.Aggregator:
-    """Every metric of a cell's rows, in the order of their keys (image index, or (image, class))."""
-    order = sorted(rows)
-    skip = ("index", "class")
-    keys = [k for k in rows[order[0]] if k not in skip and not k.endswith("_curve")] if order else []
-    cases = {k: metrics.fading_rate for k in keys if k.startswith("fading_case")}  # per-host fading rates
-    agg = metrics.Aggregator(seed=seed, reducers=cases)
-    for key in keys:
-        values = torch.tensor([rows[i][key] for i in order], dtype=torch.float64)
-        agg.update(key, values, torch.arange(len(order)))
-    return agg
 
 
 def _fmt(entry: dict | None, percent: bool) -> str:
@@ -102,50 +74,6 @@ def _fmt(entry: dict | None, percent: bool) -> str:
     scale, digits = (100, 2) if percent else (1, 3)
     mean, low, high = (entry[k] * scale for k in ("mean", "low", "high"))
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _accuracy(runner, label: str, pooling: str) -> dict:
-    rows = runner.records(cell_name(label, pooling, "accuracy")).rows
-    indices = sorted(rows)
-    if runner.multilabel:
-        scores = torch.tensor([rows[i]["scores"] for i in indices])
-        labels = torch.tensor([rows[i]["labels"] for i in indices])
-        return {
-            "name": "mAP",
-            "value": metrics.mean_average_precision(scores, labels),
-            "images": len(indices),
-        }
-    agg = metrics.Aggregator(seed=runner.config.seed)
-    agg.update("accuracy", torch.tensor([rows[i]["accuracy"] for i in indices]), torch.tensor(indices))
-    summary = agg.summary()["accuracy"]
-    out = {
-        "name": "accuracy",
-        "value": summary["mean"],
-        "low": summary["low"],
-        "high": summary["high"],
-        "images": len(indices),
-    }
-    if indices and "probability" in rows[indices[0]]:
-        p = torch.tensor([rows[i]["probability"] for i in indices], dtype=torch.float64)
-        q1, median, q3 = torch.quantile(p, torch.tensor([0.25, 0.5, 0.75], dtype=p.dtype)).tolist()
-        out["probability"] = {"mean": float(p.mean()), "q1": q1, "median": median, "q3": q3}
-    return out
-
-
-def _model_row(runner, label: str, pooling: str) -> dict:
-    model, size = runner.models[label], runner.config.size
-    kwargs = runner.forward_kwargs(label, pooling)
-    if isinstance(model, StreamModel) and pooling == "gap":
-        params = count_parameters(model.backbone, trainable_only=False)
-    else:
-        params = count_parameters(model, trainable_only=False)
-    return {
-        "parameters": params,
-        "gflops": count_flops(model, (1, 3, size, size), **kwargs) / 1e9,
-        "accuracy": _accuracy(runner, label, pooling),
-        "model": label,
-        "pooling": pooling,
-    }
 
 
 GRID_IMAGES = 6
@@ -232,27 +160,6 @@ def _figures(runner, cells: list[dict]) -> list[str]:
         viz.bars_figure(out / "ad_ag.png", bars, ["AD", "AG"])
         files.append("ad_ag.png")
     return files
-
-
-def comparisons(runner, rows: dict[tuple[str, str, str], dict[int, dict]]) -> list[dict]:
-    """GAP vs CA for every method of every model with a stream: per metric of COMPARED, the paired
-    bootstrap (PROTOCOL.md) of CA - GAP over the images both cells evaluated."""
-    out = []
-    for label in runner.models:
-        if set(runner.poolings(label)) != {"gap", "ca"}:
-            continue
-        for method in runner.config.methods:
-            gap, ca = rows[(label, "gap", method)], rows[(label, "ca", method)]
-            common = sorted(set(gap) & set(ca))
-            entry = {"model": label, "method": method, "images": len(common), "metrics": {}}
-            for key in COMPARED:
-                if common and key in gap[common[0]] and key in ca[common[0]]:
-                    a, b = ([float(r[i][key]) for i in common] for r in (gap, ca))
-                    entry["metrics"][key] = metrics.paired_bootstrap(
-                        torch.tensor(a), torch.tensor(b), seed=runner.config.seed
-                    )
-            out.append(entry)
-    return out
 
 
 def summary(runner, cells: list[dict], models: list[dict], compared: list[dict]) -> str:
@@ -623,44 +530,17 @@ def _baseline_text(runner, name: str) -> str:
 
 
 def write_report(runner) -> dict:
-    """Aggregate every cell's shards and write the report files; returns the results dictionary."""
+    """Render the results (:func:`results.collect`) as results.json, results.csv, results.md and the
+    figures; returns the results dictionary."""
     import castream
 
     config, out = runner.config, runner.out
-    cells = []
+    found = collect(runner)
+    cells, models, compared, claims = found["cells"], found["models"], found["comparisons"], found["claims"]
     several = len(runner.models) > 1
-    fractions = metrics.step_counts(config.size, config.size, config.protocol).double() / config.size**2
-    all_rows = {}
-    for label, pooling, method in runner.cells():
-        records = runner.records(cell_name(label, pooling, method))
-        rows, timings, skipped = records.rows, records.timings, set(records.skipped)
-        all_rows[(label, pooling, method)] = rows
-        curves = {
-            kind: (fractions.tolist(), torch.tensor(series).mean(0).tolist())
-            for kind in ("insertion", "deletion")
-            if (series := [r[f"{kind}_curve"] for r in rows.values() if f"{kind}_curve" in r])
-        }
-        cells.append(
-            {
-                "model": label,
-                "pooling": pooling,
-                "method": method,
-                "label": f"{label} " * several + f"{method} {POOLING_NAMES[pooling]}",
-                "images": len({k[0] if isinstance(k, tuple) else k for k in rows}),
-                "rows": len(rows),
-                # images the cell could explain: skipped ones (unreadable, no object) are listed apart
-                "images_asked": len(set(runner.method_indices(method)) - skipped),
-                "metrics": _aggregate(rows, config.seed).summary(),
-                "seconds_per_8": sum(s for s, _ in timings) / max(1, sum(n for _, n in timings)) * 8,
-                "curves": curves,
-            }
-        )
-    models = [
-        _model_row(runner, label, pooling) for label in runner.models for pooling in runner.poolings(label)
-    ]
+    for c in cells:  # the cell's name in tables and figures
+        c["label"] = f"{c['model']} " * several + f"{c['method']} {POOLING_NAMES[c['pooling']]}"
     figures = _figures(runner, cells)
-    compared = comparisons(runner, all_rows)
-    claims = check_claims(runner, all_rows, config.seed)
     results = {
         "config": config.to_dict(),
         "protocol": {"name": config.protocol, **metrics.PROTOCOLS[config.protocol]},
@@ -672,8 +552,8 @@ def write_report(runner) -> dict:
         "images": len(runner.indices),
         "models": models,
         "cells": [{k: v for k, v in c.items() if k != "label"} for c in cells],
-        "skipped": skipped_images(runner),
-        "ignored_records": list(runner.warnings),
+        "skipped": found["skipped"],
+        "ignored_records": found["ignored_records"],
         "comparisons": compared,
         "claims": claims,
         "summary": summary(runner, cells, models, compared) + _claims_sentence(claims),

@@ -1,6 +1,7 @@
-"""Evaluation results on disk: the run's identity (``config.json``) and the per-cell shard files the
-runner appends, read back and validated into per-image rows. It serves both the runner's resume and the
-report, so that both see the same records.
+"""Evaluation results: the run's identity (``config.json``) and the per-cell shard files the runner
+appends, read back and validated into per-image rows, then aggregated (:func:`collect`: per-cell
+metrics with bootstrap intervals, the models' accuracy and cost, GAP vs CA comparisons, the claims the run
+covers). It serves both the runner's resume and the report, which only renders what it returns.
 
 Every shard record names its run (a digest of the folder's ``config.json``, which holds the settings and
 the weights' content digests) and its cell. A record of another run or cell (a line copied from another
@@ -15,6 +16,13 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
+
+from .. import metrics
+from ..stream import StreamModel
+from ..utils import count_flops, count_parameters
+from .claims import check_claims
 
 
 def cell_name(label: str, pooling: str, method: str) -> str:
@@ -122,3 +130,146 @@ def read_shards(out: Path, cell: str) -> tuple[dict, list[tuple[float, int]]]:
     """Rows and timings of ``cell`` in ``out`` (see :func:`read_cell`)."""
     records = read_cell(out, cell)
     return records.rows, records.timings
+
+
+# per-image metrics compared between GAP and CA with the paired bootstrap
+COMPARED = ("ad", "ag", "ai", "insertion", "deletion", "overall", "sp", "discrimination", "sp_target")
+
+
+def collect(runner) -> dict:
+    """Every cell's records aggregated (:class:`metrics.Aggregator`), the models' accuracy and cost,
+    the GAP vs CA comparisons, the claims the run covers, the skipped images and the ignored records:
+    everything the report renders."""
+    config = runner.config
+    fractions = metrics.step_counts(config.size, config.size, config.protocol).double() / config.size**2
+    cells, all_rows = [], {}
+    for label, pooling, method in runner.cells():
+        records = runner.records(cell_name(label, pooling, method))
+        rows, timings, skipped = records.rows, records.timings, set(records.skipped)
+        all_rows[(label, pooling, method)] = rows
+        curves = {
+            kind: (fractions.tolist(), torch.tensor(series).mean(0).tolist())
+            for kind in ("insertion", "deletion")
+            if (series := [r[f"{kind}_curve"] for r in rows.values() if f"{kind}_curve" in r])
+        }
+        cells.append(
+            {
+                "model": label,
+                "pooling": pooling,
+                "method": method,
+                "images": len({k[0] if isinstance(k, tuple) else k for k in rows}),
+                "rows": len(rows),
+                # images the cell could explain: skipped ones (unreadable, no object) are listed apart
+                "images_asked": len(set(runner.method_indices(method)) - skipped),
+                "metrics": _aggregate(rows, config.seed).summary(),
+                "seconds_per_8": sum(s for s, _ in timings) / max(1, sum(n for _, n in timings)) * 8,
+                "curves": curves,
+            }
+        )
+    for label in runner.models:
+        for pooling in runner.poolings(label):
+            all_rows[(label, pooling, "accuracy")] = runner.records(
+                cell_name(label, pooling, "accuracy")
+            ).rows
+    return {
+        "cells": cells,
+        "models": [
+            _model_row(runner, label, pooling)
+            for label in runner.models
+            for pooling in runner.poolings(label)
+        ],
+        "comparisons": comparisons(runner, all_rows),
+        "claims": check_claims(runner, all_rows, config.seed),
+        "skipped": skipped_images(runner),
+        "ignored_records": list(runner.warnings),
+    }
+
+
+def skipped_images(runner) -> list[dict]:
+    """Images left out of the evaluation (``{"index", "reason"}``), from the shards: unreadable ones (in
+    every cell) and multi-label images without an object (in the method cells only: they still count in
+    the mAP)."""
+    found = {}
+    cells = [(label, pooling, "accuracy") for label in runner.models for pooling in runner.poolings(label)]
+    for cell in [*cells, *runner.cells()]:
+        for index, entry in runner.records(cell_name(*cell)).skipped.items():
+            found.setdefault(index, entry)
+    return [found[i] for i in sorted(found)]
+
+
+def _aggregate(rows: dict, seed: int) -> metrics.Aggregator:
+    """Every metric of a cell's rows, in the order of their keys (image index, or (image, class))."""
+    order = sorted(rows)
+    skip = ("index", "class")
+    keys = [k for k in rows[order[0]] if k not in skip and not k.endswith("_curve")] if order else []
+    cases = {k: metrics.fading_rate for k in keys if k.startswith("fading_case")}  # per-host fading rates
+    agg = metrics.Aggregator(seed=seed, reducers=cases)
+    for key in keys:
+        values = torch.tensor([rows[i][key] for i in order], dtype=torch.float64)
+        agg.update(key, values, torch.arange(len(order)))
+    return agg
+
+
+def _accuracy(runner, label: str, pooling: str) -> dict:
+    rows = runner.records(cell_name(label, pooling, "accuracy")).rows
+    indices = sorted(rows)
+    if runner.multilabel:
+        scores = torch.tensor([rows[i]["scores"] for i in indices])
+        labels = torch.tensor([rows[i]["labels"] for i in indices])
+        return {
+            "name": "mAP",
+            "value": metrics.mean_average_precision(scores, labels),
+            "images": len(indices),
+        }
+    agg = metrics.Aggregator(seed=runner.config.seed)
+    agg.update("accuracy", torch.tensor([rows[i]["accuracy"] for i in indices]), torch.tensor(indices))
+    summary = agg.summary()["accuracy"]
+    out = {
+        "name": "accuracy",
+        "value": summary["mean"],
+        "low": summary["low"],
+        "high": summary["high"],
+        "images": len(indices),
+    }
+    if indices and "probability" in rows[indices[0]]:
+        p = torch.tensor([rows[i]["probability"] for i in indices], dtype=torch.float64)
+        q1, median, q3 = torch.quantile(p, torch.tensor([0.25, 0.5, 0.75], dtype=p.dtype)).tolist()
+        out["probability"] = {"mean": float(p.mean()), "q1": q1, "median": median, "q3": q3}
+    return out
+
+
+def _model_row(runner, label: str, pooling: str) -> dict:
+    model, size = runner.models[label], runner.config.size
+    kwargs = runner.forward_kwargs(label, pooling)
+    if isinstance(model, StreamModel) and pooling == "gap":
+        params = count_parameters(model.backbone, trainable_only=False)
+    else:
+        params = count_parameters(model, trainable_only=False)
+    return {
+        "parameters": params,
+        "gflops": count_flops(model, (1, 3, size, size), **kwargs) / 1e9,
+        "accuracy": _accuracy(runner, label, pooling),
+        "model": label,
+        "pooling": pooling,
+    }
+
+
+def comparisons(runner, rows: dict[tuple[str, str, str], dict[int, dict]]) -> list[dict]:
+    """GAP vs CA for every method of every model with a stream: per metric of COMPARED, the paired
+    bootstrap (PROTOCOL.md) of CA - GAP over the images both cells evaluated."""
+    out = []
+    for label in runner.models:
+        if set(runner.poolings(label)) != {"gap", "ca"}:
+            continue
+        for method in runner.config.methods:
+            gap, ca = rows[(label, "gap", method)], rows[(label, "ca", method)]
+            common = sorted(set(gap) & set(ca))
+            entry = {"model": label, "method": method, "images": len(common), "metrics": {}}
+            for key in COMPARED:
+                if common and key in gap[common[0]] and key in ca[common[0]]:
+                    a, b = ([float(r[i][key]) for i in common] for r in (gap, ca))
+                    entry["metrics"][key] = metrics.paired_bootstrap(
+                        torch.tensor(a), torch.tensor(b), seed=runner.config.seed
+                    )
+            out.append(entry)
+    return out
