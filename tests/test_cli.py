@@ -107,9 +107,11 @@ def test_synth_and_train_commands(tmp_path, capsys):
 
 def test_ctrl_c_during_start_up_prints_one_line():
     # Ctrl-C arrives exactly when main() starts importing torch (an import hook sends it): no race with the
-    # machine's speed, as a fixed delay had
+    # machine's speed, as a fixed delay had. Python's own SIGINT handler is installed first: a process
+    # started from a background job inherits SIGINT ignored, and Python then installs none
     script = (
         "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "class Interrupt:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'torch':\n"
