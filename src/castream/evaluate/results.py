@@ -142,11 +142,13 @@ def collect(runner) -> dict:
     everything the report renders."""
     config = runner.config
     fractions = metrics.step_counts(config.size, config.size, config.protocol).double() / config.size**2
-    cells, all_rows = [], {}
+    accuracy = [(label, pooling, "accuracy") for label in runner.models for pooling in runner.poolings(label)]
+    records = {cell: runner.records(cell_name(*cell)) for cell in [*accuracy, *runner.cells()]}  # read once
+    all_rows = {cell: found.rows for cell, found in records.items()}
+    cells = []
     for label, pooling, method in runner.cells():
-        records = runner.records(cell_name(label, pooling, method))
-        rows, timings, skipped = records.rows, records.timings, set(records.skipped)
-        all_rows[(label, pooling, method)] = rows
+        found = records[(label, pooling, method)]
+        rows, timings, skipped = found.rows, found.timings, set(found.skipped)
         curves = {
             kind: (fractions.tolist(), torch.tensor(series).mean(0).tolist())
             for kind in ("insertion", "deletion")
@@ -166,35 +168,23 @@ def collect(runner) -> dict:
                 "curves": curves,
             }
         )
-    for label in runner.models:
-        for pooling in runner.poolings(label):
-            all_rows[(label, pooling, "accuracy")] = runner.records(
-                cell_name(label, pooling, "accuracy")
-            ).rows
+    # images left out (unreadable ones in every cell; multi-label images without an object in the method
+    # cells only: they still count in the mAP), each once
+    skipped_images = {}
+    for found in records.values():
+        for index, entry in found.skipped.items():
+            skipped_images.setdefault(index, entry)
     return {
         "cells": cells,
         "models": [
-            _model_row(runner, label, pooling)
-            for label in runner.models
-            for pooling in runner.poolings(label)
+            _model_row(runner, label, pooling, all_rows[(label, pooling, "accuracy")])
+            for label, pooling, _ in accuracy
         ],
         "comparisons": comparisons(runner, all_rows),
         "claims": check_claims(runner, all_rows, config.seed),
-        "skipped": skipped_images(runner),
+        "skipped": [skipped_images[i] for i in sorted(skipped_images)],
         "ignored_records": list(runner.warnings),
     }
-
-
-def skipped_images(runner) -> list[dict]:
-    """Images left out of the evaluation (``{"index", "reason"}``), from the shards: unreadable ones (in
-    every cell) and multi-label images without an object (in the method cells only: they still count in
-    the mAP)."""
-    found = {}
-    cells = [(label, pooling, "accuracy") for label in runner.models for pooling in runner.poolings(label)]
-    for cell in [*cells, *runner.cells()]:
-        for index, entry in runner.records(cell_name(*cell)).skipped.items():
-            found.setdefault(index, entry)
-    return [found[i] for i in sorted(found)]
 
 
 def _aggregate(rows: dict, seed: int) -> metrics.Aggregator:
@@ -210,8 +200,8 @@ def _aggregate(rows: dict, seed: int) -> metrics.Aggregator:
     return agg
 
 
-def _accuracy(runner, label: str, pooling: str) -> dict:
-    rows = runner.records(cell_name(label, pooling, "accuracy")).rows
+def _accuracy(runner, rows: dict) -> dict:
+    """Top-1 accuracy (mAP for multi-label data) with its interval, and the clean probability's spread."""
     indices = sorted(rows)
     if runner.multilabel:
         scores = torch.tensor([rows[i]["scores"] for i in indices])
@@ -238,7 +228,7 @@ def _accuracy(runner, label: str, pooling: str) -> dict:
     return out
 
 
-def _model_row(runner, label: str, pooling: str) -> dict:
+def _model_row(runner, label: str, pooling: str, accuracy_rows: dict) -> dict:
     model, size = runner.models[label], runner.config.size
     kwargs = runner.forward_kwargs(label, pooling)
     if isinstance(model, StreamModel) and pooling == "gap":
@@ -248,7 +238,7 @@ def _model_row(runner, label: str, pooling: str) -> dict:
     return {
         "parameters": params,
         "gflops": count_flops(model, (1, 3, size, size), **kwargs) / 1e9,
-        "accuracy": _accuracy(runner, label, pooling),
+        "accuracy": _accuracy(runner, accuracy_rows),
         "model": label,
         "pooling": pooling,
     }
