@@ -5,6 +5,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+import castream
+
+IMAGENET = castream.Preprocess()  # the statistics the tests' models "were trained with"
+
 
 class TinyNet(nn.Module):
     """A small GAP + linear CNN. ``dead`` channels of the last conv output exact zeros, ``flat`` channels a
@@ -27,13 +31,23 @@ class TinyNet(nn.Module):
                 conv.weight[k] = 0
                 conv.bias[k] = -1.0 if k in dead else 0.5
 
+        IMAGENET.declare(self)
+
     def forward(self, x):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
 def tiny_vit(classes: int = 5) -> torchvision.models.VisionTransformer:
-    return torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=classes
+    return IMAGENET.declare(
+        torchvision.models.VisionTransformer(
+            image_size=32,
+            patch_size=8,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            mlp_dim=32,
+            num_classes=classes,
+        )
     )
 
 
@@ -101,7 +115,7 @@ class LiteNet(nn.Module):
 
 def lite_net(image: int = 64, classes: int = 5) -> LiteNet:
     """A LiteNet in eval mode with non-trivial BatchNorm statistics (so the stream's GAP check has teeth)."""
-    model = LiteNet(image, classes).eval()
+    model = IMAGENET.declare(LiteNet(image, classes).eval())
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-1, 1)

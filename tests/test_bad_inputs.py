@@ -20,8 +20,7 @@ from _models import TinyNet
 
 @pytest.fixture(scope="module")
 def net():
-    torch.manual_seed(0)
-    return build_model("resnet10_os16", num_classes=4).eval()
+    return castream.Preprocess().declare(build_model("resnet10_os16", num_classes=4).eval())
 
 
 def _images(n=2, size=32):

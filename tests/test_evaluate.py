@@ -773,8 +773,7 @@ def test_a_checkpoint_changed_in_place_is_not_served_the_old_results(artifacts, 
     weights.write_bytes(artifacts["checkpoint"].read_bytes())
     quiet = {"progress": False, "log": lambda *_: None}
     Runner(_small(artifacts, tmp_path / "a", checkpoint=str(weights)), **quiet).run()
-    torch.manual_seed(1)
-    save_weights(build_model("resnet10_os16", num_classes=3), weights)
+    save_weights(build_model("resnet10_os16", num_classes=3, seed=1), weights)
     with pytest.raises(ValueError, match=r"the weights of resnet10_os16 changed .*replaced at the same path"):
         Runner(_small(artifacts, tmp_path / "a", checkpoint=str(weights)), **quiet).run()
     Runner(_small(artifacts, tmp_path / "b", checkpoint=str(weights)), **quiet).run()

@@ -98,3 +98,19 @@ def test_quantus_explain_func_round_trip(model):
     via_func = metric(**kwargs, a_batch=None, explain_func=explain, explain_func_kwargs={"method": "gradcam"})
     via_maps = metric(**kwargs, a_batch=ours[:, None])
     np.testing.assert_allclose(via_func, via_maps, rtol=1e-6)
+
+
+def test_noise_tunnel_wraps_an_attribution():
+    """captum:NoiseTunnel (SmoothGrad by default: NoiseTunnel of Saliency) equals Captum called directly."""
+    captum = pytest.importorskip("captum.attr")
+    model, x = TinyNet().eval(), torch.rand(2, 3, 16, 16)
+    method = saliency.get("captum:NoiseTunnel")(model, nt_samples=4, stdevs=0.1, nt_type="smoothgrad")
+    torch.manual_seed(3)
+    found = method(x, [1, 2], normalize=False)
+    torch.manual_seed(3)
+    direct = captum.NoiseTunnel(captum.Saliency(model)).attribute(
+        x.clone(), target=torch.tensor([1, 2]), nt_samples=4, stdevs=0.1, nt_type="smoothgrad"
+    )
+    torch.testing.assert_close(found, direct.abs().amax(1))
+    inner = saliency.get("captum:NoiseTunnel")(model, inner="IntegratedGradients", nt_samples=2, n_steps=4)
+    assert inner(x).shape == (2, 16, 16)

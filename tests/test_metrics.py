@@ -345,7 +345,7 @@ def test_evidence_map_beats_random_map():
 
 
 def test_fakecam_near_zero_ad_and_ag_and_all_ones_map_exactly_zero():
-    model = torchvision.models.resnet18(num_classes=10).eval()
+    model = Preprocess().declare(torchvision.models.resnet18(num_classes=10).eval())
     x = torch.randn(4, 3, 64, 64)
     fake = saliency.FakeCAM(model)(x)
     r = metrics.recognition(model, x, fake)

@@ -13,7 +13,7 @@ import torchvision
 from castream import metrics, saliency
 from castream.metrics import sanity
 
-from _models import TinyNet, tiny_vit
+from _models import IMAGENET, TinyNet, tiny_vit
 
 loc = importlib.import_module(
     "castream.metrics.localization"
@@ -31,13 +31,14 @@ VIT_ONLY = ("rollout", "transformerattribution")
 def _options(name):
     if name == "extremalperturbation":
         return {"max_iter": 10, "step": 2, "sigma": 3, "max_blur": 3}
-    return {"max_iter": 10} if name == "opticam" else {}
+    options = {"preprocess": IMAGENET} if saliency.get(name).masks_input else {}
+    return {**options, "max_iter": 10} if name == "opticam" else options
 
 
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10).eval()
+    return IMAGENET.declare(torchvision.models.resnet18(num_classes=10).eval())
 
 
 def _cosine(a, b):

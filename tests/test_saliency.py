@@ -13,7 +13,7 @@ from torch import nn
 import castream
 from castream import Preprocess, saliency
 
-from _models import TinyNet, tiny_vit
+from _models import IMAGENET, TinyNet, tiny_vit
 from conftest import assert_same_state, state_snapshot
 
 # --- naive references -------------------------------------------------------------------------------
@@ -320,13 +320,10 @@ def test_opticam_stops_each_image_on_its_own():
 
 
 def _options(name):
-    return (
-        {"max_iter": 3}
-        if name in ("opticam", "extremalperturbation")
-        else {"batch_size": 512}
-        if name in ("scorecam", "ablationcam", "sacam")
-        else {}
-    )
+    options = {"preprocess": IMAGENET} if saliency.get(name).masks_input else {}
+    if name in ("opticam", "extremalperturbation"):
+        return {**options, "max_iter": 3}
+    return {**options, "batch_size": 512} if name in ("scorecam", "ablationcam", "sacam") else options
 
 
 VIT_ONLY = ("rollout", "transformerattribution")
@@ -771,7 +768,7 @@ def test_masking_methods_never_forward_an_empty_batch(name):
     sizes = []
     handle = model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
     try:
-        maps = saliency.get(name)(model, "bn", batch_size=4)(torch.randn(2, 3, 16, 16))
+        maps = saliency.get(name)(model, "bn", batch_size=4, preprocess=IMAGENET)(torch.randn(2, 3, 16, 16))
     finally:
         handle.remove()
     assert maps.shape == (2, 16, 16) and 0 not in sizes

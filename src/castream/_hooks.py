@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from torch import nn
+from torch import Tensor, nn
 
 
 @contextmanager
@@ -43,3 +43,9 @@ def frozen_eval(model: nn.Module) -> Iterator[None]:
             m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def model_logits(output: object) -> object:
+    """The logits of a model output: a Hugging Face ``ModelOutput``'s ``logits``, else the output."""
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, Tensor) and not isinstance(output, Tensor) else output

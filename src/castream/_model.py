@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._hooks import model_logits
+
 OutputSelector = int | str | Callable[[Any], Tensor] | None
 
 
@@ -56,6 +58,8 @@ class Logits:
                 )
         elif self.output is not None:
             out = self.output(out)
+        else:
+            out = model_logits(out)  # a Hugging Face ModelOutput: its logits
         if not isinstance(out, Tensor):
             raise TypeError(
                 f"{type(self.model).__name__} returned a {type(out).__name__}; pass output= (an index, a key "

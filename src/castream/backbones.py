@@ -37,7 +37,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from ._hooks import forward_hooks, frozen_eval
+from ._hooks import forward_hooks, frozen_eval, model_logits
 from ._trace import Event, Trace, trace_forward, zeros_input
 from .utils import count_parameters, meta_call
 
@@ -71,6 +71,23 @@ LAYOUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
         ("norm_pre", "head"),
         "map",
     ),
+    # Hugging Face transformers: the embedder is the stem after max-pool; the classifier starts with Flatten
+    "hf.resnet": (
+        ("resnet.embedder", *(f"resnet.encoder.stages.{i}" for i in range(4))),
+        ("classifier",),
+        "flat",
+    ),
+    # the pooled vector goes through the model's final LayerNorm, then the classifier
+    "hf.convnext": (
+        (
+            "convnext.embeddings",
+            "convnext.encoder.stages.1.downsampling_layer.1",  # LayerNorm, then the strided convolution
+            "convnext.encoder.stages.2.downsampling_layer.1",
+            "convnext.encoder.stages.3",
+        ),
+        ("convnext.layernorm", "classifier"),
+        "flat",
+    ),
 }
 
 FAMILY_NAMES = {
@@ -78,7 +95,10 @@ FAMILY_NAMES = {
     "torchvision.convnext": "torchvision ConvNeXt",
     "timm.resnet": "timm ResNet",
     "timm.convnext": "timm ConvNeXt",
+    "hf.resnet": "Hugging Face ResNetForImageClassification",
+    "hf.convnext": "Hugging Face ConvNextForImageClassification",
 }
+HF_FAMILIES = {"ResNetForImageClassification": "hf.resnet", "ConvNextForImageClassification": "hf.convnext"}
 
 EXPLICIT_FORM = 'taps=["stage1", "stage2", "stage3", "stage4"], head="fc", head_input="flat"'
 
@@ -94,6 +114,8 @@ def detect_family(model: nn.Module) -> str | None:
         return "timm.resnet"
     if module.startswith("timm.") and name == "ConvNeXt":
         return "timm.convnext"
+    if module.startswith("transformers.") and name in HF_FAMILIES:
+        return HF_FAMILIES[name]
     return None
 
 
@@ -460,6 +482,7 @@ def _verify(model: nn.Module, spec: BackboneSpec) -> None:
     with frozen_eval(model), torch.no_grad():
         with forward_hooks([(module, lambda m, a, out: captured.append(out.clone()))]):
             output = model(x)
+        output = model_logits(output)
         logits = output if isinstance(output, Tensor) else None
         try:
             pooled = spec.pool_input(captured[-1]).mean(dim=(2, 3))
@@ -558,6 +581,7 @@ def describe(
 
     in_channels = input_channels(model)
     shapes, output = probe_shapes(model, tuple(taps), (1, in_channels, probe_size, probe_size))
+    output = model_logits(output)
     if isinstance(output, Tensor) and output.dim() == 2:
         num_classes = output.shape[1]
     else:
@@ -586,16 +610,30 @@ def describe(
 
 
 def is_vit(model: nn.Module) -> bool:
-    """A torchvision or timm Vision Transformer."""
+    """A torchvision or timm Vision Transformer, or a Hugging Face ``ViTForImageClassification``."""
     if isinstance(model, torchvision.models.VisionTransformer):
         return True
-    return type(model).__module__.startswith("timm.") and type(model).__name__ == "VisionTransformer"
+    module, name = type(model).__module__, type(model).__name__
+    return (module.startswith("timm.") and name == "VisionTransformer") or is_hf_vit(model)
+
+
+def is_hf_vit(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("transformers.") and type(model).__name__ in (
+        "ViTForImageClassification",
+        "DeiTForImageClassification",
+    )
 
 
 def vit_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every transformer block of a torchvision or timm ViT, in order."""
+    """(name, module) of every transformer block of a ViT, in order."""
     if isinstance(model, torchvision.models.VisionTransformer):
         return [(f"encoder.layers.{n}", m) for n, m in model.encoder.layers.named_children()]
+    if is_hf_vit(model):
+        base = model.base_model_prefix  # "vit" or "deit"
+        inner = getattr(model, base)
+        # transformers 5 keeps the blocks in ``layers``, 4 in ``encoder.layer``
+        path = "layers" if hasattr(inner, "layers") else "encoder.layer"
+        return [(f"{base}.{path}.{n}", m) for n, m in inner.get_submodule(path).named_children()]
     return [(f"blocks.{n}", m) for n, m in model.blocks.named_children()]
 
 
@@ -615,19 +653,47 @@ def default_layer(model: nn.Module) -> str:
         return LAYOUTS[family][0][-1]
     if is_vit(model):
         name, block = vit_blocks(model)[-1]
-        return f"{name}.ln_1" if hasattr(block, "ln_1") else f"{name}.norm1"
+        first = next(n for n in ("ln_1", "norm1", "layernorm_before") if hasattr(block, n))
+        return f"{name}.{first}"
     if isinstance(model, torchvision.models.VGG):
         pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
         return f"features.{pools[-1] - 1}"  # the activation before the last max-pool
     if isinstance(model, torchvision.models.MobileNetV2):
         return f"features.{len(model.features) - 1}"
     try:
-        return describe(model, verify=False).taps[-1]  # the rule: the map the global pooling reads
+        return _ruled(model).taps[-1]  # the rule: the map the global pooling reads
     except ValueError as err:
         raise ValueError(
             f"no default layer for {type(model).__name__} ({err}); pass layer= (a module name or the "
             "module itself)"
         ) from None
+
+
+_RULED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _ruled(model: nn.Module) -> BackboneSpec:
+    """``describe(model, verify=False)``, once per model (the rule traces the forward)."""
+    if model not in _RULED:
+        _RULED[model] = describe(model, verify=False)
+    return _RULED[model]
+
+
+def pool_activation(model: nn.Module, layer: str) -> str | None:
+    """The activation the model's forward applies (functionally) to ``layer``'s output before its global
+    pooling, when ``layer`` is the last tap of a rule-described model (EfficientNet-Lite's shared ReLU6
+    after ``_bn1``), else None: CAM methods must see the map the pooling sees, not the negative values
+    before it (93.6% of Lite0's ``_bn1`` outputs are below zero)."""
+    own = getattr(model, "pool_activations", None)  # a StreamModel knows its backbone's
+    if isinstance(own, dict):
+        return own.get(layer)
+    if detect_family(model) is not None or is_vit(model) or isinstance(model, torchvision.models.VGG):
+        return None
+    try:
+        spec = _ruled(model)
+    except Exception:  # a model castream cannot describe: no known activation
+        return None
+    return spec.pre_pool if spec.pre_pool and layer == spec.taps[-1] else None
 
 
 _MIN_SIZES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -101,26 +101,42 @@ def load_factory(spec: str) -> nn.Module:
     return model
 
 
-def build_model(name: str, *, num_classes: int | None = None, weights: str | None = None) -> nn.Module:
+def build_model(
+    name: str, *, num_classes: int | None = None, weights: str | None = None, seed: int = 0
+) -> nn.Module:
     """A torchvision model by name (``resnet50``), a timm one with the ``timm:`` prefix
     (``timm:convnext_tiny``), one of castream's variants (``VARIANTS``: ``cifar_resnet18``,
     ``cifar_mobilenet_v2``, ``resnet10_os16``), or a user's own from a factory (``package.module:factory``
-    or ``path/to/file.py:factory``, :func:`load_factory`; its head is replaced when ``num_classes``
-    differs from its own).
+    or ``path/to/file.py:factory``, :func:`load_factory`; as it builds it: a ``num_classes`` other than its
+    own is an error, castream never replaces a head unasked).
     ``weights`` (e.g. ``"IMAGENET1K_V1"``, or ``"pretrained"`` for timm) is the only path that downloads;
-    without it the model has random weights."""
+    without it the model has random weights drawn from ``seed`` (the same model every time, so that a
+    stream trained on it fits it again)."""
     if is_factory(name):
         if weights:
             raise ValueError(
                 f"weights={weights!r} applies to torchvision and timm models; {name} loads its own"
             )
         model = load_factory(name)
-        if num_classes is not None:
-            from .backbones import describe
-
-            if describe(model, verify=False).num_classes != num_classes:
-                model = replace_head(model, num_classes)
+        if num_classes is not None and output_classes(model) != num_classes:
+            raise ValueError(
+                f"model factory {name} returns a model with {output_classes(model)} outputs, not "
+                f"{num_classes}; castream does not replace its head (train a classifier to fine-tune one)"
+            )
         return model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_named(name, num_classes, weights)
+
+
+def output_classes(model: nn.Module) -> int:
+    """How many classes ``model`` outputs: its description's, or a head's last Linear."""
+    from .backbones import describe
+
+    return describe(model, verify=False).num_classes
+
+
+def _build_named(name: str, num_classes: int | None, weights: str | None) -> nn.Module:
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if name in VARIANTS:
         if weights:
@@ -151,8 +167,9 @@ def build_model(name: str, *, num_classes: int | None = None, weights: str | Non
         ) from None
 
 
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """Give a classifier of a supported family a new final linear layer for ``num_classes`` (fine-tuning)."""
+def replace_head(model: nn.Module, num_classes: int, *, seed: int = 0) -> nn.Module:
+    """Give a classifier a new final linear layer for ``num_classes`` (fine-tuning), initialized from
+    ``seed``; only ever called when asked (training a classifier on a dataset of other classes)."""
     from .backbones import describe
 
     names = [
@@ -165,7 +182,9 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no linear classifier to replace")
     old = model.get_submodule(names[-1])
     parent, _, attr = names[-1].rpartition(".")
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     setattr(
         model.get_submodule(parent) if parent else model, attr, new.to(old.weight.device, old.weight.dtype)
     )

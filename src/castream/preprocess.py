@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from torch import Tensor
+from torch import Tensor, nn
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -59,6 +59,15 @@ class Preprocess:
             raise ValueError(f"std must be positive, got {tuple(std)}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+
+    def declare(self, model: nn.Module) -> nn.Module:
+        """Record these statistics on ``model`` (as ``model.castream_preprocess``) so that every method and
+        metric called without ``preprocess=`` uses them; returns the model. castream's loaders and
+        ``StreamModel`` declare them for you where they are known."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"declare() takes a torch.nn.Module, got {type(model).__name__}")
+        model.castream_preprocess = self
+        return model
 
     @classmethod
     def named(cls, name: str) -> Preprocess:
@@ -171,3 +180,36 @@ class Preprocess:
             )
         base = baseline if isinstance(baseline, Tensor) else self.baseline(images, baseline)
         return torch.lerp(base.to(images.dtype), images, maps.unsqueeze(-3).to(images.dtype))
+
+
+def declared(model: nn.Module) -> Preprocess | None:
+    """The input statistics ``model`` declares: :meth:`Preprocess.declare`'s attribute, a timm
+    ``pretrained_cfg`` mean and std, or those of a wrapped ``backbone`` (a StreamModel's); None when it
+    declares none (a torchvision or Hugging Face model does not know the statistics it was trained with)."""
+    own = getattr(model, "castream_preprocess", None)
+    if isinstance(own, Preprocess):
+        return own
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std"):
+        return Preprocess(cfg["mean"], cfg["std"])
+    inner = getattr(model, "backbone", None)
+    return declared(inner) if isinstance(inner, nn.Module) and inner is not model else None
+
+
+def resolve_preprocess(model: nn.Module, preprocess: Preprocess | None, user: str) -> Preprocess:
+    """``preprocess`` when given, else the statistics ``model`` declares (:func:`declared`), else an error:
+    masking in pixel space with guessed statistics gives wrong numbers without a word (EfficientNet-Lite0,
+    trained with mean = std = 0.5, moves from AD 42% to 73% under ImageNet's)."""
+    if preprocess is not None:
+        if not isinstance(preprocess, Preprocess):
+            raise TypeError(f"preprocess must be a castream.Preprocess, got {type(preprocess).__name__}")
+        return preprocess
+    found = declared(model)
+    if found is None:
+        raise ValueError(
+            f"{user} masks images in pixel space and needs the input statistics {type(model).__name__} was "
+            "trained with, which it does not declare: pass preprocess=castream.Preprocess(mean, std) "
+            "(castream.Preprocess() for ImageNet's), or declare them once with "
+            "castream.Preprocess(mean, std).declare(model); castream never guesses them"
+        )
+    return found

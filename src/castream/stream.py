@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ._hooks import StopForward, forward_hooks
+from ._hooks import StopForward, forward_hooks, model_logits
 from .backbones import LAYOUTS, BackboneSpec, describe, detect_family, resolve_module
 from .maps import finalize_maps
 from .utils import atomic_write
@@ -220,18 +220,25 @@ class StreamModel(nn.Module):
         ``backbones.default_layer``."""
         return f"backbone.{self.spec.taps[-1]}"
 
+    @property
+    def pool_activations(self) -> dict[str, str]:
+        """The activation applied to the last tap before pooling, for ``backbones.pool_activation``."""
+        return {self.cam_layer: self.spec.pre_pool} if self.spec.pre_pool else {}
+
     def forward(self, x: Tensor, *, pooling: str = "ca", labels: Tensor | None = None) -> Tensor:
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
         self._check_input(x)
         if pooling == "gap":
             self.attention = []
-            return self.backbone(x)
+            return model_logits(self.backbone(x))  # a Hugging Face ModelOutput: its logits, as CA returns
         query_index = self._query_index(labels, x.shape[0]) if self.config.class_specific else None
         need_gap = self.config.class_specific and query_index is None
         features, gap_logits = self._capture(x, stop_early=not need_gap)
         if need_gap:
-            query_index = gap_logits.argmax(dim=1)  # inference: the class predicted by the frozen GAP path
+            query_index = model_logits(gap_logits).argmax(
+                dim=1
+            )  # inference: the class predicted by the frozen GAP path
         features[-1] = self.spec.pool_input(features[-1])  # what the model's global pooling reads
         pooled, attentions = self.stream(features, query_index)
         if not x.is_meta:

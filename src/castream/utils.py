@@ -93,11 +93,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
                 errno.ENOSPC,
                 f"No space left on the disk while writing {path}; {previous} (free space and rerun)",
             ) from err
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode open() would
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:
@@ -151,6 +159,19 @@ def write_owned(folder: str | os.PathLike, files: dict[str, Callable[[Path], Non
     not write (or that was changed since) is only replaced with ``overwrite``. Nothing is written when one
     is refused."""
     folder = Path(folder)
+    manifest = check_owned(folder, files, overwrite)
+    for name, write in files.items():
+        manifest[name] = file_digest(atomic_write(folder / name, write))
+    atomic_write(
+        folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    )
+
+
+def check_owned(folder: str | os.PathLike, names, overwrite: bool) -> dict:
+    """The manifest of ``folder`` (see :func:`write_owned`), after checking that none of ``names`` is a
+    file castream did not write there (unless ``overwrite``): check every name of a long job first, then
+    write batch by batch."""
+    folder = Path(folder)
     manifest_path = folder / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
@@ -159,7 +180,7 @@ def write_owned(folder: str | os.PathLike, files: dict[str, Callable[[Path], Non
     if not overwrite:
         foreign = [
             name
-            for name in files
+            for name in names
             if (folder / name).exists() and manifest.get(name) != file_digest(folder / name)
         ]
         if foreign:
@@ -168,6 +189,4 @@ def write_owned(folder: str | os.PathLike, files: dict[str, Callable[[Path], Non
                 "which castream did not write there (or which changed since); pass --overwrite "
                 "(overwrite=True) to replace them, or choose another --out"
             )
-    for name, write in files.items():
-        manifest[name] = file_digest(atomic_write(folder / name, write))
-    atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
+    return manifest

@@ -64,9 +64,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def prepare(model: nn.Module, args: argparse.Namespace) -> nn.Module:
-    """``model`` on the benchmark's device, in its memory format."""
+    """``model`` on the benchmark's device, in its memory format, declaring ImageNet's statistics (the
+    benchmarks time random-weight models on ImageNet-normalized inputs)."""
+    from ..preprocess import Preprocess
+
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
-    return model.to(torch.device(args.device), memory_format=memory)
+    return Preprocess().declare(model.to(torch.device(args.device), memory_format=memory))
 
 
 def inputs(shape: tuple[int, ...], args: argparse.Namespace) -> torch.Tensor:

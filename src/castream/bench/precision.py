@@ -20,6 +20,7 @@ from ..demo import WEIGHTS, DemoConfig
 from ..evaluate import EvalConfig, Runner
 from ..evaluate.results import cell_name, read_shards
 from ..evaluate.runner import load_classifier
+from ..preprocess import Preprocess
 from ..stream import load_stream
 from ._timing import base_parser, emit, environment, precision
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
             others=demo.others,
         )
         classifier = load_classifier(demo.model, demo.classes, None, str(WEIGHTS / "classifier.safetensors"))
+        classifier = Preprocess().declare(classifier)  # the demo's model takes ImageNet's statistics
         model = load_stream(classifier, WEIGHTS / "stream.safetensors").to(device).eval()
         dataset = SyntheticShapes(root, "val", transform=eval_transform(demo.size, resize=demo.size))
         images = torch.stack([dataset[i][0] for i in range(args.map_images)]).to(device)

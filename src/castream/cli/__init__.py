@@ -12,21 +12,28 @@ from collections.abc import Sequence
 
 import castream
 
-from ._options import UsageError, _common
-from .bench import _add_bench
-from .demo import _add_demo
-from .evaluate import _add_evaluate
-from .explain import _add_explain
-from .synth import _add_synth
-from .train import _add_train
+from ._options import COMMANDS, UsageError, _common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full: bool = True) -> argparse.ArgumentParser:
+    """The ``castream`` parser. ``full=False`` lists the subcommands by their one-line help only, so that
+    ``castream --help`` answers at once (a subcommand's own options import torch for their defaults)."""
     parser = argparse.ArgumentParser(
         prog="castream", description=castream.__doc__.splitlines()[0], parents=[_common(False)]
     )
     parser.add_argument("--version", action="version", version=f"castream {castream.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    if not full:
+        for name, text in COMMANDS.items():
+            sub.add_parser(name, help=text, add_help=False)
+        return parser
+    from .bench import _add_bench
+    from .demo import _add_demo
+    from .evaluate import _add_evaluate
+    from .explain import _add_explain
+    from .synth import _add_synth
+    from .train import _add_train
+
     for add in (_add_demo, _add_synth, _add_train, _add_explain, _add_evaluate, _add_bench):
         add(sub)
     return parser
@@ -34,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        parser = build_parser()  # imports torch (the subcommands' defaults): Ctrl-C here is one line too
+        argv = list(sys.argv[1:] if argv is None else argv)
+        command = any(arg in COMMANDS for arg in argv)
+        parser = build_parser(full=command)  # a subcommand imports torch: Ctrl-C here is one line too
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()

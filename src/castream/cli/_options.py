@@ -5,6 +5,16 @@ from __future__ import annotations
 
 import argparse
 
+# subcommand -> its one-line help: ``castream --help`` lists them without importing torch
+COMMANDS = {
+    "demo": "run the offline end-to-end demo",
+    "synth": "generate the synthetic benchmark",
+    "train": "train a classifier, a CA-Stream, or with the gradient regularizer",
+    "explain": "explain predictions on image files",
+    "evaluate": "evaluate saliency methods (GAP vs CA)",
+    "bench": "run the speed benchmarks",
+}
+
 
 class UsageError(ValueError):
     """A malformed command-line value: reported in one line with exit code 2, like argparse's errors."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import SUBCOMMAND, _add_speed_options
+from ._options import COMMANDS, SUBCOMMAND, _add_speed_options
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -21,7 +21,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _add_bench(sub) -> None:
     from castream.bench import QUICK
 
-    p = sub.add_parser("bench", help="run the speed benchmarks", description=_bench.__doc__, **SUBCOMMAND)
+    p = sub.add_parser("bench", help=COMMANDS["bench"], description=_bench.__doc__, **SUBCOMMAND)
     p.add_argument("names", nargs="*", metavar="NAME", help=f"among {list(QUICK)} (default: all)")
     p.add_argument("--full", action="store_true", help="224 x 224, ResNet-18/50 (slow on a CPU)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when present)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import SUBCOMMAND, _log
+from ._options import COMMANDS, SUBCOMMAND, _log
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -23,9 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser(
-        "demo", help="run the offline end-to-end demo", description=_demo.__doc__, **SUBCOMMAND
-    )
+    p = sub.add_parser("demo", help=COMMANDS["demo"], description=_demo.__doc__, **SUBCOMMAND)
     p.add_argument("--out", default="runs/demo", help="output folder (cache and report)")
     p.add_argument(
         "--retrain",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._options import (
+    COMMANDS,
     MODEL_HELP,
     SUBCOMMAND,
     UsageError,
@@ -97,6 +98,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         std=std,
         scores=args.scores,
         multilabel_targets=args.multilabel_targets,
+        targets=args.targets,
+        class_map=args.class_map,
         amp=args.amp,
         channels_last=args.channels_last,
     )
@@ -113,12 +116,13 @@ def _add_evaluate(sub) -> None:
     from castream.evaluate.runner import BASELINES
     from castream.metrics import PROTOCOLS
 
-    p = sub.add_parser(
-        "evaluate", help="evaluate saliency methods (GAP vs CA)", description=_evaluate.__doc__, **SUBCOMMAND
-    )
+    p = sub.add_parser("evaluate", help=COMMANDS["evaluate"], description=_evaluate.__doc__, **SUBCOMMAND)
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument(
-        "--data", required=True, help="KIND:PATH (synthetic, imagenet, cub, voc, cifar100, mit67, folder)"
+        "--data",
+        required=True,
+        help="KIND:PATH: synthetic, imagenet, cub, voc, cifar100, mit67, folder (class sub-folders), images "
+        "(a flat folder, no labels: --targets predicted) or csv (a path,label[,boxes] file)",
     )
     p.add_argument("--out", required=True, help="output folder (shards, results, figures)")
     p.add_argument("--weights", default=None, help="pretrained weights to download (e.g. IMAGENET1K_V1)")
@@ -168,6 +172,20 @@ def _add_evaluate(sub) -> None:
         default="top",
         help="multi-label data (VOC): explain the positive class with the highest logit, or every positive "
         "class (one row per image-class pair, as the authors' code)",
+    )
+    p.add_argument(
+        "--targets",
+        choices=["labels", "predicted"],
+        default="labels",
+        help="the class explained: the label, or the model's prediction (also for data whose classes are "
+        "not the model's; then no accuracy is reported)",
+    )
+    p.add_argument(
+        "--class-map",
+        default=None,
+        metavar="FILE",
+        help='JSON map of dataset class -> model class index or name, e.g. {"cat": 281, "cup": "espresso"} '
+        "(folders named by ImageNet WordNet id or by the model's class names are matched without one)",
     )
     _add_speed_options(p)
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE", help="method options")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import SUBCOMMAND, _log
+from ._options import COMMANDS, SUBCOMMAND, _log
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -28,9 +28,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _add_synth(sub) -> None:
-    p = sub.add_parser(
-        "synth", help="generate the synthetic benchmark", description=_synth.__doc__, **SUBCOMMAND
-    )
+    p = sub.add_parser("synth", help=COMMANDS["synth"], description=_synth.__doc__, **SUBCOMMAND)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--train", type=int, default=10_000, help="training images")

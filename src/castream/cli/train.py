@@ -6,7 +6,7 @@ import argparse
 
 import castream
 
-from ._options import MODEL_HELP, SUBCOMMAND, UsageError, _log
+from ._options import COMMANDS, MODEL_HELP, SUBCOMMAND, UsageError, _log
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -154,18 +154,31 @@ def _training_data(args: argparse.Namespace):
     return open_dataset(args.data, "train", augment), open_dataset(args.data, "eval", evaluate)
 
 
-def _classifier(args: argparse.Namespace, classes: int):
-    """The model to train or explain: built by name, fitted to ``classes``, optionally from local weights."""
+def _classifier(args: argparse.Namespace, classes: int, *, new_head: bool = True):
+    """The model to train: built by name, optionally from local weights. A pretrained model whose head has
+    other classes than the data gets a new, seeded head (said in the log) when ``new_head``; else (a frozen
+    backbone under a stream) that is an error."""
     import torch
 
-    from castream.models import build_model, load_weights, replace_head
+    from castream.models import build_model, is_factory, load_weights, output_classes, replace_head
 
     torch.manual_seed(args.seed)  # initial weights of anything built from scratch
-    if args.weights:
+    if args.weights or is_factory(args.model):  # pretrained: fine-tuned with a new head when needed
         model = build_model(args.model, weights=args.weights)
-        model = replace_head(model, classes) if castream.describe(model).num_classes != classes else model
+        own = output_classes(model)
+        if own != classes and not new_head:
+            raise UsageError(
+                f"{args.model} has {own} outputs but {args.data} has {classes} classes; a stream is trained "
+                "on a frozen classifier of the dataset's classes (train or fine-tune one first)"
+            )
+        if own != classes:
+            model = replace_head(model, classes, seed=args.seed)
+            _log(args)(
+                f"{args.model}: its {own}-class head is replaced by a new linear layer for the dataset's "
+                f"{classes} classes (seed {args.seed}), trained with the rest"
+            )
     else:
-        model = build_model(args.model, num_classes=classes)
+        model = build_model(args.model, num_classes=classes, seed=args.seed)
     return load_weights(model, args.checkpoint) if args.checkpoint else model
 
 
@@ -196,7 +209,7 @@ def _train_stream(args: argparse.Namespace) -> int:
     from castream.train import train_stream
 
     train, val = _training_data(args)
-    backbone = _classifier(args, len(train.classes))
+    backbone = _classifier(args, len(train.classes), new_head=False)
     torch.manual_seed(args.seed)
     model = castream.attach_stream(
         backbone, block=args.block, start=args.start, class_specific=args.class_specific, probe_size=args.size
@@ -252,7 +265,7 @@ def _train_gradreg(args: argparse.Namespace) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a classifier, a CA-Stream, or with the gradient regularizer",
+        help=COMMANDS["train"],
         description="Training recipes.",
         **SUBCOMMAND,
     )

@@ -1,6 +1,6 @@
 """Datasets: the built-in synthetic benchmark and real datasets in their official layouts."""
 
-from . import synthetic, transforms
+from . import classes, synthetic, transforms
 from .datasets import (
     CIFAR100,
     CUB200,
@@ -17,7 +17,7 @@ from .datasets import (
     voc_boxes,
 )
 from .synthetic import SyntheticShapes
-from .transforms import cifar_train_transform, eval_transform, train_transform
+from .transforms import cifar_train_transform, crop_region, eval_transform, train_transform
 
 __all__ = [
     "CIFAR100",
@@ -33,7 +33,9 @@ __all__ = [
     "SyntheticShapes",
     "cifar_train_transform",
     "class_boxes",
+    "classes",
     "collate",
+    "crop_region",
     "eval_transform",
     "synthetic",
     "train_transform",

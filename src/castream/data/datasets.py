@@ -69,13 +69,23 @@ class Batch(NamedTuple):
 
 
 def collate(items: Sequence) -> Batch:
-    """Stack images and labels, keep per-image targets in a list, drop (and count) unreadable items."""
+    """Stack images and labels, keep per-image targets in a list, drop (and count) unreadable items.
+    Items are castream's ``(image, label, target)`` or any ``(image, label)`` dataset's (torchvision's
+    ``ImageFolder``, CIFAR), whose target is then empty."""
     kept = [item for item in items if item is not None]
     if not kept:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), [], len(items))
+    lengths = {len(item) if isinstance(item, tuple | list) else None for item in kept}
+    if not lengths <= {2, 3}:
+        found = ", ".join(sorted(map(str, lengths)))
+        raise ValueError(
+            "dataset items must be (image, label) or (image, label, target) tuples, got items of "
+            f"{found} elements ({type(kept[0]).__name__})"
+        )
     images = torch.stack([item[0] for item in kept])
     labels = torch.stack([torch.as_tensor(item[1]) for item in kept])
-    return Batch(images, labels, [item[2] for item in kept], len(items) - len(kept))
+    targets = [item[2] if len(item) == 3 else {} for item in kept]
+    return Batch(images, labels, targets, len(items) - len(kept))
 
 
 class AnnotatedImages(Dataset):
@@ -199,6 +209,65 @@ class ImageFolder(AnnotatedImages):
         root = Path(root)
         classes = _class_folders(root)
         super().__init__(_folder_samples(root, classes), classes, transform)
+
+
+UNLABELLED = -1  # the label of an image without one (ImageFiles)
+
+
+class ImageFiles(AnnotatedImages):
+    """A flat folder of images without labels (``images:DIR``; sub-folders included, sorted): explained
+    at the model's predicted class (``targets="predicted"``)."""
+
+    def __init__(self, root: str | os.PathLike, transform=None) -> None:
+        root = _require(Path(root), "a folder of images")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise ValueError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        super().__init__([Sample(p, UNLABELLED, np.zeros((0, 4), np.float32)) for p in files], [], transform)
+
+
+class CSVImages(AnnotatedImages):
+    """Images listed in a CSV file with a header ``path,label[,boxes]`` (``csv:FILE``): ``path`` relative to
+    the file's folder (or absolute); ``label`` a class name (classes are the sorted distinct labels, which
+    a class map or the model's names match to its outputs; integers are the model's class indices);
+    ``boxes`` optional, ``x0 y0 x1 y1`` in the image's pixels, several separated by ``;``."""
+
+    def __init__(self, path: str | os.PathLike, transform=None) -> None:
+        import csv
+
+        path = _require(Path(path), "a CSV file with a header path,label[,boxes]")
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            if "path" not in fields or "label" not in fields:
+                raise ValueError(
+                    f"{path}: the header must name the columns path,label[,boxes]; found {fields}"
+                )
+            rows = list(reader)
+        if not rows:
+            raise ValueError(f"{path} lists no images")
+        labels = [row["label"].strip() for row in rows]
+        if any(not label for label in labels):
+            raise ValueError(f"{path}: row {labels.index('') + 2} has an empty label")
+        numeric = all(label.isdigit() for label in labels)
+        classes = [str(i) for i in range(max(map(int, labels)) + 1)] if numeric else sorted(set(labels))
+        index = {name: i for i, name in enumerate(classes)}
+        samples = []
+        for line, (row, label) in enumerate(zip(rows, labels), start=2):
+            image = Path(row["path"])
+            image = image if image.is_absolute() else path.parent / image
+            samples.append(Sample(image, index[label], _csv_boxes(row.get("boxes") or "", path, line)))
+        super().__init__(samples, classes, transform)
+
+
+def _csv_boxes(text: str, path: Path, line: int) -> np.ndarray:
+    try:
+        boxes = [[float(v) for v in box.split()] for box in text.split(";") if box.strip()]
+    except ValueError:
+        boxes = [[]]
+    if any(len(b) != 4 or b[2] <= b[0] or b[3] <= b[1] for b in boxes):
+        raise ValueError(f"{path} line {line}: boxes must be 'x0 y0 x1 y1' (x1 > x0, y1 > y0), ';'-separated")
+    return np.asarray(boxes, np.float32).reshape(-1, 4)
 
 
 def voc_boxes(xml: Path, names: set[str] | None = None) -> tuple[np.ndarray, list[str]]:

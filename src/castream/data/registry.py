@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .datasets import CIFAR100, CUB200, MIT67, VOC2012, AnnotatedImages, ImageFolder, ImageNet
+from .datasets import (
+    CIFAR100,
+    CUB200,
+    MIT67,
+    VOC2012,
+    AnnotatedImages,
+    CSVImages,
+    ImageFiles,
+    ImageFolder,
+    ImageNet,
+)
 from .synthetic import SyntheticShapes
 
 # kind -> (class, train split, evaluation split); None: a plain folder without splits
@@ -16,6 +26,8 @@ KINDS = {
     "cifar100": (CIFAR100, "train", "test"),
     "mit67": (MIT67, "train", "test"),
     "folder": (ImageFolder, None, None),
+    "images": (ImageFiles, None, None),  # a flat folder without labels
+    "csv": (CSVImages, None, None),  # path,label[,boxes] rows
 }
 
 
@@ -36,7 +48,7 @@ def open_dataset(spec: str, role: str = "eval", transform=None, **options) -> An
             f"boxes= (a folder of ImageNet bounding-box XML files) applies to imagenet data only, not {kind}"
             + ("; the synthetic benchmark has its own boxes" if kind == "synthetic" else "")
         )
-    if cls is ImageFolder:
+    if train_split is None:
         return cls(path, transform=transform)
     split = train_split if role == "train" else eval_split
     return cls(path, split, transform=transform, **options)

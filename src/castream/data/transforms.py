@@ -71,6 +71,16 @@ def eval_transform(
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), *_finish(mean, std, boxes)])
 
 
+def crop_region(photo_size: tuple[int, int], size: int = 224, resize: int | None = None) -> tuple[float, ...]:
+    """Where :func:`eval_transform`'s centre crop lies on a photograph of ``photo_size = (width, height)``:
+    ``(x0, y0, x1, y1)`` in its pixels, to show a map on the whole photograph (``viz.figure(regions=)``)."""
+    width, height = photo_size
+    scale = (resize or round(size * 256 / 224)) / min(width, height)
+    side = size / scale
+    x0, y0 = (width - side) / 2, (height - side) / 2
+    return (max(0.0, x0), max(0.0, y0), min(width, x0 + side), min(height, y0 + side))
+
+
 def cifar_train_transform(
     size: int = 32,
     *,

@@ -113,7 +113,7 @@ def _figures(runner, cells: list[dict]) -> list[str]:
             if name != method_name:
                 continue
             with torch.no_grad():
-                logits = runner.models[label](images, **runner.forward_kwargs(label, pooling)).float()
+                logits = runner.logits(label, pooling, images)
             method = runner.build_method(method_name, label, pooling)
             title = f"{label} " * several + f"{method_name} {POOLING_NAMES[pooling]}"
             targets = runner._targets(labels, logits)
@@ -123,8 +123,9 @@ def _figures(runner, cells: list[dict]) -> list[str]:
             columns[f"{label} " * several + "raw attention"] = RawAttention(model)(images).cpu()
     if targets is None:
         with torch.no_grad():
-            targets = runner._targets(labels, next(iter(runner.models.values()))(images).float())
-    names = [runner.dataset.classes[int(t)] for t in targets]
+            label = next(iter(runner.models))
+            targets = runner._targets(labels, runner.logits(label, runner.poolings(label)[0], images))
+    names = [runner.class_name(int(t)) for t in targets]
     boxes = []
     for target, t in zip(meta, targets.tolist()):
         classes = target.get("box_labels", torch.full((len(target["boxes"]),), t))
@@ -157,7 +158,8 @@ def _figures(runner, cells: list[dict]) -> list[str]:
         for c in cells
     }
     if all(bars.values()):
-        viz.bars_figure(out / "ad_ag.png", bars, ["AD", "AG"])
+        scale = [c["label"] for c in cells if c["method"] in runner.config.baselines]
+        viz.bars_figure(out / "ad_ag.png", bars, ["AD", "AG"], baselines=scale)
         files.append("ad_ag.png")
     return files
 
@@ -171,6 +173,9 @@ def summary(runner, cells: list[dict], models: list[dict], compared: list[dict])
         text = (
             f"{row['model']} with {POOLING_NAMES[row['pooling']]} pooling classifies "
             f"{acc['value'] * 100:.1f}% of the {acc['images']} images correctly"
+            if acc["value"] is not None
+            else f"{row['model']} with {POOLING_NAMES[row['pooling']]} pooling explains its predictions on "
+            f"{acc['images']} images whose classes are not the model's (no accuracy)"
         )
         if "probability" in acc:
             p = acc["probability"]
@@ -423,7 +428,7 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
     ]
     for row in models:
         acc = row["accuracy"]
-        value = f"{acc['value'] * 100:.2f}"
+        value = f"{acc['value'] * 100:.2f}" if acc["value"] is not None else "–"
         if "low" in acc:
             value += f" [{acc['low'] * 100:.2f}, {acc['high'] * 100:.2f}]"
         if not runner.multilabel:
@@ -497,7 +502,9 @@ def _csv_rows(runner, cells: list[dict], models: list[dict]) -> list[dict]:
             "protocol": runner.config.protocol,
             "images": c["images"],
             "images_asked": c["images_asked"],
-            model["accuracy"]["name"]: round(model["accuracy"]["value"] * 100, 6),
+            model["accuracy"]["name"]: (
+                round(model["accuracy"]["value"] * 100, 6) if model["accuracy"]["value"] is not None else ""
+            ),
             "parameters": model["parameters"],
             "gflops": round(model["gflops"], 6),
         }

@@ -211,6 +211,8 @@ def _accuracy(runner, rows: dict) -> dict:
             "value": metrics.mean_average_precision(scores, labels),
             "images": len(indices),
         }
+    if indices and "accuracy" not in rows[indices[0]]:  # classes unknown to the model: no accuracy
+        return {"name": "accuracy", "value": None, "images": len(indices)}
     agg = metrics.Aggregator(seed=runner.config.seed)
     agg.update("accuracy", torch.tensor([rows[i]["accuracy"] for i in indices]), torch.tensor(indices))
     summary = agg.summary()["accuracy"]

@@ -24,11 +24,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import metrics
+from .._hooks import model_logits
 from .._precision import autocast, check_amp
 from ..backbones import min_input_size
 from ..data import class_boxes, collate, eval_transform
+from ..data.classes import label_map, model_class_names, read_class_map
 from ..data.registry import is_multilabel, open_dataset
-from ..models import build_model, load_weights, replace_head
+from ..models import build_model, is_factory, load_weights, output_classes
 from ..preprocess import Preprocess
 from ..saliency import get as get_method
 from ..stream import StreamModel, load_stream
@@ -49,6 +51,7 @@ METRIC_GROUPS = (
     "adversarial",
 )
 DEFAULT_METRICS = ("recognition", "insertion", "deletion", "localization")
+TARGETS = ("labels", "predicted")  # explain the ground-truth class, or the model's prediction
 MULTILABEL_TARGETS = ("top", "all")  # multi-label images: explain the top positive class, or every one
 # the function a metric group's options (EvalConfig.metric_options) are passed to, and the keywords the
 # runner sets itself
@@ -104,6 +107,8 @@ class EvalConfig:
     std: tuple[float, ...] | None = None
     scores: str = "softmax"  # class probabilities of the metrics: "softmax", or "sigmoid" (multi-label)
     multilabel_targets: str = "top"  # multi-label data: the positive class with the highest logit, or "all"
+    targets: str = "labels"  # the class explained: the label, or "predicted" (also for unlabelled data)
+    class_map: str | None = None  # JSON file: dataset class -> model class index or name (data.classes)
     boxes: str | None = None  # ImageNet bounding-box XML folder
     compare: dict = field(default_factory=dict)  # label -> checkpoint of more models of the same architecture
     method_images: dict = field(default_factory=dict)  # method -> evaluate it on the first N images only
@@ -149,6 +154,8 @@ class EvalConfig:
             self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
             self.preprocess()
         metrics.check_scores(self.scores)
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
         if self.multilabel_targets not in MULTILABEL_TARGETS:
             raise ValueError(
                 f"multilabel_targets must be one of {MULTILABEL_TARGETS}, got {self.multilabel_targets!r}"
@@ -201,12 +208,12 @@ class EvalConfig:
 
 
 def load_classifier(name: str, classes: int, weights: str | None, checkpoint: str | None) -> nn.Module:
-    """The classifier to explain, with ``classes`` outputs, from pretrained or local weights."""
-    from ..backbones import describe
-
-    model = build_model(name, weights=weights) if weights else build_model(name, num_classes=classes)
-    if weights and describe(model).num_classes != classes:
-        model = replace_head(model, classes)
+    """The classifier to explain as it is: pretrained, a factory's own, or built by name with ``classes``
+    outputs (seeded random weights), then local weights if given. Its head is never replaced."""
+    if weights or is_factory(name):
+        model = build_model(name, weights=weights)
+    else:
+        model = build_model(name, num_classes=classes)
     return load_weights(model, checkpoint) if checkpoint else model
 
 
@@ -257,6 +264,7 @@ class Runner:
             )
         classes = len(self.dataset.classes)
         backbone = load_classifier(config.model, classes, config.weights, config.checkpoint)
+        self.labels_map, self.labelled = self._label_map(backbone)
         model = load_stream(backbone, config.stream) if config.stream else backbone
         self.models = {config.model: model}
         for label, checkpoint in config.compare.items():
@@ -276,6 +284,38 @@ class Runner:
                 f"size {config.size} is smaller than {config.model} accepts: its last stage has stride "
                 f"{minimum}, so images must be at least {minimum} pixels"
             )
+
+    def _label_map(self, model: nn.Module) -> tuple[Tensor | None, bool]:
+        """(dataset label -> model class, or None when they agree; whether labels are known to the model).
+        Classes that do not match are an error unless ``targets="predicted"``, which then explains the
+        prediction and reports no accuracy."""
+        if self.multilabel:
+            return None, True
+        if not self.dataset.classes:  # images without labels (images:DIR)
+            if self.config.targets != "predicted":
+                raise ValueError(
+                    f"{self.config.data} has no labels: explain the predicted class (targets='predicted')"
+                )
+            return None, False
+        class_map = read_class_map(self.config.class_map) if self.config.class_map else None
+        try:
+            found = label_map(list(self.dataset.classes), model, output_classes(model), class_map)
+        except ValueError:
+            if self.config.targets != "predicted" or class_map is not None:
+                raise
+            return None, False
+        if found is not None:
+            self.log(f"dataset classes -> model classes: {dict(zip(self.dataset.classes, found))}")
+        return (torch.tensor(found) if found is not None else None), True
+
+    def class_name(self, cls: int) -> str:
+        """The name of model class ``cls``: the dataset's when its labels are the model's, else the
+        model's own (``data.classes.model_class_names``), else the index."""
+        if self.labels_map is None and self.labelled:
+            return str(self.dataset.classes[cls])
+        model = next(iter(self.models.values()))
+        names = model_class_names(getattr(model, "backbone", model), output_classes(model))
+        return names[cls] if names else str(cls)
 
     def cells(self) -> list[tuple[str, str, str]]:
         """(model label, pooling, method) of every cell: CA pooling only for models with a stream."""
@@ -329,6 +369,10 @@ class Runner:
                     return None
                 return name, shape[2], shape[3]
         return None
+
+    def logits(self, label: str, pooling: str, images: Tensor) -> Tensor:
+        """Float logits of model ``label`` through ``pooling`` (a Hugging Face output's ``logits``)."""
+        return model_logits(self.models[label](images, **self.forward_kwargs(label, pooling))).float()
 
     def forward_kwargs(self, label: str, pooling: str) -> dict:
         return {"pooling": pooling} if isinstance(self.models[label], StreamModel) else {}
@@ -433,7 +477,8 @@ class Runner:
         images = batch.images.to(self.device, non_blocking=True)
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return kept, images, batch.labels.to(self.device, non_blocking=True), batch.targets, skipped
+        labels = batch.labels if self.labels_map is None else self.labels_map[batch.labels]
+        return kept, images, labels.to(self.device, non_blocking=True), batch.targets, skipped
 
     def _load(self, indices: list[int]):
         """(kept indices, images, labels, targets, skipped): unreadable images are left out and returned
@@ -469,7 +514,10 @@ class Runner:
         return [indices[j] for j in keep], images[keep], labels[keep], [meta[j] for j in keep]
 
     def _targets(self, labels: Tensor, logits: Tensor) -> Tensor:
-        """The ground-truth class; for multi-label images the positive class with the highest logit."""
+        """The ground-truth class (the prediction with ``targets="predicted"``); for multi-label images the
+        positive class with the highest logit."""
+        if self.config.targets == "predicted":
+            return logits.argmax(dim=1)
         if labels.dim() == 1:
             return labels
         return logits.masked_fill(labels == 0, float("-inf")).argmax(dim=1)
@@ -494,7 +542,11 @@ class Runner:
     def _holds(self, index: int, cls: int) -> bool:
         """Whether the dataset labels image ``index`` with class ``cls`` (False when it keeps no labels)."""
         samples = getattr(self.dataset, "samples", None)
-        label = samples[index].label if samples is not None else -1
+        if samples is None or not self.labelled:
+            return False
+        label = samples[index].label
+        if isinstance(label, int) and self.labels_map is not None:
+            label = int(self.labels_map[label])
         return bool(label[cls]) if isinstance(label, Tensor) else label == cls
 
     def _hosts(self, indices: list[int], targets: Tensor, cases: int) -> Tensor:
@@ -523,12 +575,15 @@ class Runner:
                 self._append(cell, {"images": [], "skipped": skipped})
                 continue
             with torch.no_grad(), autocast(self.device, self.config.amp):
-                logits = self.models[label](images, **self.forward_kwargs(label, pooling)).float()
+                logits = self.logits(label, pooling, images)
             if self.multilabel:
                 rows = [
                     {"index": i, "scores": s, "labels": y}
                     for i, s, y in zip(indices, logits.tolist(), labels.tolist())
                 ]
+            elif not self.labelled:  # the data's classes are not the model's: no accuracy
+                p = logits.softmax(1).amax(1).tolist()
+                rows = [{"index": i, "predicted_probability": q} for i, q in zip(indices, p)]
             else:
                 correct = metrics.accuracy(logits, labels).tolist()
                 p = logits.softmax(1).gather(1, labels[:, None]).squeeze(1).tolist()
@@ -572,7 +627,7 @@ class Runner:
                     continue
                 with autocast(self.device, config.amp):
                     with torch.no_grad():
-                        logits = model(images, **kwargs).float()
+                        logits = self.logits(label, pooling, images)
                     targets = self._targets(labels, logits)
                     pairs = self.multilabel and config.multilabel_targets == "all"
                     if pairs:  # one row per (image, positive class)

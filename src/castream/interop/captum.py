@@ -57,17 +57,16 @@ class CaptumMethod(SaliencyMethod):
         output=None,
         reshape=None,
         forward_kwargs: dict | None = None,
+        inner: str | type = "Saliency",
         **attribute_options,
     ) -> None:
         attr = _captum_attr()
-        attribution = attribution or type(self).attribution
-        if isinstance(attribution, str):
-            if not isinstance(getattr(attr, attribution, None), type):
-                raise ValueError(f"captum.attr has no attribution {attribution!r}")
-            attribution = getattr(attr, attribution)
-        if not isinstance(attribution, type) or not issubclass(attribution, attr.Attribution):
-            raise TypeError(
-                f"attribution must be a captum.attr Attribution class or name, got {attribution!r}"
+        attribution = _attribution_class(attribution or type(self).attribution)
+        # NoiseTunnel wraps another attribution (SmoothGrad = NoiseTunnel of Saliency): ``inner`` names it
+        self.inner = _attribution_class(inner) if attribution.__name__ == "NoiseTunnel" else None
+        if self.inner is not None and _takes(self.inner, "layer"):
+            raise ValueError(
+                f"NoiseTunnel here wraps input attributions; {self.inner.__name__} takes a layer"
             )
         # layer_based: attributions at a layer's resolution; uses_layer: a layer is needed (GuidedGradCam
         # takes one too, and attributes to the input)
@@ -91,16 +90,29 @@ class CaptumMethod(SaliencyMethod):
 
         # attributions that hook the network's modules (GuidedBackprop, DeepLift, LRP...) take a module;
         # the others a function. Either computes castream's logits (forward_kwargs, output selection).
-        forward = _Logits(self) if _takes(self.attribution, "model") else (lambda x, *extra: self.logits(x))
-        algorithm = (
-            self.attribution(forward, self.layers[0][1]) if self.uses_layer else self.attribution(forward)
-        )
+        inner = self.inner or self.attribution
+        forward = _Logits(self) if _takes(inner, "model") else (lambda x, *extra: self.logits(x))
+        algorithm = inner(forward, self.layers[0][1]) if self.uses_layer else inner(forward)
+        if self.inner is not None:
+            algorithm = self.attribution(algorithm)
         with torch.enable_grad():
             # a copy: some attributions (DeepLift) set requires_grad on the tensor they are given
             attributions = algorithm.attribute(images.detach().clone(), target=t, **self.attribute_kwargs)
         if self.layer_based:
             attributions = self._as_map(self.layers[0][0], attributions)
         return REDUCTIONS[self.reduce](attributions.detach())
+
+
+def _attribution_class(attribution: str | type) -> type:
+    """A captum.attr Attribution class from itself or its name."""
+    attr = _captum_attr()
+    if isinstance(attribution, str):
+        if not isinstance(getattr(attr, attribution, None), type):
+            raise ValueError(f"captum.attr has no attribution {attribution!r}")
+        attribution = getattr(attr, attribution)
+    if not isinstance(attribution, type) or not issubclass(attribution, attr.Attribution):
+        raise TypeError(f"attribution must be a captum.attr Attribution class or name, got {attribution!r}")
+    return attribution
 
 
 def _takes(attribution: type, name: str) -> bool:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..preprocess import Preprocess
+from ..preprocess import Preprocess, resolve_preprocess
 from ..utils import check_int
 from ._common import (
     DEFAULT_BATCH,
@@ -135,7 +135,7 @@ def _causal(
     settings = _protocol(protocol)
     check_scores(scores)
     maps = check_maps(maps, images, normalize)
-    preprocess = preprocess or Preprocess()
+    preprocess = resolve_preprocess(model, preprocess, kind)
     batch_size = DEFAULT_BATCH if batch_size is None else check_int("batch_size", batch_size)
     height, width = images.shape[-2:]
     counts = step_counts(height, width, protocol, step).to(images.device)
@@ -334,7 +334,7 @@ def aopc(
     if convention not in AOPC_CONVENTIONS:
         raise ValueError(f"convention must be one of {AOPC_CONVENTIONS}, got {convention!r}")
     maps = check_maps(maps, images, normalize)
-    preprocess = preprocess or Preprocess()
+    preprocess = resolve_preprocess(model, preprocess, "aopc")
     batch_size = DEFAULT_BATCH if batch_size is None else check_int("batch_size", batch_size)
     check_int("patch_size", patch_size)
     check_int("regions", regions)

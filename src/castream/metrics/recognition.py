@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..preprocess import Preprocess
+from ..preprocess import Preprocess, resolve_preprocess
 from ..utils import check_int
 from ._common import DEFAULT_BATCH, check_maps, check_scores, evaluation, probability, resolve_targets
 
@@ -39,7 +39,7 @@ def recognition(
     maps = check_maps(maps, images, normalize)
     check_int("batch_size", batch_size)
     check_scores(scores)
-    preprocess = preprocess or Preprocess()
+    preprocess = resolve_preprocess(model, preprocess, "recognition")
     with evaluation(model, output, forward_kwargs) as fn:
         t, logits = resolve_targets(fn, images, targets, batch_size)
         masked = preprocess.mask(images, maps)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .._model import check_images
-from ..preprocess import Preprocess
+from ..preprocess import Preprocess, resolve_preprocess
 from ..saliency.base import SaliencyMethod
 from ..utils import check_int
 from ._common import DEFAULT_BATCH, check_maps, evaluation, resolve_targets
@@ -83,7 +83,7 @@ def adcc(
 
     ``scores="sigmoid"``: the drop uses per-class sigmoid probabilities (multi-label models).
     """
-    preprocess = preprocess or Preprocess()
+    preprocess = resolve_preprocess(model, preprocess, "adcc")
     maps, targets = _explain(method, images, targets)
     explained = method(preprocess.mask(images, maps), targets)
     coherency = (pearson(maps.flatten(1), explained.flatten(1)) + 1) / 2

@@ -21,6 +21,16 @@ def qkv_projection(block: nn.Module) -> tuple[Tensor, Tensor | None, int]:
     if isinstance(block, torchvision.models.vision_transformer.EncoderBlock):
         mha = block.self_attention
         return mha.in_proj_weight, mha.in_proj_bias, mha.num_heads
+    if hasattr(block, "layernorm_before"):  # Hugging Face: separate q/k/v (transformers 5; 4's are nested)
+        attention = block.attention if hasattr(block.attention, "q_proj") else block.attention.attention
+        linears = (
+            [attention.q_proj, attention.k_proj, attention.v_proj]
+            if hasattr(attention, "q_proj")
+            else [attention.query, attention.key, attention.value]
+        )
+        bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+        heads = getattr(attention, "num_attention_heads", None) or attention.config.num_attention_heads
+        return torch.cat([m.weight for m in linears]), bias, heads
     return block.attn.qkv.weight, block.attn.qkv.bias, block.attn.num_heads
 
 
@@ -41,7 +51,11 @@ def _head_attention(block: nn.Module, x: Tensor) -> Tensor:
 
 
 def _attention_input_module(block: nn.Module) -> nn.Module:
-    return block.self_attention if hasattr(block, "self_attention") else block.attn
+    """The module whose first input is the block's normalized tokens, the attention's input."""
+    for name in ("self_attention", "attn", "attention"):  # torchvision, timm, Hugging Face
+        if hasattr(block, name):
+            return getattr(block, name)
+    raise ValueError(f"{type(block).__name__} is not a ViT block castream knows (no attention module)")
 
 
 def rollout_product(matrices: list[Tensor]) -> Tensor:

@@ -14,6 +14,7 @@ only for the duration of one forward pass.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -23,7 +24,15 @@ from torch import Tensor, nn
 from .._hooks import forward_hooks, frozen_eval
 from .._model import Logits, OutputSelector, check_images, check_targets
 from .._precision import at_least_float32, full_precision
-from ..backbones import default_layer, min_input_size, module_name, prefix_tokens, resolve_module
+from ..backbones import (
+    PRE_POOL,
+    default_layer,
+    min_input_size,
+    module_name,
+    pool_activation,
+    prefix_tokens,
+    resolve_module,
+)
 from ..maps import finalize_maps
 
 
@@ -76,6 +85,8 @@ class SaliencyMethod:
         self.forward_kwargs = self._logits.forward_kwargs
         self.reshape = TokenReshape(prefix_tokens(model)) if reshape is True else (reshape or None)
         self.layers: list[tuple[str, nn.Module]] = self._resolve_layers(layer) if self.uses_layer else []
+        # the activation the forward applies to a layer before its global pooling (backbones.pool_activation)
+        self._pooled_as = {name: act for name, _ in self.layers if (act := pool_activation(model, name))}
 
     @property
     def output(self) -> OutputSelector:
@@ -121,7 +132,29 @@ class SaliencyMethod:
         with self.session():
             maps = self.compute(images.clone() if images.is_inference() else images, targets)
         size = tuple(images.shape[-2:]) if upsample else None
-        return finalize_maps(maps.to(images.dtype), size, normalize)
+        out = finalize_maps(maps.to(images.dtype), size, normalize)
+        self._warn_if_empty(maps, out)
+        return out
+
+    def _warn_if_empty(self, raw: Tensor, maps: Tensor) -> None:
+        """An all-zero map says nothing about the image: warn, naming the method, the layer and why."""
+        empty = (maps.flatten(1).amax(1) == 0).nonzero().flatten().tolist()
+        if not empty:
+            return
+        flat = raw.detach().flatten(1)[empty].float()
+        why = (
+            "its values before normalization are all <= 0 (the formula's ReLU removed them)"
+            if bool((flat.amax(1) <= 0).all())
+            else "it is constant before normalization (no spatial variation)"
+        )
+        where = f" at layer {', '.join(n for n, _ in self.layers)}" if self.layers else ""
+        warnings.warn(
+            f"{type(self).__name__}{where}: the map of image(s) {empty} is all zero: {why}. Explain another "
+            "layer (layer=), check the target, or the layer's activations (are they the ones the pooling "
+            "reads?)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -200,8 +233,15 @@ class SaliencyMethod:
         """Feature maps ``A`` of the layers (B, K, h, w) without autograd, targets and logits."""
         with torch.no_grad():
             store, logits = self._run(images, track_grad=False)
-        maps = [self._as_map(name, store[name]) for name, _ in self.layers]
+        maps = [self._as_map(name, self._pooled(name, store[name])) for name, _ in self.layers]
         return maps, self.targets(targets, logits), logits
+
+    def _pooled(self, name: str, activation: Tensor) -> Tensor:
+        """A layer's activation ``A`` as the global pooling reads it, ``f(A)`` for the activation ``f`` the
+        forward applies in between (``backbones.pool_activation``). Gradients stay ``d y / d A``, i.e.
+        ``d y / d f(A) * f'(A)``: the activation is a function call, not a module that a hook could see."""
+        act = self._pooled_as.get(name)
+        return PRE_POOL[act](activation) if act is not None else activation
 
     def activations_and_gradients(self, images: Tensor, targets) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """Feature maps ``A`` and ``g = d y_c / d A`` of each layer; one forward and one backward."""
@@ -213,7 +253,7 @@ class SaliencyMethod:
         acts, gs = [], []
         for (name, _), leaf, grad in zip(self.layers, leaves, grads):
             grad = torch.zeros_like(leaf) if grad is None else grad
-            acts.append(self._as_map(name, leaf.detach()))
+            acts.append(self._as_map(name, self._pooled(name, leaf.detach())))
             gs.append(self._as_map(name, grad))
         return acts, gs, t
 

@@ -42,6 +42,10 @@ class CAM(SaliencyMethod):
                 )
             classifier, layer = spec.head[0], spec.taps[-1] if layer is None else layer
         head = resolve_module(model, classifier, "classifier") if isinstance(classifier, str) else classifier
+        if isinstance(head, nn.Sequential):  # Flatten -> Linear (Hugging Face), dropout around it
+            linears = [m for m in head if isinstance(m, nn.Linear)]
+            rest = [m for m in head if not isinstance(m, nn.Linear | nn.Flatten | nn.Identity | nn.Dropout)]
+            head = linears[0] if len(linears) == 1 and not rest else head
         if not isinstance(head, nn.Linear):
             raise ValueError(
                 f"CAM needs a linear classifier after global average pooling, got {type(head).__name__}"

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .._precision import at_least_float32, full_precision, reduced
 from ..maps import normalize_maps, upsample_maps
-from ..preprocess import Preprocess
+from ..preprocess import Preprocess, resolve_preprocess
 from .base import SaliencyMethod, combine
 
 
@@ -76,7 +76,7 @@ class OptiCAM(SaliencyMethod):
         if max_iter < 0 or lr <= 0:
             raise ValueError(f"need max_iter >= 0 and lr > 0, got {max_iter} and {lr}")
         super().__init__(model, layer, **options)
-        self.preprocess = preprocess or Preprocess()
+        self.preprocess = resolve_preprocess(model, preprocess, type(self).__name__)
         self.objective, self.normalization = objective, normalization
         self.lr, self.max_iter, self.tol, self.betas, self.eps = lr, max_iter, tol, betas, eps
         self.relu_features = bool(relu_features)

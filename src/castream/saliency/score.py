@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..maps import finalize_maps
-from ..preprocess import Preprocess
+from ..preprocess import Preprocess, resolve_preprocess
 from ..utils import check_int
 from .base import SaliencyMethod, combine, safe_divide
 from .gradient import gradcam_weights, gradcampp_weights
@@ -44,7 +44,7 @@ class MaskingMethod(SaliencyMethod):
     ) -> None:
         check_int("batch_size", batch_size)
         super().__init__(model, layer, **options)
-        self.preprocess = preprocess or Preprocess()
+        self.preprocess = resolve_preprocess(model, preprocess, type(self).__name__)
         self.batch_size = batch_size
 
     def masked_scores(
@@ -112,10 +112,21 @@ class ScoreCAM(MaskingMethod):
         "raw-probability": target_probability,
     }
 
-    def __init__(self, model, layer=None, *, score: str = "logit", **options) -> None:
+    def __init__(
+        self,
+        model,
+        layer=None,
+        *,
+        score: str = "logit",
+        preprocess: Preprocess | None = None,
+        batch_size: int = 128,
+        **options,
+    ) -> None:
+        """``preprocess``: the model's input statistics (else those it declares); ``batch_size``: masked
+        images per forward; ``options``: ``output``, ``forward_kwargs``, ``reshape`` (SaliencyMethod)."""
         if score not in self.SCORES:
             raise ValueError(f"score must be one of {tuple(self.SCORES)}, got {score!r}")
-        super().__init__(model, layer, **options)
+        super().__init__(model, layer, preprocess=preprocess, batch_size=batch_size, **options)
         self.score = score
 
     def compute(self, images: Tensor, targets) -> Tensor:
@@ -199,13 +210,15 @@ class SACAM(MaskingMethod):
         threshold: float = 0.5,
         sigma0: float = 10.0,
         seed: int = 0,
+        preprocess: Preprocess | None = None,
+        batch_size: int = 128,
         **options,
     ) -> None:
         if perturbation not in self.PERTURBATIONS:
             raise ValueError(f"perturbation must be one of {self.PERTURBATIONS}, got {perturbation!r}")
         if not 0 <= threshold < 1:
             raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
-        super().__init__(model, layer, **options)
+        super().__init__(model, layer, preprocess=preprocess, batch_size=batch_size, **options)
         self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
         self.perturbation, self.threshold, self.sigma0, self.seed = perturbation, threshold, sigma0, seed
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .._hooks import forward_hooks
 from .._precision import at_least_float32, full_precision
-from ..backbones import is_vit, vit_blocks
+from ..backbones import is_hf_vit, is_vit, vit_blocks
 from .attention import FUSIONS, _AttentionMethod, qkv_projection, queries_keys_values, rollout_product
 
 
@@ -110,6 +110,25 @@ def _block_parts(block: nn.Module) -> dict:
             "fc2": mlp[3],
             "scale2": mlp[4],
         }
+    if hasattr(block, "layernorm_before") and hasattr(
+        block.attention, "o_proj"
+    ):  # Hugging Face, transformers 5
+        return {
+            "norm1": block.layernorm_before,
+            "pre_proj": nn.Identity(),
+            "proj": block.attention.o_proj,
+            "scale1": block.dropout,
+            "norm2": block.layernorm_after,
+            "fc1": block.mlp.fc1,
+            "act": block.mlp.activation_fn,
+            "fc2": block.mlp.fc2,
+            "scale2": block.dropout,
+        }
+    if not hasattr(block, "attn"):
+        raise ValueError(
+            f"transformer attribution supports torchvision, timm and transformers-5 ViT blocks, not "
+            f"{type(block).__module__}.{type(block).__name__}"
+        )
     attn, mlp = block.attn, block.mlp
     if getattr(attn, "gate", None) is not None or not all(hasattr(mlp, n) for n in ("fc1", "act", "fc2")):
         raise ValueError(
@@ -176,6 +195,8 @@ def _head_linears(model: nn.Module) -> list[nn.Linear]:
     relevance through)."""
     if isinstance(model, torchvision.models.VisionTransformer):
         layers = list(model.heads)
+    elif is_hf_vit(model):  # the class token of the final LayerNorm's output, then the classifier
+        layers = [model.classifier]
     else:
         if getattr(model, "global_pool", "token") != "token" or getattr(model, "attn_pool", None) is not None:
             raise ValueError(
