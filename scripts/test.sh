@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart command 2: set up .venv with the test extras (timm, Captum, Quantus, transformers, a real pretrained
-# CNN) and run
-# the whole test suite.
+# CNN, MkDocs and the notebook runner) and run the whole test suite.
 # pytest exits non-zero on any failure and with code 5 when no test was collected, so CI cannot pass silently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test,timm,captum,quantus,real-models,hf
+bash scripts/setup.sh test,timm,captum,quantus,real-models,hf,docs,notebooks
 exec .venv/bin/python -m pytest "$@"

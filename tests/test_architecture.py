@@ -1,4 +1,5 @@
-"""The import graph of castream (issue 24): no circles, and the layering the README's module map states."""
+"""The import graph of castream (issue 24): no circles, and the layering that the module map of
+docs/development.md states."""
 
 import ast
 from pathlib import Path

@@ -139,6 +139,13 @@ def test_timm_families_described_by_feature_info():
         backbone = timm.create_model(name, pretrained=False, num_classes=5)
         spec = _check_family(backbone, taps)
         assert spec.how.startswith("timm feature_info")
+    # EfficientViT's head convolves before it pools: the last tap and the pooling share the top-level
+    # module `head`, so the head is found inside it (a top-level head would run the convolution twice)
+    spec = _check_family(
+        timm.create_model("efficientvit_b0", pretrained=False, num_classes=5),
+        ["stages.0", "stages.1", "stages.2", "head.in_conv"],
+    )
+    assert spec.head == ("head.classifier",) and spec.head_input == "flat"
     for name, taps in (  # known layouts
         ("convnextv2_atto", ["stem", "stages.1.downsample", "stages.2.downsample", "stages.3"]),
         ("resnet18d", ["maxpool", "layer1", "layer2", "layer3", "layer4"]),
@@ -277,3 +284,48 @@ def test_a_probe_too_small_is_named_as_such():
     """describe(model, probe_size=8) said 'it has no global pooling' of a model that has one (issue 21)."""
     with pytest.raises(ValueError, match=r"probe of 8 x 8 pixels is too small .* probe_size"):
         castream.describe(torchvision.models.efficientnet_b0(), probe_size=8)
+
+
+def test_timm_swin_channels_last_maps_are_permuted():
+    """timm Swin's stages are (B, H, W, C): the default layer is the final norm the head pools, and every
+    CAM method permutes it. Grad-CAM checked against the formula evaluated by hand on that tensor."""
+    timm = pytest.importorskip("timm")
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        num_classes=5,
+        img_size=64,
+        window_size=4,
+        embed_dim=24,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 1),
+    ).eval()
+    castream.Preprocess().declare(swin)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    cam = saliency.GradCAM(swin)
+    assert cam.layers[0][0] == "norm" and isinstance(cam.reshape, saliency.ChannelsLastReshape)
+    store = {}
+    handle = swin.norm.register_forward_hook(lambda m, i, o: store.setdefault("a", o))
+    try:
+        logits = swin(x)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits[:, 3].sum(), store["a"])
+    a, g = store["a"].permute(0, 3, 1, 2), grad.permute(0, 3, 1, 2)  # (B, C, h, w)
+    by_hand = (g.mean((2, 3), keepdim=True) * a).sum(1).relu()
+    torch.testing.assert_close(
+        cam(x, 3, upsample=False, normalize=False), by_hand.detach(), rtol=1e-4, atol=1e-6
+    )
+    for name in ("gradcam++", "layercam", "scorecam", "ablationcam"):  # (a random Swin's maps may be all 0)
+        maps = saliency.get(name)(swin)(x, 3)
+        assert maps.shape == (2, 64, 64) and maps.isfinite().all() and 0 <= maps.min() <= maps.max() <= 1
+
+
+def test_a_compiled_model_is_described_and_explained_through_the_module_it_wraps():
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    castream.Preprocess().declare(model)
+    compiled = torch.compile(model)  # lazy: nothing is compiled unless the wrapper itself runs
+    x = torch.rand(2, 3, 64, 64)
+    assert describe(compiled) == describe(model)
+    torch.testing.assert_close(saliency.GradCAM(compiled)(x), saliency.GradCAM(model)(x), rtol=0, atol=0)
+    assert castream.attach_stream(compiled, probe_size=64).backbone is model

@@ -108,7 +108,7 @@ def test_synthetic_other_classes_appear_as_documented():
 
     assert fraction(0.0) == 0.0
     # `others` is the probability that other instances are drawn; a few are dropped (no room, or they
-    # would rival the label: the dominance rule), so the observed share is a little lower (README)
+    # would rival the label: the dominance rule), so the observed share is a little lower (docs/data.md)
     assert 0.5 <= fraction(0.9) <= 0.9
     assert 0.35 <= fraction(0.6) <= 0.6
 

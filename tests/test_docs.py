@@ -2,7 +2,10 @@
 namespace, in a fresh folder. Blocks that need an optional package (the real EfficientNet-Lite0, Quantus,
 scikit-image) are skipped with the file when it is missing."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,9 @@ def blocks(path: Path) -> list[str]:
     return BLOCK.findall(path.read_text())
 
 
-def test_the_readme_has_python_blocks():
-    assert len(blocks(ROOT / "README.md")) >= 10
+def test_the_docs_have_python_blocks():
+    assert len(blocks(ROOT / "README.md")) >= 2  # the recipes
+    assert sum(len(blocks(p)) for p in FILES) >= 10
 
 
 @pytest.mark.slow
@@ -33,3 +37,32 @@ def test_code_blocks_run(path, tmp_path, monkeypatch):
             if err.name in OPTIONAL:
                 pytest.skip(f"{path.name} block {number} needs {err.name}")
             raise
+
+
+@pytest.mark.slow
+def test_the_site_builds_in_strict_mode(tmp_path):
+    """The MkDocs site (pages, notebooks and the API reference from the docstrings) builds with no warning:
+    a broken link, a missing page or a docstring that cannot be rendered fails here."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    run = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    for name in (
+        "castream.stream.attach_stream",
+        "castream.saliency.gradient.GradCAM",
+        "castream.viz.figure",
+    ):
+        assert f'id="{name}"' in api, name
+
+
+def test_every_docs_page_is_in_the_navigation():
+    nav = (ROOT / "mkdocs.yml").read_text()
+    pages = [p.name for p in (ROOT / "docs").glob("*.md")]
+    assert pages and all(f": {name}" in nav for name in pages), pages

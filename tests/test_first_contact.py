@@ -288,8 +288,44 @@ def test_viz_returns_figures_and_images():
         images, {"Grad-CAM": maps, "Score-CAM": maps.flip(1)}, names=["cat", "dog"], probabilities=[0.9, 0.1]
     )
     assert isinstance(fig, Figure) and len(fig.axes) == 2 * 3 + 1  # and the colour bar
+    assert fig._repr_png_().startswith(b"\x89PNG")  # a notebook shows it as a cell's value, without pyplot
     assert [ax.get_title() for ax in fig.axes[:3]] == ["cat (p = 0.90)", "Grad-CAM", "Score-CAM"]
     picture = viz.overlay_image(images[0], maps[0], name="cat", probability=0.5)
     assert isinstance(picture, Image.Image) and picture.mode == "RGB"
     photo = Image.fromarray(np.zeros((40, 60, 3), np.uint8))
     assert viz.overlay_image(photo, maps[0], region=(10, 0, 50, 40)).size == picture.size
+
+
+@pytest.mark.parametrize(
+    "name, options, total",
+    [
+        ("scorecam", {}, 2 * 16),  # one masked forward per (image, channel): 16 channels
+        ("ablationcam", {}, None),  # the (image, channel) pairs whose map is not all zero
+        ("sacam", {}, 2 * 16 * 2),  # a segmented and a perturbed input per pair
+        ("opticam", {"max_iter": 3, "tol": 0.0}, 3),
+        ("extremalperturbation", {"max_iter": 4, "areas": 0.1}, 4),
+    ],
+)
+def test_slow_methods_show_progress_and_give_the_same_maps(name, options, total, monkeypatch):
+    import tqdm
+
+    bars = []
+
+    class Recorder(tqdm.tqdm):
+        def close(self):
+            if not self.disable:
+                bars.append((self.desc, self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(tqdm, "tqdm", Recorder)
+    model = TinyNet().eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cls = saliency.get(name)
+    plain = cls(model, **options)(images, [0, 1])
+    shown = cls(model, progress=True, **options)(images, [0, 1])
+    if total is None:
+        total = int(model.features(images).flatten(2).ne(0).any(-1).sum())
+    assert bars == [(cls.__name__, total, total)]
+    torch.testing.assert_close(shown, plain, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        cls(model, progress="yes", **options)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ._hooks import forward_hooks, frozen_eval, model_logits
 from ._trace import Event, Trace, trace_forward, zeros_input
-from .utils import count_parameters, meta_call
+from .utils import count_parameters, meta_call, uncompiled
 
 HEAD_INPUTS = ("flat", "map")
 # activations a model may apply functionally between its last stage and the global pooling
@@ -398,11 +398,18 @@ def _last_tap(trace: Trace, pool: Event) -> tuple[Event, str | None]:
     raise ValueError(f"the globally pooled map is computed by {made_by}, not by a module's output")
 
 
-def _head(model: nn.Module, trace: Trace, pool: Event) -> tuple[tuple[str, ...], str]:
-    """Top-level modules that run after the pooling (or hold it), and how the pooled vector enters."""
-    children = {id(m): n for n, m in model.named_children()}
-    top = [e for e in trace.modules() if id(e.module) in children and e.name == children[id(e.module)]]
-    holder = [e for e in top if e is not pool and e.start <= pool.start and pool.index <= e.index]
+def _head(model: nn.Module, trace: Trace, pool: Event, last: Event) -> tuple[tuple[str, ...], str]:
+    """Top-level modules that run after the pooling (or hold it), and how the pooled vector enters. When
+    the module holding the pooling also holds the last tap (timm EfficientViT's head convolves before it
+    pools), the head is found one level down, among that module's children."""
+    scope, prefix = model, ""
+    while True:
+        children = {id(m): prefix + n for n, m in scope.named_children()}
+        top = [e for e in trace.modules() if children.get(id(e.module)) == e.name]
+        holder = [e for e in top if e is not pool and e.start <= pool.start and pool.index <= e.index]
+        if not (holder and last.name.startswith(holder[0].name + ".")):
+            break
+        scope, prefix = holder[0].module, holder[0].name + "."
     after = [e for e in top if e.start > (holder[0].index if holder else pool.index)]
     head = holder[:1] + after
     if not head:
@@ -450,7 +457,7 @@ def _rule(model: nn.Module, probe_size: int) -> _Rule:
     pool = max(pools, key=lambda e: e.index)
     try:
         last, pre_pool = _last_tap(trace, pool)
-        head, head_input = _head(model, trace, pool)
+        head, head_input = _head(model, trace, pool, last)
     except ValueError as err:
         raise _unsupported(model, str(err)) from None
     info = getattr(model, "feature_info", None)
@@ -544,7 +551,9 @@ def describe(
     """Find the taps, head and shapes of ``model``: its family's layout, explicit names, or the rule of
     the module docstring. Every description is checked by one small real forward (the head fed the mean
     of the last tap must give the model's logits) unless ``verify=False``. ``print()`` the result to see
-    it; :func:`castream.attach_stream` takes it as ``description=``."""
+    it; :func:`castream.attach_stream` takes it as ``description=``. A ``torch.compile`` d model is
+    described through the module it wraps (``utils.uncompiled``)."""
+    model = uncompiled(model)
     family = detect_family(model)
     rule = None
     how = f"layout {family}" if family else "explicit"
@@ -637,13 +646,19 @@ def vit_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"blocks.{n}", m) for n, m in model.blocks.named_children()]
 
 
+def channels_last_features(model: nn.Module) -> bool:
+    """A model whose stages output ``(B, H, W, C)`` maps (timm Swin: ``output_fmt == "NHWC"``)."""
+    return getattr(model, "output_fmt", None) == "NHWC"
+
+
 def prefix_tokens(model: nn.Module) -> int:
     """Tokens before the patch tokens (class token, distillation/register tokens) in a ViT."""
     return int(getattr(model, "num_prefix_tokens", 1))
 
 
 def default_layer(model: nn.Module) -> str:
-    """The layer CAM methods explain by default: the last stage output of a CNN (thesis §2.5.1), or the
+    """The layer CAM methods explain by default: the last stage output of a CNN (thesis §2.5.1), the
+    final norm of a channels-last model (timm Swin: the ``(B, H, W, C)`` map its head pools), or the
     first LayerNorm of the last block of a ViT (which needs ``reshape=True``)."""
     own = getattr(model, "cam_layer", None)  # a model that names its own (a StreamModel: its last tap)
     if isinstance(own, str):
@@ -651,6 +666,8 @@ def default_layer(model: nn.Module) -> str:
     family = detect_family(model)
     if family is not None:
         return LAYOUTS[family][0][-1]
+    if channels_last_features(model) and isinstance(getattr(model, "norm", None), nn.LayerNorm):
+        return "norm"
     if is_vit(model):
         name, block = vit_blocks(model)[-1]
         first = next(n for n in ("ln_1", "norm1", "layernorm_before") if hasattr(block, n))

@@ -64,7 +64,7 @@ class DemoConfig:
     # Grad-CAM on every image (its CIs are the report's yardstick); the rest on a prefix of the same images.
     # Score-CAM and Opti-CAM on 32: above the 20 images a claim verdict needs (claims.MIN_IMAGES). The
     # paper's Score-CAM claim stays open on this benchmark: on 160 images its AD difference was -0.06
-    # points [-0.50, +0.41], which would take about 9,000 images to decide (the README's claims section)
+    # points [-0.50, +0.41], which would take about 9,000 images to decide (docs/evaluation.md, claims)
     method_images: dict = field(
         default_factory=lambda: {
             "gradcam++": 100,
@@ -95,7 +95,7 @@ def _train_config(config: DemoConfig, epochs: int) -> TrainConfig:
 
 
 def training_commands(config: DemoConfig, data: str = "data/demo-shapes") -> list[str]:
-    """The shell commands that produce the shipped weights (the README lists them)."""
+    """The shell commands that produce the shipped weights (docs/cli.md lists them)."""
     common = (
         f"--model {config.model} --data synthetic:{data} --size {config.size} --resize {config.size} "
         f"--crop-scale {config.crop_scale[0]} {config.crop_scale[1]} --batch-size {config.batch_size} "

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ._hooks import StopForward, forward_hooks, model_logits
 from .backbones import LAYOUTS, BackboneSpec, describe, detect_family, resolve_module
 from .maps import finalize_maps
-from .utils import atomic_write
+from .utils import atomic_write, uncompiled
 
 BLOCKS = ("ca", "proj")
 POOLINGS = ("ca", "gap")
@@ -290,6 +290,7 @@ def attach_stream(
             "attach_stream needs the classifier as a torch.nn.Module, got "
             f"{type(backbone).__name__} {backbone!r} (build it first, e.g. castream.models.build_model(name))"
         )
+    backbone = uncompiled(backbone)  # a torch.compile wrapper: the stream hooks the module it runs
     if description is not None:
         given = {"taps": taps, "head": head, "head_input": head_input, "pre_pool": pre_pool}
         if not isinstance(description, BackboneSpec) or any(v is not None for v in given.values()):

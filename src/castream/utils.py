@@ -20,6 +20,13 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper runs (its ``_orig_mod``), else ``model``: castream's hooks
+    and meta-device traces need eager execution, and the wrapper shares the module's parameters."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module) else model
+
+
 def count_parameters(module: nn.Module, *, trainable_only: bool = True) -> int:
     """Number of parameters of ``module``; by default only those with ``requires_grad``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -2,9 +2,9 @@
 curves and bar charts.
 
 Everything is drawn on ``matplotlib.figure.Figure`` objects, never through pyplot's global state, and the
-backend is never changed: in Jupyter a returned figure shows itself, ``plt.show()`` keeps working, and a
-headless server needs no display. Maps use a perceptually uniform colour map (``inferno``) by default;
-``cmap="jet"`` gives the traditional look.
+backend is never changed: in Jupyter a returned figure shows itself (it renders its own PNG, without
+pyplot), ``plt.show()`` keeps working, and a headless server needs no display. Maps use a perceptually
+uniform colour map (``inferno``) by default; ``cmap="jet"`` gives the traditional look.
 """
 
 from __future__ import annotations
@@ -24,6 +24,16 @@ from torch import Tensor
 from .preprocess import Preprocess
 
 CMAP = "inferno"
+
+
+class _Figure(Figure):
+    """A figure that a notebook shows as a PNG when it is a cell's value: without pyplot, no backend
+    registers a display formatter for figures."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=self.dpi)
+        return buffer.getvalue()
 
 
 def to_pixels(image: Tensor, preprocess: Preprocess | None = None) -> np.ndarray:
@@ -100,7 +110,7 @@ def figure(
     ``regions``: where each map lies on its image (x0, y0, x1, y1) when the model saw a crop of it."""
     columns = dict(maps) if isinstance(maps, Mapping) else {"saliency": maps}
     rows = len(images)
-    fig = Figure(figsize=(size * (1 + len(columns)) + 0.6, size * rows), layout="constrained")
+    fig = _Figure(figsize=(size * (1 + len(columns)) + 0.6, size * rows), layout="constrained")
     axes = fig.subplots(rows, 1 + len(columns), squeeze=False)
     shown = None
     for r in range(rows):
@@ -250,7 +260,7 @@ def _save(fig: Figure, path) -> None:
 def curves(curves: dict[str, dict[str, tuple[list, list]]]) -> Figure:
     """One panel per kind (insertion, deletion): the mean curve of every (method, pooling) series."""
     kinds = [k for k in ("insertion", "deletion") if k in curves]
-    fig = Figure(figsize=(5 * len(kinds), 3.6), layout="constrained")
+    fig = _Figure(figsize=(5 * len(kinds), 3.6), layout="constrained")
     axes = fig.subplots(1, len(kinds), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         for label, (x, y) in curves[kind].items():
@@ -286,7 +296,7 @@ def bars(
     scale = [s for s in values if s in baselines]
     labels = methods + scale
     positions = list(range(len(methods))) + [len(methods) + 0.6 + i for i in range(len(scale))]
-    fig = Figure(figsize=(4.5 * len(metrics), 3.8), layout="constrained")
+    fig = _Figure(figsize=(4.5 * len(metrics), 3.8), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         means = [values[s][metric][0] for s in labels]

@@ -1,7 +1,8 @@
 """What reduced precision changes, on the demo's trained classifier and stream (shipped weights) and its
 synthetic images: the cosine of each method's maps under ``--amp`` to its float32 maps, and for the
 demo's evaluation (GAP and CA, ``coarse`` protocol) the mean absolute per-image change of every metric
-and the change of its mean. Not a speed test: the numbers the README's "what bf16 changes" table quotes.
+and the change of its mean. Not a speed test: the numbers of the "what bf16 changes" table in
+docs/performance.md.
 
     python benchmarks/precision.py --amp bf16 --images 64
 """

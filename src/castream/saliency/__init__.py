@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from .attention import RawAttention, Rollout
-from .base import SaliencyMethod, TokenReshape
+from .base import ChannelsLastReshape, SaliencyMethod, TokenReshape
 from .baselines import CAM, FakeCAM, RandomMap
 from .gradient import GradCAM, GradCAMPlusPlus, GradientMethod, GuidedBackprop, HiResCAM, LayerCAM, XGradCAM
 from .opticam import OptiCAM
@@ -73,6 +73,7 @@ __all__ = [
     "CAM",
     "SACAM",
     "AblationCAM",
+    "ChannelsLastReshape",
     "ExtremalPerturbation",
     "FakeCAM",
     "GradCAM",

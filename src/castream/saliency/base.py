@@ -26,6 +26,7 @@ from .._model import Logits, OutputSelector, check_images, check_targets
 from .._precision import at_least_float32, full_precision
 from ..backbones import (
     PRE_POOL,
+    channels_last_features,
     default_layer,
     min_input_size,
     module_name,
@@ -34,6 +35,21 @@ from ..backbones import (
     resolve_module,
 )
 from ..maps import finalize_maps
+from ..utils import uncompiled
+
+
+class ChannelsLastReshape:
+    """Channels-last features ``(B, H, W, C)`` (timm Swin's stages) -> ``(B, C, H, W)``; the default
+    ``reshape`` of a model whose stages are channels-last (``backbones.channels_last_features``)."""
+
+    def __call__(self, features: Tensor) -> Tensor:
+        if features.dim() != 4:
+            raise ValueError(f"reshape expects (B, H, W, C) features, got {tuple(features.shape)}")
+        return features.permute(0, 3, 1, 2)
+
+    def inverse(self, maps: Tensor, features: Tensor) -> Tensor:
+        """Put ``(B', C, H, W)`` maps back into the layer's ``(B', H, W, C)`` form."""
+        return maps.permute(0, 2, 3, 1)
 
 
 class TokenReshape:
@@ -58,12 +74,23 @@ class TokenReshape:
         return torch.cat([prefix, patches], dim=1)
 
 
+def _reshape(model: nn.Module, reshape: bool | Callable[[Tensor], Tensor] | None):
+    """``reshape=True``: a ViT's tokens (or a channels-last model's maps) to ``(B, C, h, w)``; ``None``:
+    channels-last maps are permuted (their layers have no other layout), anything else is kept."""
+    if channels_last_features(model) and reshape in (None, True):
+        return ChannelsLastReshape()
+    return TokenReshape(prefix_tokens(model)) if reshape is True else (reshape or None)
+
+
 class SaliencyMethod:
     """Base class: ``method(images, targets=None, *, upsample=True, normalize=True) -> (B, H, W)``.
 
     Options every method accepts:
       ``output``: selects the logits when the model returns a tuple/dict (an index, a key or a callable).
       ``forward_kwargs``: extra keyword arguments of every forward (e.g. ``{"pooling": "gap"}``).
+      ``progress``: a tqdm bar over the call's forwards (or iterations), for the methods that run many:
+      Score-CAM, Ablation-CAM, SA-CAM, Opti-CAM and Extremal Perturbation; the others run one or two
+      passes and show none.
     """
 
     name: ClassVar[str] = ""
@@ -79,14 +106,25 @@ class SaliencyMethod:
         output: OutputSelector = None,
         reshape: bool | Callable[[Tensor], Tensor] | None = None,
         forward_kwargs: dict | None = None,
+        progress: bool = False,
     ) -> None:
+        model = uncompiled(model)  # a torch.compile wrapper: hooks need the eager module (same parameters)
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be True or False, got {progress!r}")
+        self.progress = progress
         self._logits = Logits(model, output, forward_kwargs, min_input_size(model))  # before any hook
         self.model = model
         self.forward_kwargs = self._logits.forward_kwargs
-        self.reshape = TokenReshape(prefix_tokens(model)) if reshape is True else (reshape or None)
+        self.reshape = _reshape(model, reshape)
         self.layers: list[tuple[str, nn.Module]] = self._resolve_layers(layer) if self.uses_layer else []
         # the activation the forward applies to a layer before its global pooling (backbones.pool_activation)
         self._pooled_as = {name: act for name, _ in self.layers if (act := pool_activation(model, name))}
+
+    def _bar(self, total: int, unit: str):
+        """The call's progress bar over ``total`` units (a no-op bar unless ``progress=True``)."""
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit=unit, desc=type(self).__name__, disable=not self.progress, leave=False)
 
     @property
     def output(self) -> OutputSelector:

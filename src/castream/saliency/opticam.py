@@ -106,21 +106,25 @@ class OptiCAM(SaliencyMethod):
         self.iterations = torch.zeros(u.shape[0], dtype=torch.long, device=u.device)
         active = torch.arange(u.shape[0], device=u.device)
         beta1, beta2 = self.betas
-        for step in range(1, self.max_iter + 1):
-            with torch.enable_grad():
-                variable = u[active].requires_grad_(True)
-                loss = self.loss(variable, a[active], images[active], t[active], clean[active])
-                (grad,) = torch.autograd.grad(loss.sum(), variable)
-            loss = loss.detach().to(dtype)
-            running = ~((loss - previous[active]).abs() < self.tol) if stops else torch.ones_like(loss).bool()
-            previous[active] = loss
-            active, grad = active[running], grad[running]
-            if active.numel() == 0:
-                break
-            # Adam, element-wise (hence independent per image), as torch.optim.Adam with default settings.
-            m1[active] = beta1 * m1[active] + (1 - beta1) * grad
-            m2[active] = beta2 * m2[active] + (1 - beta2) * grad * grad
-            denom = (m2[active] / (1 - beta2**step)).sqrt() + self.eps
-            u[active] -= self.lr * (m1[active] / (1 - beta1**step)) / denom
-            self.iterations[active] += 1
+        with self._bar(self.max_iter, "iteration") as bar:
+            for step in range(1, self.max_iter + 1):
+                bar.update()
+                with torch.enable_grad():
+                    variable = u[active].requires_grad_(True)
+                    loss = self.loss(variable, a[active], images[active], t[active], clean[active])
+                    (grad,) = torch.autograd.grad(loss.sum(), variable)
+                loss = loss.detach().to(dtype)
+                running = (
+                    ~((loss - previous[active]).abs() < self.tol) if stops else torch.ones_like(loss).bool()
+                )
+                previous[active] = loss
+                active, grad = active[running], grad[running]
+                if active.numel() == 0:
+                    break
+                # Adam, element-wise (hence independent per image), as torch.optim.Adam with default settings.
+                m1[active] = beta1 * m1[active] + (1 - beta1) * grad
+                m2[active] = beta2 * m2[active] + (1 - beta2) * grad * grad
+                denom = (m2[active] / (1 - beta2**step)).sqrt() + self.eps
+                u[active] -= self.lr * (m1[active] / (1 - beta1**step)) / denom
+                self.iterations[active] += 1
         return combine(u.softmax(dim=1), a)

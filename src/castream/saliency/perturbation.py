@@ -222,20 +222,24 @@ class ExtremalPerturbation(SaliencyMethod):
         reference = torch.arange(pixels, device=images.device) >= (pixels * (1 - areas[:, None])).floor()
         reference = reference.to(dtype)
         velocity, weight = torch.zeros_like(params), self.area_weight
-        for iteration in range(self.max_iter):
-            with torch.enable_grad():
-                variable = params.requires_grad_(True)
-                with full_precision():  # the mask and its area term in float32 also under autocast
-                    full = generator(variable)
-                    masks = generator.crop(full)
-                    area = ((full.flatten(1).sort(dim=1, stable=True).values - reference) ** 2).mean(1)
-                reward = self._energy(pyramid, masks, t, flip=self.jitter and iteration % 2 == 0).to(dtype)
-                (grad,) = torch.autograd.grad(-(reward - weight * area).sum(), variable)
-            params = params.detach()
-            # SGD with momentum and dampening = momentum (TorchRay's optimizer), then clamping to [0, 1]
-            velocity = grad if iteration == 0 else self.momentum * velocity + (1 - self.momentum) * grad
-            params = (params - self.lr * velocity).clamp(0, 1)
-            weight *= self.area_growth
+        with self._bar(self.max_iter, "iteration") as bar:
+            for iteration in range(self.max_iter):
+                bar.update()
+                with torch.enable_grad():
+                    variable = params.requires_grad_(True)
+                    with full_precision():  # the mask and its area term in float32 also under autocast
+                        full = generator(variable)
+                        masks = generator.crop(full)
+                        area = ((full.flatten(1).sort(dim=1, stable=True).values - reference) ** 2).mean(1)
+                    reward = self._energy(pyramid, masks, t, flip=self.jitter and iteration % 2 == 0).to(
+                        dtype
+                    )
+                    (grad,) = torch.autograd.grad(-(reward - weight * area).sum(), variable)
+                params = params.detach()
+                # SGD with momentum and dampening = momentum (TorchRay's optimizer), then clamping to [0, 1]
+                velocity = grad if iteration == 0 else self.momentum * velocity + (1 - self.momentum) * grad
+                params = (params - self.lr * velocity).clamp(0, 1)
+                weight *= self.area_growth
         with torch.no_grad(), full_precision():
             masks = generator.crop(generator(params))
             if self.smooth > 0:

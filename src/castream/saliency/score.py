@@ -73,17 +73,20 @@ class MaskingMethod(SaliencyMethod):
             values = score(self.logits(inputs), targets[b].repeat(kinds)).float()
             return list(values.chunk(kinds))
 
-        with torch.no_grad():
+        images_with_constant = constant.any(dim=1)
+        total = int((~constant).sum()) + int(images_with_constant.sum())
+        with torch.no_grad(), self._bar(total * kinds, "image") as bar:
             for flat, b, _ in pair_chunks(~constant, max(1, self.batch_size // kinds)):
                 masks = finalize_maps(flat_maps[flat], size, normalize=True)
                 for o, values in zip(out, evaluate(b, masks)):
                     o[flat] = values
-            images_with_constant = constant.any(dim=1)
+                bar.update(len(flat) * kinds)
             for _, b, _ in pair_chunks(images_with_constant[:, None], max(1, self.batch_size // kinds)):
                 values = evaluate(b, images.new_zeros(len(b), *size))
                 for o, v in zip(out, values):
                     grid = o.view(batch, channels)
                     grid[b] = torch.where(constant[b], v[:, None], grid[b])
+                bar.update(len(b) * kinds)
         return [o.view(batch, channels) for o in out]
 
 
@@ -161,8 +164,9 @@ class AblationCAM(SaliencyMethod):
         y = target_logit(logits, t).float()
         drop = torch.zeros(maps.shape[:2], device=maps.device)
         name = self.layers[0][0]
-        with torch.no_grad():
-            for flat, b, k in pair_chunks(maps.flatten(2).ne(0).any(-1), self.batch_size):
+        selected = maps.flatten(2).ne(0).any(-1)
+        with torch.no_grad(), self._bar(int(selected.sum()), "image") as bar:
+            for flat, b, k in pair_chunks(selected, self.batch_size):
                 ablated = maps[b].clone()
                 ablated[torch.arange(len(b)), k] = 0
                 if self.reshape is not None:
@@ -171,6 +175,7 @@ class AblationCAM(SaliencyMethod):
                     replace = {name: lambda out, a=ablated: a.to(out.dtype)}
                 _, ablated_logits = self._run(images[b], track_grad=False, replace=replace)
                 drop.view(-1)[flat] = y[b] - target_logit(ablated_logits, t[b]).float()
+                bar.update(len(flat))
         return combine(safe_divide(drop, y[:, None]), maps).clamp(min=0)
 
 
