@@ -24,8 +24,14 @@ def evaluate(folder: Path) -> Path:
     torch.manual_seed(0)
     demo = castream.demo.DemoConfig()
     root = castream.data.synthetic.generate(
-        folder / "shapes", classes=demo.classes, train=0, val=24, size=demo.size, seed=demo.seed,
-        scale=demo.shape_scale, others=demo.others,
+        folder / "shapes",
+        classes=demo.classes,
+        train=0,
+        val=24,
+        size=demo.size,
+        seed=demo.seed,
+        scale=demo.shape_scale,
+        others=demo.others,
     )
     config = EvalConfig(
         model=demo.model,

@@ -903,3 +903,45 @@ def test_aopc_quantus_05_convention_equals_quantus_05_and_relates_to_the_default
     torch.testing.assert_close(default, got * 5 / 6, rtol=1e-5, atol=1e-7)
     uniform = metrics.aopc(model, x, maps, t, convention="quantus-0.5", patch_size=4, regions=5, seed=1)
     assert uniform.shape == (3,) and torch.isfinite(uniform).all()
+
+
+def _naive_summary(values: dict, reducers: dict, seed: int = 0, resamples: int = 1000) -> dict:
+    """The bootstrap as it was first written: one (resamples, n) draw, one reducer call per resample."""
+    generator, out = torch.Generator().manual_seed(seed), {}
+    for name, used in values.items():
+        d = torch.randint(len(used), (resamples, len(used)), generator=generator)
+        if name in reducers:
+            boot = torch.tensor([reducers[name](used[row]) for row in d])
+        else:
+            boot = used[d].mean(dim=1)
+        alpha = (1 - 0.95) / 2
+        out[name] = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=boot.dtype)).tolist()
+    return out
+
+
+@pytest.mark.parametrize("n, chunk", [(37, 1 << 22), (37, 100), (500, 1000), (3, 2)])
+def test_chunked_vectorized_bootstrap_equals_the_per_resample_loop(n, chunk, monkeypatch):
+    from castream.metrics import aggregate
+
+    monkeypatch.setattr(aggregate, "CHUNK", chunk)  # several chunks, rows split across them
+    g = torch.Generator().manual_seed(n)
+    values = {
+        "ad": torch.rand(n, generator=g, dtype=torch.float64),
+        "boxacc": torch.rand(n, 100, generator=g, dtype=torch.float64),
+        "fading": torch.randint(0, 2, (n, 2), generator=g).double(),
+    }
+    agg = metrics.Aggregator(seed=3)
+    for name, v in values.items():
+        agg.update(name, v)
+    got = agg.summary()
+    reducers = {"boxacc": metrics.box_accuracy_from_ious, "fading": metrics.fading_rate}
+    expected = _naive_summary(values, reducers, seed=3)
+    got = {k: [got[k]["low"], got[k]["high"]] for k in values}
+    assert repr(got) == repr(expected)  # bit for bit (repr: a NaN interval equals itself)
+    a, b = values["ad"], values["boxacc"][:, 0]
+    d = torch.randint(n, (1000, n), generator=torch.Generator().manual_seed(5))
+    boot = (b - a)[d].mean(1)
+    alpha = (1 - 0.95) / 2
+    low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=boot.dtype)).tolist()
+    out = metrics.paired_bootstrap(a, b, seed=5)
+    assert (out["low"], out["high"]) == (low, high)

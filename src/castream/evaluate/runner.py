@@ -525,15 +525,30 @@ class Runner:
     def adversarial_hosts(self, index: int, target: int, cases: int) -> list[int]:
         """The ``cases`` host images of image ``index`` for adversarial verification: evaluated images that
         do not hold the target class (when the dataset's labels tell), in an order fixed by the seed and the
-        image, so that every method, pooling and batch size sees the same hosts."""
+        image, so that every method, pooling, batch size and rank sees the same hosts.
+
+        Candidates are drawn uniformly from the selection, a few at a time, and repeats, the image itself and
+        images of the target class are passed over: O(cases) work per image at any N. Only when such draws
+        keep failing (hosts are rare) does it scan a seeded permutation of the rest."""
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + index)
-        hosts = []
-        for j in torch.randperm(len(self.indices), generator=generator).tolist():
-            candidate = self.indices[j]
-            if candidate != index and not self._holds(candidate, target):
-                hosts.append(candidate)
-                if len(hosts) == cases:
-                    return hosts
+        count, hosts, seen = len(self.indices), [], {index}
+
+        def take(positions: list[int]) -> bool:
+            for j in positions:
+                candidate = self.indices[j]
+                if candidate not in seen:
+                    seen.add(candidate)
+                    if not self._holds(candidate, target):
+                        hosts.append(candidate)
+                        if len(hosts) == cases:
+                            return True
+            return False
+
+        for _ in range(8):
+            if take(torch.randint(count, (4 * cases,), generator=generator).tolist()):
+                return hosts
+        if take(torch.randperm(count, generator=generator).tolist()):
+            return hosts
         raise ValueError(
             f"adversarial verification needs {cases} host images without class {target} for image {index}; "
             f"the {len(self.indices)} evaluated images have {len(hosts)}"
