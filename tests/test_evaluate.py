@@ -825,3 +825,15 @@ def test_explain_replaces_its_own_files_but_not_the_users(tmp_path, capsys):
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "b" / "cat.png")
     assert main(["explain", str(tmp_path / "cat.png"), str(tmp_path / "b" / "cat.png"), *options]) == 2
     assert "the same file name" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_report_benchmark_times_a_run_whose_records_are_all_copied(capsys):
+    """``castream bench report``: the copied records cover the large run (the benchmark raises if its
+    report stage had to compute any cell), and its JSON names images, seconds and peak memory."""
+    from castream.bench import report
+
+    report.main(["--images", "40", "--base", "8", "--protocol", "coarse"])
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["images"] == 40 and record["cells"] == 10
+    assert record["seconds"] > 0 and 0 < record["peak_rss_gb"] < 64 and record["shard_gb"] > 0

@@ -40,6 +40,7 @@ QUICK = {
     "gradreg": ["--model", "cifar_resnet18", "--size", "32", "--batch", "32"],
     "evaluate": ["--model", "resnet18", "--size", "64", "--images", "16", "--metric-batch", "128"],
     "precision": ["--images", "32", "--map-images", "8"],
+    "report": ["--images", "2000", "--base", "16", "--protocol", "coarse"],
 }
 FULL = {
     "saliency": ["--models", "resnet18", "resnet50", "--size", "224", "--batch", "8"],
@@ -48,6 +49,7 @@ FULL = {
     "gradreg": ["--model", "cifar_resnet18", "--size", "32", "--batch", "128"],
     "evaluate": ["--model", "resnet50", "--size", "224", "--images", "64"],
     "precision": ["--images", "200", "--map-images", "32"],
+    "report": ["--images", "50000"],
 }
 
 

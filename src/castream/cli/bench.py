@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import COMMANDS, SUBCOMMAND, _add_speed_options
+from ._options import COMMANDS, SUBCOMMAND, UsageError, _add_speed_options
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -14,6 +14,13 @@ def _bench(args: argparse.Namespace) -> int:
     extra = ["--device", args.device] if args.device else []
     extra += ["--amp", args.amp] if args.amp else []
     extra += ["--channels-last"] if args.channels_last else []
+    if args.images is not None:
+        takes = {"causal", "evaluate", "precision", "report"}
+        if not args.names or set(args.names) - takes:
+            raise UsageError(
+                f"--images applies to the benchmarks {sorted(takes)}; name them, e.g. castream bench report"
+            )
+        extra += ["--images", str(args.images)]
     bench.run(args.names or None, full=args.full, extra=extra)
     return 0
 
@@ -25,5 +32,6 @@ def _add_bench(sub) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help=f"among {list(QUICK)} (default: all)")
     p.add_argument("--full", action="store_true", help="224 x 224, ResNet-18/50 (slow on a CPU)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when present)")
+    p.add_argument("--images", type=int, default=None, help="images of the named benchmarks (bench report)")
     _add_speed_options(p)
     p.set_defaults(func=_bench)

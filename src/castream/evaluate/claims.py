@@ -23,8 +23,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from .. import metrics
 
 CA_PAPER = "000_62b68348d9eae980.txt"
@@ -223,9 +221,10 @@ def _needed(entries: list[dict], distance) -> int | None:
     return max(counts) if counts else None
 
 
-def check_claims(runner, rows: dict[tuple[str, str, str], dict], seed: int) -> list[dict]:
-    """Every claim the evaluation covers, with its measured differences and verdict. ``rows``: per-image
-    rows of each (model label, pooling, method) cell, the accuracy cells as method ``"accuracy"``."""
+def check_claims(runner, tables: dict, seed: int) -> list[dict]:
+    """Every claim the evaluation covers, with its measured differences and verdict. ``tables``: the
+    per-image columns (``results.Columns``) of each (model label, pooling, method) cell, the accuracy
+    cells as method ``"accuracy"``."""
     out = []
     for label in runner.models:
         poolings = runner.poolings(label)
@@ -243,26 +242,21 @@ def check_claims(runner, rows: dict[tuple[str, str, str], dict], seed: int) -> l
                     continue
                 pairs = [(p, p, claim.other, claim.method) for p in poolings]
             for pool_a, pool_b, method_a, method_b in pairs:
-                entry = _check(rows, claim, label, (pool_a, method_a), (pool_b, method_b), seed)
+                entry = _check(tables, claim, label, (pool_a, method_a), (pool_b, method_b), seed)
                 if entry is not None:
                     out.append(entry)
     return out
 
 
-def _check(rows, claim: Claim, label: str, a: tuple, b: tuple, seed: int) -> dict | None:
-    first, second = (rows.get((label, pooling, method), {}) for pooling, method in (a, b))
-    common = sorted(set(first) & set(second))
+def _check(tables, claim: Claim, label: str, a: tuple, b: tuple, seed: int) -> dict | None:
+    first, second = (tables.get((label, pooling, method)) for pooling, method in (a, b))
     expected = dict(claim.expected)
-    if not common or any(k not in first[common[0]] or k not in second[common[0]] for k in expected):
+    if first is None or second is None or not first.common(second):
         return None
-    intervals = {
-        key: metrics.paired_bootstrap(
-            torch.tensor([float(first[i][key]) for i in common]),
-            torch.tensor([float(second[i][key]) for i in common]),
-            seed=seed,
-        )
-        for key in expected
-    }
+    pairs = {key: first.paired(second, key) for key in expected}
+    if any(pair is None for pair in pairs.values()):
+        return None
+    intervals = {key: metrics.paired_bootstrap(*pair, seed=seed) for key, pair in pairs.items()}
     if claim.kind == "accuracy":
         verdict = judge_equivalence(intervals["accuracy"], ACCURACY_MARGIN)
     else:
@@ -273,7 +267,7 @@ def _check(rows, claim: Claim, label: str, a: tuple, b: tuple, seed: int) -> dic
         "claim": claim.text,
         "model": label,
         "comparison": f"{b[1]} {b[0].upper()} − {a[1]} {a[0].upper()}",
-        "images": len(common),
+        "images": first.common(second),
         "metrics": {
             key: {"expected": expected[key], **{k: intervals[key][k] for k in ("mean", "low", "high", "n")}}
             for key in expected

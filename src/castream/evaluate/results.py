@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import metrics
@@ -76,20 +77,108 @@ def shard_records(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 @dataclass
-class CellRecords:
-    """A cell's valid records: rows keyed by image index (or (image, class) where every positive class of
-    a multi-label image is explained), (seconds, images) timings per batch, skipped images by index, and a
-    warning per ignored record."""
+class Columns:
+    """A cell's per-image values as arrays: ``keys`` the row keys in sorted order (image index, or (image,
+    class) where every positive class of a multi-label image is explained), ``values[name]`` float64
+    arrays of shape (n,) or (n, m) in that order, and ``read_order``: each sorted row's position in the
+    shards (the order the mean curves sum in). 8 bytes per value, where a row of Python objects took
+    about 4.5 KB."""
 
-    rows: dict = field(default_factory=dict)
+    keys: list
+    values: dict[str, np.ndarray]
+    read_order: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.values)
+
+    def images(self) -> set[int]:
+        return {k[0] if isinstance(k, tuple) else k for k in self.keys}
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(self.values[name])
+
+    def paired(self, other: Columns, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``name``'s values of the rows both cells hold, in key order, as the float32 tensors the paired
+        bootstrap has always been given; None when either lacks it."""
+        if name not in self.values or name not in other.values:
+            return None
+        mine = {k: i for i, k in enumerate(self.keys)}
+        theirs = {k: i for i, k in enumerate(other.keys)}
+        common = sorted(set(mine) & set(theirs))
+        a = self.values[name][[mine[k] for k in common]]
+        b = other.values[name][[theirs[k] for k in common]]
+        return torch.from_numpy(a.astype(np.float32)), torch.from_numpy(b.astype(np.float32))
+
+    def common(self, other: Columns) -> int:
+        return len(set(self.keys) & set(other.keys))
+
+
+@dataclass
+class CellRecords:
+    """A cell's valid records, read into columns as they come (:meth:`table`), (seconds, images) timings
+    per batch, skipped images by index, and a warning per ignored record."""
+
     timings: list[tuple[float, int]] = field(default_factory=list)
     skipped: dict[int, dict] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    _keys: list = field(default_factory=list)
+    _seen: set = field(default_factory=set)
+    _chunks: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    _names: list[str] | None = None
 
     @property
     def done(self) -> set[int]:
         """Image indices with a record (computed or skipped): what a resumed run need not compute."""
-        return {k[0] if isinstance(k, tuple) else k for k in self.rows} | set(self.skipped)
+        return {k[0] if isinstance(k, tuple) else k for k in self._keys} | set(self.skipped)
+
+    def holds(self, key) -> bool:
+        return key in self._seen
+
+    def add(self, keys: list, rows: list[dict]) -> None:
+        """One shard record's rows (every row of a record has the same metrics): the derived columns
+        (``overall``, per-host adversarial and fading) are added, then each metric is one array."""
+        names = [k for k in rows[0] if k not in ("index", "class", "adversarial_cases")]
+        columns = {name: np.asarray([r[name] for r in rows], dtype=np.float64) for name in names}
+        if "insertion" in columns and "deletion" in columns:  # SA-CAM §4.5's "overall" AUC, per image
+            columns["overall"] = np.asarray([r["insertion"] - r["deletion"] for r in rows], dtype=np.float64)
+        if "adversarial_cases" in rows[0]:  # SA-CAM Tables 4-5: one column per host
+            cases = np.asarray([r["adversarial_cases"] for r in rows], dtype=np.float64)
+            for j in range(cases.shape[1]):
+                columns[f"adversarial_case{j + 1}"] = cases[:, j]
+                columns[f"fading_case{j + 1}"] = np.stack([cases[:, j], columns["fading"][:, 1]], axis=1)
+        if self._names is None:
+            self._names = list(columns)
+        elif list(columns) != self._names:
+            raise ValueError(f"a shard record holds metrics {list(columns)}, another {self._names}")
+        for name, values in columns.items():
+            self._chunks.setdefault(name, []).append(values)
+        self._keys.extend(keys)
+        self._seen.update(keys)
+
+    def table(self) -> Columns:
+        """The rows in key order, one array per metric."""
+        order = sorted(range(len(self._keys)), key=self._keys.__getitem__)
+        index = np.asarray(order, dtype=np.int64)
+        values = {name: np.concatenate(chunks)[index] for name, chunks in self._chunks.items()}
+        return Columns([self._keys[i] for i in order], values, index)
+
+    @property
+    def rows(self) -> dict:
+        """The rows as dictionaries keyed like the shards (for inspection and tests; the report reads
+        :meth:`table`)."""
+        table = self.table()
+        out = {}
+        for position, key in enumerate(table.keys):
+            row = {"index": key[0], "class": key[1]} if isinstance(key, tuple) else {"index": key}
+            for name, values in table.values.items():
+                value = values[position]
+                row[name] = value.tolist() if value.ndim else float(value)
+            out[key] = row
+        return out
 
 
 def read_cell(out: Path, cell: str, run: str | None = None) -> CellRecords:
@@ -107,19 +196,14 @@ def read_cell(out: Path, cell: str, run: str | None = None) -> CellRecords:
                 )
                 continue
             keys = [(r["index"], r["class"]) if "class" in r else r["index"] for r in record["images"]]
-            repeated = [k for k in keys if k in found.rows] + [
+            repeated = [k for k in keys if found.holds(k)] + [
                 e["index"] for e in record.get("skipped", []) if e["index"] in found.skipped
             ]
             if repeated:
                 found.ignored.append(f"{where}: ignored a second record of image(s) {repeated[:5]}")
                 continue
-            for key, row in zip(keys, record["images"]):
-                if "insertion" in row and "deletion" in row:  # SA-CAM §4.5's "overall" AUC, per image
-                    row["overall"] = row["insertion"] - row["deletion"]
-                for j, hit in enumerate(row.pop("adversarial_cases", []), start=1):  # SA-CAM Tables 4-5
-                    row[f"adversarial_case{j}"] = hit
-                    row[f"fading_case{j}"] = [hit, row["fading"][1]]
-                found.rows[key] = row
+            if keys:
+                found.add(keys, record["images"])
             found.skipped.update((e["index"], e) for e in record.get("skipped", []))
             if "seconds" in record:
                 found.timings.append((record["seconds"], len(record["images"])))
@@ -144,26 +228,27 @@ def collect(runner) -> dict:
     fractions = metrics.step_counts(config.size, config.size, config.protocol).double() / config.size**2
     accuracy = [(label, pooling, "accuracy") for label in runner.models for pooling in runner.poolings(label)]
     records = {cell: runner.records(cell_name(*cell)) for cell in [*accuracy, *runner.cells()]}  # read once
-    all_rows = {cell: found.rows for cell, found in records.items()}
+    tables = {cell: found.table() for cell, found in records.items()}
     cells = []
     for label, pooling, method in runner.cells():
-        found = records[(label, pooling, method)]
-        rows, timings, skipped = found.rows, found.timings, set(found.skipped)
-        curves = {
-            kind: (fractions.tolist(), torch.tensor(series).mean(0).tolist())
-            for kind in ("insertion", "deletion")
-            if (series := [r[f"{kind}_curve"] for r in rows.values() if f"{kind}_curve" in r])
-        }
+        found, table = records[(label, pooling, method)], tables[(label, pooling, method)]
+        timings, skipped = found.timings, set(found.skipped)
+        curves = {}
+        for kind in ("insertion", "deletion"):
+            if len(table) and f"{kind}_curve" in table.values:
+                series = table.values[f"{kind}_curve"][np.argsort(table.read_order)]  # in read order
+                mean = torch.from_numpy(series.astype(np.float32)).mean(0)
+                curves[kind] = (fractions.tolist(), mean.tolist())
         cells.append(
             {
                 "model": label,
                 "pooling": pooling,
                 "method": method,
-                "images": len({k[0] if isinstance(k, tuple) else k for k in rows}),
-                "rows": len(rows),
+                "images": len(table.images()),
+                "rows": len(table),
                 # images the cell could explain: skipped ones (unreadable, no object) are listed apart
                 "images_asked": len(set(runner.method_indices(method)) - skipped),
-                "metrics": _aggregate(rows, config.seed).summary(),
+                "metrics": _aggregate(table, config.seed).summary(),
                 "seconds_per_8": sum(s for s, _ in timings) / max(1, sum(n for _, n in timings)) * 8,
                 "curves": curves,
             }
@@ -177,60 +262,56 @@ def collect(runner) -> dict:
     return {
         "cells": cells,
         "models": [
-            _model_row(runner, label, pooling, all_rows[(label, pooling, "accuracy")])
+            _model_row(runner, label, pooling, tables[(label, pooling, "accuracy")])
             for label, pooling, _ in accuracy
         ],
-        "comparisons": comparisons(runner, all_rows),
-        "claims": check_claims(runner, all_rows, config.seed),
+        "comparisons": comparisons(runner, tables),
+        "claims": check_claims(runner, tables, config.seed),
         "skipped": [skipped_images[i] for i in sorted(skipped_images)],
         "ignored_records": list(runner.warnings),
     }
 
 
-def _aggregate(rows: dict, seed: int) -> metrics.Aggregator:
-    """Every metric of a cell's rows, in the order of their keys (image index, or (image, class))."""
-    order = sorted(rows)
-    skip = ("index", "class")
-    keys = [k for k in rows[order[0]] if k not in skip and not k.endswith("_curve")] if order else []
-    cases = {k: metrics.fading_rate for k in keys if k.startswith("fading_case")}  # per-host fading rates
+def _aggregate(table: Columns, seed: int) -> metrics.Aggregator:
+    """Every metric of a cell, in the order of its rows' keys (image index, or (image, class))."""
+    names = [k for k in table.names if not k.endswith("_curve")] if len(table) else []
+    cases = {k: metrics.fading_rate for k in names if k.startswith("fading_case")}  # per-host fading rates
     agg = metrics.Aggregator(seed=seed, reducers=cases)
-    for key in keys:
-        values = torch.tensor([rows[i][key] for i in order], dtype=torch.float64)
-        agg.update(key, values, torch.arange(len(order)))
+    for name in names:
+        agg.update(name, table.tensor(name), torch.arange(len(table)))
     return agg
 
 
-def _accuracy(runner, rows: dict) -> dict:
+def _accuracy(runner, table: Columns) -> dict:
     """Top-1 accuracy (mAP for multi-label data) with its interval, and the clean probability's spread."""
-    indices = sorted(rows)
     if runner.multilabel:
-        scores = torch.tensor([rows[i]["scores"] for i in indices])
-        labels = torch.tensor([rows[i]["labels"] for i in indices])
         return {
             "name": "mAP",
-            "value": metrics.mean_average_precision(scores, labels),
-            "images": len(indices),
+            "value": metrics.mean_average_precision(
+                table.tensor("scores").float(), table.tensor("labels").long()
+            ),
+            "images": len(table),
         }
-    if indices and "accuracy" not in rows[indices[0]]:  # classes unknown to the model: no accuracy
-        return {"name": "accuracy", "value": None, "images": len(indices)}
+    if len(table) and "accuracy" not in table.values:  # classes unknown to the model: no accuracy
+        return {"name": "accuracy", "value": None, "images": len(table)}
     agg = metrics.Aggregator(seed=runner.config.seed)
-    agg.update("accuracy", torch.tensor([rows[i]["accuracy"] for i in indices]), torch.tensor(indices))
+    agg.update("accuracy", table.tensor("accuracy"), torch.tensor(table.keys, dtype=torch.long))
     summary = agg.summary()["accuracy"]
     out = {
         "name": "accuracy",
         "value": summary["mean"],
         "low": summary["low"],
         "high": summary["high"],
-        "images": len(indices),
+        "images": len(table),
     }
-    if indices and "probability" in rows[indices[0]]:
-        p = torch.tensor([rows[i]["probability"] for i in indices], dtype=torch.float64)
+    if len(table) and "probability" in table.values:
+        p = table.tensor("probability")
         q1, median, q3 = torch.quantile(p, torch.tensor([0.25, 0.5, 0.75], dtype=p.dtype)).tolist()
         out["probability"] = {"mean": float(p.mean()), "q1": q1, "median": median, "q3": q3}
     return out
 
 
-def _model_row(runner, label: str, pooling: str, accuracy_rows: dict) -> dict:
+def _model_row(runner, label: str, pooling: str, accuracy: Columns) -> dict:
     model, size = runner.models[label], runner.config.size
     kwargs = runner.forward_kwargs(label, pooling)
     if isinstance(model, StreamModel) and pooling == "gap":
@@ -240,13 +321,13 @@ def _model_row(runner, label: str, pooling: str, accuracy_rows: dict) -> dict:
     return {
         "parameters": params,
         "gflops": count_flops(model, (1, 3, size, size), **kwargs) / 1e9,
-        "accuracy": _accuracy(runner, accuracy_rows),
+        "accuracy": _accuracy(runner, accuracy),
         "model": label,
         "pooling": pooling,
     }
 
 
-def comparisons(runner, rows: dict[tuple[str, str, str], dict[int, dict]]) -> list[dict]:
+def comparisons(runner, tables: dict[tuple[str, str, str], Columns]) -> list[dict]:
     """GAP vs CA for every method of every model with a stream: per metric of COMPARED, the paired
     bootstrap (PROTOCOL.md) of CA - GAP over the images both cells evaluated."""
     out = []
@@ -254,14 +335,10 @@ def comparisons(runner, rows: dict[tuple[str, str, str], dict[int, dict]]) -> li
         if set(runner.poolings(label)) != {"gap", "ca"}:
             continue
         for method in runner.config.methods:
-            gap, ca = rows[(label, "gap", method)], rows[(label, "ca", method)]
-            common = sorted(set(gap) & set(ca))
-            entry = {"model": label, "method": method, "images": len(common), "metrics": {}}
+            gap, ca = tables[(label, "gap", method)], tables[(label, "ca", method)]
+            entry = {"model": label, "method": method, "images": gap.common(ca), "metrics": {}}
             for key in COMPARED:
-                if common and key in gap[common[0]] and key in ca[common[0]]:
-                    a, b = ([float(r[i][key]) for i in common] for r in (gap, ca))
-                    entry["metrics"][key] = metrics.paired_bootstrap(
-                        torch.tensor(a), torch.tensor(b), seed=runner.config.seed
-                    )
+                if entry["images"] and (pair := gap.paired(ca, key)) is not None:
+                    entry["metrics"][key] = metrics.paired_bootstrap(*pair, seed=runner.config.seed)
             out.append(entry)
     return out
