@@ -837,3 +837,24 @@ def test_report_benchmark_times_a_run_whose_records_are_all_copied(capsys):
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert record["images"] == 40 and record["cells"] == 10
     assert record["seconds"] > 0 and 0 < record["peak_rss_gb"] < 64 and record["shard_gb"] > 0
+
+
+def test_report_re_renders_a_finished_or_interrupted_run(artifacts, tmp_path, capsys):
+    out = tmp_path / "run"
+    Runner(config(artifacts, out, methods=("gradcam",), images=6), progress=False).run()
+    written = (out / "results.csv").read_text()
+    for name in ("results.csv", "results.md", "results.json"):
+        (out / name).unlink()
+    assert main(["report", str(out), "--quiet"]) == 0
+    assert (out / "results.csv").read_text() == written and (out / "results.md").is_file()
+    # interrupted: the last record of one cell is gone; the report covers the images that remain
+    shard = out / "shards" / "resnet10_os16-ca-gradcam.rank0.jsonl"
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text("".join(lines[:-1]))
+    left = sum(len(json.loads(line)["images"]) for line in lines[:-1])
+    assert main(["report", str(out), "--quiet"]) == 0
+    rows = {(r["pooling"], r["method"]): r for r in read_csv(out / "results.csv")}
+    assert int(rows[("ca", "gradcam")]["images"]) == left < 6 == int(rows[("gap", "gradcam")]["images"])
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no config.json" in capsys.readouterr().err

@@ -31,10 +31,11 @@ def build_parser(full: bool = True) -> argparse.ArgumentParser:
     from .demo import _add_demo
     from .evaluate import _add_evaluate
     from .explain import _add_explain
+    from .report import _add_report
     from .synth import _add_synth
     from .train import _add_train
 
-    for add in (_add_demo, _add_synth, _add_train, _add_explain, _add_evaluate, _add_bench):
+    for add in (_add_demo, _add_synth, _add_train, _add_explain, _add_evaluate, _add_report, _add_bench):
         add(sub)
     return parser
 

@@ -12,6 +12,7 @@ COMMANDS = {
     "train": "train a classifier, a CA-Stream, or with the gradient regularizer",
     "explain": "explain predictions on image files",
     "evaluate": "evaluate saliency methods (GAP vs CA)",
+    "report": "re-render an evaluation's report from its stored records",
     "bench": "run the speed benchmarks",
 }
 
