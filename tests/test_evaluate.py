@@ -858,3 +858,27 @@ def test_report_re_renders_a_finished_or_interrupted_run(artifacts, tmp_path, ca
     capsys.readouterr()
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_the_report_draws_the_maps_saved_during_the_run(artifacts, tmp_path, monkeypatch):
+    from castream.evaluate.report import write_report
+
+    cfg = config(artifacts, tmp_path, methods=("gradcam",), images=6)
+    runner = Runner(cfg, progress=False)
+    runner.run()
+    grid = runner.figure_indices()
+    saved = sorted(p.name for p in (tmp_path / "maps" / "resnet10_os16-ca-gradcam").iterdir())
+    assert len(saved) == len(grid) and {int(n.split("-")[0]) for n in saved} == set(grid)
+    _, images, labels, _, _ = runner._load(grid)
+    targets = runner._targets(labels, runner.logits("resnet10_os16", "ca", images))
+    maps = runner.saved_maps("resnet10_os16-ca-gradcam", grid, targets)
+    expected = runner.build_method("gradcam", "resnet10_os16", "ca")(images, targets)
+    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6)  # the same maps, from other batches
+
+    def no_method(*args, **kwargs):
+        raise AssertionError("the report computed a map")
+
+    monkeypatch.setattr(castream.saliency.GradCAM, "__call__", no_method)
+    (tmp_path / "saliency_grid.png").unlink()
+    write_report(runner)
+    assert (tmp_path / "saliency_grid.png").is_file()

@@ -13,7 +13,7 @@ import torch
 from .. import metrics, viz
 from ..saliency import RawAttention
 from ..stream import StreamModel
-from .results import COMPARED, collect
+from .results import COMPARED, cell_name, collect
 
 # metric key -> (column title, shown x100 as a percentage, lower is better; None: neither)
 COLUMNS = {
@@ -76,30 +76,14 @@ def _fmt(entry: dict | None, percent: bool) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-GRID_IMAGES = 6
 TARGET_BOX, OTHER_BOX = "lime", "red"
-
-
-def _grid_indices(runner) -> list[int]:
-    """Up to GRID_IMAGES images of the selection, those holding another class than the label first."""
-    candidates = runner.indices[: 4 * GRID_IMAGES]
-
-    def crowded(index: int) -> bool:
-        item = runner.dataset[index]
-        labels = item[2].get("box_labels") if item is not None else None
-        label = torch.as_tensor(item[1]) if item is not None else None
-        if label is not None and label.dim() == 1:  # multi-hot: several positive classes
-            return int(label.count_nonzero()) > 1
-        return labels is not None and bool((labels != label).any())
-
-    return sorted(candidates, key=lambda i: not crowded(i))[:GRID_IMAGES]
 
 
 def _figures(runner, cells: list[dict]) -> list[str]:
     out, config = runner.out, runner.config
     files = []
     # saliency grid: every method (baselines aside) through GAP and CA side by side, plus raw attention
-    indices = _grid_indices(runner)
+    indices = runner.figure_indices()
     _, images, labels, meta, _ = runner._load(indices)
     if images is None:
         return files
@@ -114,10 +98,12 @@ def _figures(runner, cells: list[dict]) -> list[str]:
                 continue
             with torch.no_grad():
                 logits = runner.logits(label, pooling, images)
-            method = runner.build_method(method_name, label, pooling)
             title = f"{label} " * several + f"{method_name} {POOLING_NAMES[pooling]}"
             targets = runner._targets(labels, logits)
-            columns[title] = method(images, targets).cpu()
+            saved = runner.saved_maps(cell_name(label, pooling, method_name), indices, targets)
+            if saved is None:  # a run from before maps were saved, or multi-label pairs: compute them
+                saved = runner.build_method(method_name, label, pooling)(images, targets).cpu()
+            columns[title] = saved
     for label, model in runner.models.items():
         if isinstance(model, StreamModel):
             columns[f"{label} " * several + "raw attention"] = RawAttention(model)(images).cpu()

@@ -77,6 +77,7 @@ RESERVED_OPTIONS = (
     "normalize",
     "scores",
 )
+GRID_IMAGES = 6  # images of the report's saliency grid, whose maps are saved as they are computed
 BASELINES = ("fakecam", "random")  # added to every evaluation: the scale of every metric
 
 
@@ -278,6 +279,7 @@ class Runner:
             m.to(self.device, memory_format=memory).eval()
         self.identity: str | None = None  # the run's identity, set when the output folder is checked
         self.warnings: list[str] = []  # ignored shard records, in the order they were found
+        self._figure_indices: list[int] | None = None
         minimum = min_input_size(model)
         if config.size < minimum:
             raise ValueError(
@@ -564,6 +566,51 @@ class Runner:
             label = int(self.labels_map[label])
         return bool(label[cls]) if isinstance(label, Tensor) else label == cls
 
+    def figure_indices(self) -> list[int]:
+        """The report grid's images: up to GRID_IMAGES of the selection's first ones, those holding
+        another class than the label first (fixed by the selection, so the run and the report agree)."""
+        if self._figure_indices is None:
+
+            def crowded(index: int) -> bool:
+                item = self.dataset[index]
+                labels = item[2].get("box_labels") if item is not None else None
+                label = torch.as_tensor(item[1]) if item is not None else None
+                if label is not None and label.dim() == 1:  # multi-hot: several positive classes
+                    return int(label.count_nonzero()) > 1
+                return labels is not None and bool((labels != label).any())
+
+            candidates = self.indices[: 4 * GRID_IMAGES]
+            self._figure_indices = sorted(candidates, key=lambda i: not crowded(i))[:GRID_IMAGES]
+        return self._figure_indices
+
+    def _map_path(self, cell: str, index: int, target: int) -> Path:
+        return self.out / "maps" / cell / f"{index}-{target}.npy"
+
+    def _save_maps(self, cell: str, indices: list[int], targets: list[int], maps: Tensor) -> None:
+        """Keep the maps of the report grid's images (float32 .npy, written atomically)."""
+        import numpy as np
+
+        wanted = set(self.figure_indices())
+        for j, (index, target) in enumerate(zip(indices, targets)):
+            if index in wanted:
+                path = self._map_path(cell, index, target)
+                path.parent.mkdir(parents=True, exist_ok=True)
+
+                def write(tmp: Path, saliency: Tensor = maps[j]) -> None:
+                    with open(tmp, "wb") as f:
+                        np.save(f, saliency.float().numpy())
+
+                atomic_write(path, write)
+
+    def saved_maps(self, cell: str, indices: list[int], targets: Tensor) -> Tensor | None:
+        """The maps of ``indices`` at ``targets`` saved during the run, or None unless every one is there."""
+        import numpy as np
+
+        paths = [self._map_path(cell, i, t) for i, t in zip(indices, targets.tolist())]
+        if not paths or not all(p.is_file() for p in paths):
+            return None
+        return torch.stack([torch.from_numpy(np.load(p, allow_pickle=False)) for p in paths])
+
     def _hosts(self, indices: list[int], targets: Tensor, cases: int) -> Tensor:
         """(B, cases, C, H, W) host images (see :meth:`adversarial_hosts`)."""
         wanted = [h for i, t in zip(indices, targets.tolist()) for h in self.adversarial_hosts(i, t, cases)]
@@ -682,6 +729,8 @@ class Runner:
         values.update(self._host_metrics(meta=meta, **host_side))
         columns = {k: v.tolist() if isinstance(v, Tensor) else v for k, v in values.items()}
         targets = host_side["targets"].tolist()
+        if not pairs:  # (image, class) pairs explain several maps per image: the report computes those
+            self._save_maps(cell, indices, targets, host_side["maps"])
         rows = []
         for j, index in enumerate(indices):
             row = {"index": index}
