@@ -280,6 +280,7 @@ class Runner:
         self.identity: str | None = None  # the run's identity, set when the output folder is checked
         self.warnings: list[str] = []  # ignored shard records, in the order they were found
         self._figure_indices: list[int] | None = None
+        self._records: dict[str, tuple[tuple, CellRecords]] = {}  # cell -> (shard files' state, records)
         minimum = min_input_size(model)
         if config.size < minimum:
             raise ValueError(
@@ -385,8 +386,19 @@ class Runner:
 
     def records(self, cell: str) -> CellRecords:
         """The valid records of ``cell`` (every process's shards, so the world size may change between
-        runs); records of another run or a second record of an image are ignored, with a warning."""
+        runs); records of another run or a second record of an image are ignored, with a warning.
+        Read once while the shard files are unchanged (their names, sizes and modification times): the
+        resume check and the report of a finished run share one read."""
+        state = tuple(
+            (p.name, s.st_size, s.st_mtime_ns)
+            for p in sorted((self.out / "shards").glob(f"{cell}.rank*.jsonl"))
+            for s in (p.stat(),)
+        )
+        cached = self._records.get(cell)
+        if cached is not None and cached[0] == state:
+            return cached[1]
         found = read_cell(self.out, cell, self.identity)
+        self._records[cell] = (state, found)
         for warning in found.ignored:
             if warning not in self.warnings:
                 self.warnings.append(warning)
