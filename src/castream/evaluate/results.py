@@ -80,13 +80,13 @@ def shard_records(path: Path) -> Iterator[tuple[int, dict]]:
 class Columns:
     """A cell's per-image values as arrays: ``keys`` the row keys in sorted order (image index, or (image,
     class) where every positive class of a multi-label image is explained), ``values[name]`` float64
-    arrays of shape (n,) or (n, m) in that order, and ``read_order``: each sorted row's position in the
-    shards (the order the mean curves sum in). 8 bytes per value, where a row of Python objects took
-    about 4.5 KB."""
+    arrays of shape (n,) or (n, m) in that order; the insertion/deletion curves are kept only as their
+    mean over the rows (the report's one use of them). 8 bytes per value, where a row of Python objects
+    took about 4.5 KB, and nothing per curve point."""
 
     keys: list
     values: dict[str, np.ndarray]
-    read_order: np.ndarray
+    curves: dict[str, np.ndarray] = field(default_factory=dict)  # name -> mean curve over the rows
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -128,7 +128,9 @@ class CellRecords:
     _keys: list = field(default_factory=list)
     _seen: set = field(default_factory=set)
     _chunks: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    _sums: dict[str, np.ndarray] = field(default_factory=dict)  # curves: float64 sums over the rows
     _names: list[str] | None = None
+    _table: Columns | None = None
 
     @property
     def done(self) -> set[int]:
@@ -155,16 +157,26 @@ class CellRecords:
         elif list(columns) != self._names:
             raise ValueError(f"a shard record holds metrics {list(columns)}, another {self._names}")
         for name, values in columns.items():
-            self._chunks.setdefault(name, []).append(values)
+            if name.endswith("_curve"):
+                self._sums[name] = self._sums.get(name, 0) + values.sum(axis=0)
+            else:
+                self._chunks.setdefault(name, []).append(values)
         self._keys.extend(keys)
         self._seen.update(keys)
+        self._table = None
 
     def table(self) -> Columns:
-        """The rows in key order, one array per metric."""
-        order = sorted(range(len(self._keys)), key=self._keys.__getitem__)
-        index = np.asarray(order, dtype=np.int64)
-        values = {name: np.concatenate(chunks)[index] for name, chunks in self._chunks.items()}
-        return Columns([self._keys[i] for i in order], values, index)
+        """The rows in key order, one array per metric (built once; the per-record chunks are freed)."""
+        if self._table is None:
+            order = np.asarray(sorted(range(len(self._keys)), key=self._keys.__getitem__), dtype=np.int64)
+            values = {}
+            for name in list(self._chunks):
+                values[name] = np.concatenate(self._chunks.pop(name))[order]
+                self._chunks[name] = [values[name]]  # the same array: keys and chunks now in key order
+            self._keys = [self._keys[i] for i in order.tolist()]
+            curves = {name: total / len(self._keys) for name, total in self._sums.items()}
+            self._table = Columns(list(self._keys), values, curves)
+        return self._table
 
     @property
     def rows(self) -> dict:
@@ -177,7 +189,7 @@ class CellRecords:
             for name, values in table.values.items():
                 value = values[position]
                 row[name] = value.tolist() if value.ndim else float(value)
-            out[key] = row
+            out[key] = row  # (the curves are kept as their mean only: Columns.curves)
         return out
 
 
@@ -233,12 +245,11 @@ def collect(runner) -> dict:
     for label, pooling, method in runner.cells():
         found, table = records[(label, pooling, method)], tables[(label, pooling, method)]
         timings, skipped = found.timings, set(found.skipped)
-        curves = {}
-        for kind in ("insertion", "deletion"):
-            if len(table) and f"{kind}_curve" in table.values:
-                series = table.values[f"{kind}_curve"][np.argsort(table.read_order)]  # in read order
-                mean = torch.from_numpy(series.astype(np.float32)).mean(0)
-                curves[kind] = (fractions.tolist(), mean.tolist())
+        curves = {
+            kind: (fractions.tolist(), table.curves[f"{kind}_curve"].tolist())
+            for kind in ("insertion", "deletion")
+            if f"{kind}_curve" in table.curves
+        }
         cells.append(
             {
                 "model": label,
@@ -274,7 +285,7 @@ def collect(runner) -> dict:
 
 def _aggregate(table: Columns, seed: int) -> metrics.Aggregator:
     """Every metric of a cell, in the order of its rows' keys (image index, or (image, class))."""
-    names = [k for k in table.names if not k.endswith("_curve")] if len(table) else []
+    names = table.names if len(table) else []
     cases = {k: metrics.fading_rate for k in names if k.startswith("fading_case")}  # per-host fading rates
     agg = metrics.Aggregator(seed=seed, reducers=cases)
     for name in names:
