@@ -1,7 +1,12 @@
+import os
+
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# at most 2 threads, and under pytest-xdist the cores shared among the workers: 2 workers with 2 threads
+# each on 2 cores oversubscribe them and slow the convolution-heavy tests down
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads(), (os.cpu_count() or 1) // _workers)))
 
 
 def pytest_collection_modifyitems(config, items):
