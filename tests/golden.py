@@ -1,7 +1,9 @@
 """The golden record of the evaluation engine (issue 29): a small evaluation that covers every metric
 group, whose results.csv and claims table were written by the engine before its rewrite. The engine
 must reproduce them byte for byte (``tests/test_golden.py``); ``python tests/golden.py`` writes them
-again, for a change that is meant to alter them (its commit says which columns and why)."""
+again, for a change that is meant to alter them (its commit says which columns and why). The record is
+exact to this machine's float reductions (2 threads, this torch build): another CPU or torch version may
+need it written again, which its commit must then say."""
 
 from __future__ import annotations
 
