@@ -707,15 +707,16 @@ def test_a_failing_host_step_surfaces_and_keeps_finished_batches(artifacts, tmp_
     cfg = config(artifacts, tmp_path, methods=("gradcam",), poolings=("gap",), stream=None, baselines=())
     runner = Runner(cfg, progress=False, log=lambda *_: None)
     calls = []
-    original = runner._host_metrics
+    original = runner._metrics
 
-    def failing(**kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("host step failed")
-        return original(**kw)
+    def failing(side, *args):
+        if side == "host":
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("host step failed")
+        return original(side, *args)
 
-    monkeypatch.setattr(runner, "_host_metrics", failing)
+    monkeypatch.setattr(runner, "_metrics", failing)
     runner.claim()
     with pytest.raises(RuntimeError, match="host step failed"):
         runner.evaluate_cell("resnet10_os16", "gap", "gradcam")

@@ -10,6 +10,7 @@ from importlib import import_module
 # where a Ctrl-C must give one line, not a traceback) does not import torch.
 _NAMES = {
     "BackboneSpec": "backbones",
+    "Scorer": "_model",
     "describe": "backbones",
     "IMAGENET_MEAN": "preprocess",
     "IMAGENET_STD": "preprocess",
@@ -72,6 +73,7 @@ __all__ = [
     "CAStream",
     "CrossAttention",
     "Preprocess",
+    "Scorer",
     "StreamConfig",
     "StreamModel",
     "__version__",

@@ -112,7 +112,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    from castream.evaluate import DEFAULT_METRICS, METRIC_GROUPS
+    from castream.evaluate import groups
     from castream.evaluate.runner import BASELINES
     from castream.metrics import PROTOCOLS
 
@@ -136,7 +136,9 @@ def _add_evaluate(sub) -> None:
         help="default: gap, and ca with --stream",
     )
     p.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "scorecam"])
-    p.add_argument("--metrics", nargs="+", choices=list(METRIC_GROUPS), default=list(DEFAULT_METRICS))
+    p.add_argument(
+        "--metrics", nargs="+", choices=list(groups.group_names()), default=list(groups.default_groups())
+    )
     p.add_argument("--protocol", choices=list(PROTOCOLS), default="thesis", help="causal-metric preset")
     p.add_argument("--images", type=int, default=None, help="number of evaluation images (seeded selection)")
     p.add_argument(

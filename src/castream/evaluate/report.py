@@ -13,55 +13,9 @@ import torch
 from .. import metrics, viz
 from ..saliency import RawAttention
 from ..stream import StreamModel
-from .results import COMPARED, cell_name, collect
+from . import groups
+from .results import cell_name, collect
 
-# metric key -> (column title, shown x100 as a percentage, lower is better; None: neither)
-COLUMNS = {
-    "ad": ("AD", True, True), "ag": ("AG", True, False), "ai": ("AI", True, False),
-    "insertion": ("I", True, False), "deletion": ("D", True, True), "overall": ("I−D", True, False),
-    "om": ("OM", True, True), "le": ("LE", True, True), "f1": ("F1", True, False),
-    "boxacc": ("BA", True, False),
-    "sp": ("SP", True, False), "ep": ("EP", True, False), "sm": ("SM", False, True),
-    "aopc": ("AOPC", True, False), "max_sensitivity": ("MS", False, True), "adcc": ("ADCC", True, False),
-    "coherency": ("Coherency", True, False), "complexity": ("Complexity", True, True),
-    "discrimination": ("CD", True, False), "energy_target": ("E_c", True, False),
-    "energy_other": ("E_o", True, True), "sp_target": ("SP_c", True, False), "sp_other": ("SP_o", True, True),
-    "adversarial": ("Acc_adv", True, False), "fading": ("Fading", True, True),
-    "key_area": ("Key area", True, None),
-}  # fmt: skip
-for _short, _title, _lower in (("ad", "AD", True), ("ag", "AG", False), ("ai", "AI", False)):
-    for _region, _name in (("box", "S:=B"), ("complement", "S:=I∖B"), ("inside", "B∩S"), ("outside", "S∖B")):
-        COLUMNS[f"{_short}_{_region}"] = (f"{_title} {_name}", True, _lower)
-BOX_TABLE = tuple(
-    f"{short}_{region}" if region else short
-    for short in ("ad", "ag", "ai")
-    for region in (None, "inside", "outside", "box", "complement")
-)
-TABLES = {
-    "Interpretability metrics (thesis Table 3.1 layout; I−D: SA-CAM's overall AUC)": (
-        "ad",
-        "ag",
-        "ai",
-        "insertion",
-        "deletion",
-        "overall",
-    ),
-    "Localization metrics (thesis Table 2.6 layout)": ("om", "le", "f1", "boxacc", "sp", "ep", "sm"),
-    "Class discrimination (castream's own metric; masks of every class in the image)": (
-        "discrimination",
-        "energy_target",
-        "energy_other",
-        "sp_target",
-        "sp_other",
-    ),
-    "Bounding-box study (thesis Table 2.5 layout; S: the method's map, B: its class's boxes)": BOX_TABLE,
-    "More metrics (thesis Table 2.3 layout)": ("aopc", "max_sensitivity", "adcc", "coherency", "complexity"),
-    "Adversarial verification (SA-CAM §4.6, Tables 4–5: the key area pasted into images of other classes)": (
-        "adversarial",
-        "fading",
-        "key_area",
-    ),
-}
 ARROWS = {True: "↓", False: "↑", None: ""}  # lower is better / higher is better / descriptive
 POOLING_NAMES = {"gap": "GAP", "ca": "CA"}
 BLUR_NAMES = {"gaussian": "Gaussian", "rise": "RISE gkern"}
@@ -133,7 +87,7 @@ def _figures(runner, cells: list[dict]) -> list[str]:
         files.append("curves.png")
     bars = {
         c["label"]: {
-            COLUMNS[k][0]: (
+            groups.column(k).title: (
                 c["metrics"][k]["mean"] * 100,
                 c["metrics"][k]["low"] * 100,
                 c["metrics"][k]["high"] * 100,
@@ -186,7 +140,8 @@ def summary(runner, cells: list[dict], models: list[dict], compared: list[dict])
             continue
         best_value, best = better(scored)
         base = [f"{b} {value(b, key) * 100:.1f}%" for b in config.baselines if value(b, key) is not None]
-        text = f"With {pool} pooling the best {COLUMNS[key][0]} ({'higher' if better is max else 'lower'} is "
+        title = groups.column(key).title
+        text = f"With {pool} pooling the best {title} ({'higher' if better is max else 'lower'} is "
         text += f"better) is {best}'s {best_value * 100:.1f}%" + (
             f", against {', '.join(base)}" if base else ""
         )
@@ -195,7 +150,7 @@ def summary(runner, cells: list[dict], models: list[dict], compared: list[dict])
         ]
         if matched:
             text += (
-                f" — matched by {' and '.join(matched)}, so {COLUMNS[key][0]} does not separate the methods "
+                f" — matched by {' and '.join(matched)}, so {title} does not separate the methods "
                 "from a map that explains nothing here"
             )
         parts.append(text + ".")
@@ -213,7 +168,7 @@ def summary(runner, cells: list[dict], models: list[dict], compared: list[dict])
             if entry["method"] in config.baselines:
                 continue
             keys = [
-                f"{COLUMNS[k][0]} {'+' if v['mean'] > 0 else ''}{v['mean'] * 100:.1f}"
+                f"{groups.column(k).title} {'+' if v['mean'] > 0 else ''}{v['mean'] * 100:.1f}"
                 for k, v in entry["metrics"].items()
                 if v["significant"]
             ]
@@ -229,14 +184,14 @@ def summary(runner, cells: list[dict], models: list[dict], compared: list[dict])
 
 
 def _comparison_table(compared: list[dict]) -> list[str]:
-    keys = [k for k in COMPARED if any(k in e["metrics"] for e in compared)]
+    keys = [k for k in groups.compared_keys() if any(k in e["metrics"] for e in compared)]
     lines = [
         "",
         "## GAP vs CA (paired bootstrap over the same images)",
         "",
         "CA − GAP in points, with the 95% interval of the difference; **sig.** when it excludes 0.",
         "",
-        "| NETWORK | ATTRIBUTION | N | " + " | ".join(f"Δ{COLUMNS[k][0]}" for k in keys) + " |",
+        "| NETWORK | ATTRIBUTION | N | " + " | ".join(f"Δ{groups.column(k).title}" for k in keys) + " |",
         "|" + "---|" * (3 + len(keys)),
     ]
     for e in compared:
@@ -280,7 +235,7 @@ def _claims_table(claims: list[dict]) -> list[str]:
     ]
     for c in claims:
         parts = [
-            f"{_column(k)[0] if k in COLUMNS else k} {arrows[m['expected']]} {m['mean'] * 100:+.2f} "
+            f"{_title(k)} {arrows[m['expected']]} {m['mean'] * 100:+.2f} "
             f"[{m['low'] * 100:+.2f}, {m['high'] * 100:+.2f}]"
             for k, m in c["metrics"].items()
         ]
@@ -333,13 +288,12 @@ def _with_cases(keys: tuple[str, ...], cells: list[dict]) -> list[str]:
     return out
 
 
-def _column(key: str) -> tuple:
-    """(title, percent, lower is better) of a column; a per-host column takes its mean's."""
-    if key in COLUMNS:
-        return COLUMNS[key]
-    base, _, case = key.rpartition("_case")
-    title, percent, lower = COLUMNS[base]
-    return (f"{title} case {case}", percent, lower)
+def _title(key: str) -> str:
+    """A key's column title (the key itself when no group declares it)."""
+    try:
+        return groups.column(key).title
+    except KeyError:
+        return key
 
 
 def _ignored(warnings: list[str]) -> list[str]:
@@ -426,13 +380,14 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
             f"| {row['model']} | {POOLING_NAMES[row['pooling']]} | {row['gflops']:.3f} | "
             f"{row['parameters'] / 1e6:.2f}M | {value} |"
         )
-    for title, keys in TABLES.items():
-        if "adversarial" in keys:  # a column per host ("case", SA-CAM Tables 4-5) after each mean
-            keys = _with_cases(keys, cells)
+    for name, table in groups.TABLES.items():
+        keys = _with_cases(groups.table_keys(name), cells)  # a column per host ("case") after its mean
         present = [k for k in keys if any(k in c["metrics"] for c in cells)]
-        if not present or (keys == BOX_TABLE and set(present) <= {"ad", "ag", "ai"}):
+        if not any(groups.column(k).table == name for k in present):
             continue
-        arrows = [_column(k)[0] + ARROWS[_column(k)[2]] for k in present]
+        columns = [groups.column(k) for k in present]
+        title = table.title
+        arrows = [c.title + ARROWS[c.lower_is_better] for c in columns]
         lines += [
             "",
             f"## {title}",
@@ -445,7 +400,7 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
             network = c["model"] if c["model"] != previous[0] else ""
             method = c["method"] if (c["model"], c["method"]) != previous else ""
             previous = (c["model"], c["method"])
-            values = [_fmt(c["metrics"].get(k), _column(k)[1]) for k in present]
+            values = [_fmt(c["metrics"].get(k), column.percent) for k, column in zip(present, columns)]
             count = (
                 str(c["images"])
                 if c["images"] == c["images_asked"]
@@ -495,11 +450,19 @@ def _csv_rows(runner, cells: list[dict], models: list[dict]) -> list[dict]:
             "gflops": round(model["gflops"], 6),
         }
         for key, entry in c["metrics"].items():
-            scale = 100 if COLUMNS.get(key, ("", True))[1] else 1
+            scale = 100 if _percent(key) else 1
             for part in ("mean", "low", "high"):
                 row[key if part == "mean" else f"{key}_{part}"] = round(entry[part] * scale, 6)
         rows.append(row)
     return rows
+
+
+def _percent(key: str) -> bool:
+    """Whether ``key`` is reported x100 (a key no group declares is)."""
+    try:
+        return groups.column(key).percent
+    except KeyError:
+        return True
 
 
 def _baseline_text(runner, name: str) -> str:

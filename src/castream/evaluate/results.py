@@ -23,6 +23,7 @@ import torch
 from .. import metrics
 from ..stream import StreamModel
 from ..utils import count_flops, count_parameters
+from . import groups
 from .claims import check_claims
 
 
@@ -141,23 +142,18 @@ class CellRecords:
         return key in self._seen
 
     def add(self, keys: list, rows: list[dict]) -> None:
-        """One shard record's rows (every row of a record has the same metrics): the derived columns
-        (``overall``, per-host adversarial and fading) are added, then each metric is one array."""
-        names = [k for k in rows[0] if k not in ("index", "class", "adversarial_cases")]
-        columns = {name: np.asarray([r[name] for r in rows], dtype=np.float64) for name in names}
-        if "insertion" in columns and "deletion" in columns:  # SA-CAM §4.5's "overall" AUC, per image
-            columns["overall"] = np.asarray([r["insertion"] - r["deletion"] for r in rows], dtype=np.float64)
-        if "adversarial_cases" in rows[0]:  # SA-CAM Tables 4-5: one column per host
-            cases = np.asarray([r["adversarial_cases"] for r in rows], dtype=np.float64)
-            for j in range(cases.shape[1]):
-                columns[f"adversarial_case{j + 1}"] = cases[:, j]
-                columns[f"fading_case{j + 1}"] = np.stack([cases[:, j], columns["fading"][:, 1]], axis=1)
+        """One shard record's rows (every row of a record has the same metrics): each metric is one array,
+        with the groups' derived columns (``overall``, per-host adversarial and fading) added."""
+        names = [k for k in rows[0] if k not in ("index", "class")]
+        stored = {name: np.asarray([r[name] for r in rows], dtype=np.float64) for name in names}
+        inputs, curves = groups.stored_keys(), groups.curve_keys()
+        columns = {k: v for k, v in groups.derive(stored).items() if k not in inputs}
         if self._names is None:
             self._names = list(columns)
         elif list(columns) != self._names:
             raise ValueError(f"a shard record holds metrics {list(columns)}, another {self._names}")
         for name, values in columns.items():
-            if name.endswith("_curve"):
+            if name in curves:
                 self._sums[name] = self._sums.get(name, 0) + values.sum(axis=0)
             else:
                 self._chunks.setdefault(name, []).append(values)
@@ -228,10 +224,6 @@ def read_shards(out: Path, cell: str) -> tuple[dict, list[tuple[float, int]]]:
     return records.rows, records.timings
 
 
-# per-image metrics compared between GAP and CA with the paired bootstrap
-COMPARED = ("ad", "ag", "ai", "insertion", "deletion", "overall", "sp", "discrimination", "sp_target")
-
-
 def collect(runner) -> dict:
     """Every cell's records aggregated (:class:`metrics.Aggregator`), the models' accuracy and cost,
     the GAP vs CA comparisons, the claims the run covers, the skipped images and the ignored records:
@@ -286,8 +278,7 @@ def collect(runner) -> dict:
 def _aggregate(table: Columns, seed: int) -> metrics.Aggregator:
     """Every metric of a cell, in the order of its rows' keys (image index, or (image, class))."""
     names = table.names if len(table) else []
-    cases = {k: metrics.fading_rate for k in names if k.startswith("fading_case")}  # per-host fading rates
-    agg = metrics.Aggregator(seed=seed, reducers=cases)
+    agg = metrics.Aggregator(seed=seed, reducers=groups.reducers(names))
     for name in names:
         agg.update(name, table.tensor(name), torch.arange(len(table)))
     return agg
@@ -339,7 +330,7 @@ def _model_row(runner, label: str, pooling: str, accuracy: Columns) -> dict:
 
 
 def comparisons(runner, tables: dict[tuple[str, str, str], Columns]) -> list[dict]:
-    """GAP vs CA for every method of every model with a stream: per metric of COMPARED, the paired
+    """GAP vs CA for every method of every model with a stream: per compared metric, the paired
     bootstrap (PROTOCOL.md) of CA - GAP over the images both cells evaluated."""
     out = []
     for label in runner.models:
@@ -348,7 +339,7 @@ def comparisons(runner, tables: dict[tuple[str, str, str], Columns]) -> list[dic
         for method in runner.config.methods:
             gap, ca = tables[(label, "gap", method)], tables[(label, "ca", method)]
             entry = {"model": label, "method": method, "images": gap.common(ca), "metrics": {}}
-            for key in COMPARED:
+            for key in groups.compared_keys():
                 if entry["images"] and (pair := gap.paired(ca, key)) is not None:
                     entry["metrics"][key] = metrics.paired_bootstrap(*pair, seed=runner.config.seed)
             out.append(entry)

@@ -24,10 +24,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import metrics
-from .._hooks import model_logits
+from .._model import Scorer
 from .._precision import autocast, check_amp
 from ..backbones import min_input_size
-from ..data import class_boxes, collate, eval_transform
+from ..data import collate, eval_transform
 from ..data.classes import label_map, model_class_names, read_class_map
 from ..data.registry import is_multilabel, open_dataset
 from ..models import build_model, is_factory, load_weights, output_classes
@@ -36,47 +36,13 @@ from ..saliency import get as get_method
 from ..stream import StreamModel, load_stream
 from ..train.loop import distributed
 from ..utils import atomic_write, check_int, state_digest
+from . import groups
 from .results import CellRecords, cell_name, read_cell, read_config, run_id
 
-METRIC_GROUPS = (
-    "recognition",
-    "insertion",
-    "deletion",
-    "localization",
-    "discrimination",
-    "box-study",
-    "aopc",
-    "max-sensitivity",
-    "adcc",
-    "adversarial",
-)
-DEFAULT_METRICS = ("recognition", "insertion", "deletion", "localization")
+METRIC_GROUPS = groups.group_names()  # the built-in groups (the registry: groups.GROUPS)
+DEFAULT_METRICS = groups.default_groups()
 TARGETS = ("labels", "predicted")  # explain the ground-truth class, or the model's prediction
 MULTILABEL_TARGETS = ("top", "all")  # multi-label images: explain the top positive class, or every one
-# the function a metric group's options (EvalConfig.metric_options) are passed to, and the keywords the
-# runner sets itself
-OPTION_TARGETS = {
-    "recognition": "recognition",
-    "insertion": "insertion",
-    "deletion": "deletion",
-    "aopc": "aopc",
-    "max-sensitivity": "max_sensitivity",
-    "adcc": "adcc",
-    "adversarial": "adversarial_verification",
-}
-# options a metric group takes besides its function's keywords, with their defaults (handled by the runner)
-RUNNER_OPTIONS = {"adversarial": {"cases": 3}}
-RESERVED_OPTIONS = (
-    "preprocess",
-    "batch_size",
-    "forward_kwargs",
-    "protocol",
-    "return_curves",
-    "seed",
-    "output",
-    "normalize",
-    "scores",
-)
 GRID_IMAGES = 6  # images of the report's saliency grid, whose maps are saved as they are computed
 BASELINES = ("fakecam", "random")  # added to every evaluation: the scale of every metric
 
@@ -142,7 +108,7 @@ class EvalConfig:
             check_int(f"method_images[{method!r}]", count)
         for name, allowed, values in (
             ("pooling", ("gap", "ca"), self.poolings),
-            ("metric", METRIC_GROUPS, self.metrics),
+            ("metric", groups.group_names(), self.metrics),
         ):
             unknown = sorted(set(values) - set(allowed))
             if unknown:
@@ -174,25 +140,12 @@ class EvalConfig:
         )
 
     def _check_metric_options(self) -> None:
-        import inspect
-
         for group, options in self.metric_options.items():
             if group not in self.metrics:
                 raise ValueError(
                     f"metric_options names {group!r}, which is not among the metrics {self.metrics}"
                 )
-            if group not in OPTION_TARGETS:
-                raise ValueError(f"metric group {group!r} takes no options; these do: {list(OPTION_TARGETS)}")
-            parameters = inspect.signature(getattr(metrics, OPTION_TARGETS[group])).parameters
-            allowed = [
-                k for k, v in parameters.items() if v.kind == v.KEYWORD_ONLY and k not in RESERVED_OPTIONS
-            ] + list(RUNNER_OPTIONS.get(group, {}))
-            for key in options:
-                if key not in allowed:
-                    raise ValueError(f"{group} has no option {key!r}; it takes {allowed}")
-            for key, value in options.items():
-                if key in RUNNER_OPTIONS.get(group, {}):
-                    check_int(f"{group}.{key}", value)
+            groups.GROUPS[group].check_options(options)
 
     def preprocess(self) -> Preprocess:
         """The input statistics: explicit ``mean``/``std``, else the named ``normalization``."""
@@ -258,11 +211,10 @@ class Runner:
         )
         self.multilabel = is_multilabel(self.dataset)
         self.indices = self._selection()
-        if "discrimination" in config.metrics and (self.multilabel or "classes" not in self._first_target()):
-            raise ValueError(
-                f"metric group 'discrimination' needs per-class masks (the synthetic benchmark); "
-                f"{config.data} has none"
-            )
+        for group in groups.ordered(config.metrics):
+            reason = group.requires(self._first_target(), self.multilabel) if group.requires else None
+            if reason:
+                raise ValueError(f"metric group {group.name!r} cannot run on {config.data}: {reason}")
         classes = len(self.dataset.classes)
         backbone = load_classifier(config.model, classes, config.weights, config.checkpoint)
         self.labels_map, self.labelled = self._label_map(backbone)
@@ -280,6 +232,7 @@ class Runner:
         self.identity: str | None = None  # the run's identity, set when the output folder is checked
         self.warnings: list[str] = []  # ignored shard records, in the order they were found
         self._figure_indices: list[int] | None = None
+        self._scorers: dict[tuple[str, str], Scorer] = {}
         self._records: dict[str, tuple[tuple, CellRecords]] = {}  # cell -> (shard files' state, records)
         minimum = min_input_size(model)
         if config.size < minimum:
@@ -374,8 +327,9 @@ class Runner:
         return None
 
     def logits(self, label: str, pooling: str, images: Tensor) -> Tensor:
-        """Float logits of model ``label`` through ``pooling`` (a Hugging Face output's ``logits``)."""
-        return model_logits(self.models[label](images, **self.forward_kwargs(label, pooling))).float()
+        """Checked float logits of model ``label`` through ``pooling`` (a Hugging Face output's ``logits``),
+        one forward per batch (the run's batch size is at most its metric batch)."""
+        return self.scorer(label, pooling).call(images).float()
 
     def forward_kwargs(self, label: str, pooling: str) -> dict:
         return {"pooling": pooling} if isinstance(self.models[label], StreamModel) else {}
@@ -675,15 +629,9 @@ class Runner:
 
         config, cell = self.config, cell_name(label, pooling, method_name)
         done = self.finished(cell)
-        model, kwargs = self.models[label], self.forward_kwargs(label, pooling)
         method = self.build_method(method_name, label, pooling)
+        scorer = self.scorer(label, pooling)
         todo = [idx for _, idx in self._my_batches(method_name) if not set(idx) <= done]
-        shared = {
-            "preprocess": self.preprocess,
-            "batch_size": config.metric_batch,
-            "forward_kwargs": kwargs,
-            "scores": config.scores,
-        }
         bar = tqdm(
             total=len(todo), desc=cell, disable=not self.progress or self.rank or not todo, leave=False
         )
@@ -715,9 +663,14 @@ class Runner:
                         torch.cuda.synchronize(self.device)
                     seconds = time.perf_counter() - start
                     values = self._metrics(
-                        model, method, maps, images, indices, targets, logits, targets_meta, shared
+                        "device", scorer, method, maps, images, indices, targets, logits, targets_meta
                     )
-                host_side = {"maps": maps.cpu(), "targets": targets.cpu(), "logits": logits.cpu()}
+                host_side = {
+                    "maps": maps.cpu(),
+                    "targets": targets.cpu(),
+                    "logits": logits.cpu(),
+                    "scorer": scorer,
+                }
                 values = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in values.items()}
 
                 record = {"skipped": skipped, "seconds": seconds}
@@ -738,7 +691,9 @@ class Runner:
         record: dict,
     ) -> None:
         """Host side of one batch: the host metrics, then one shard record of per-image rows."""
-        values.update(self._host_metrics(meta=meta, **host_side))
+        maps, targets, logits = host_side["maps"], host_side["targets"], host_side["logits"]
+        scorer = host_side["scorer"]
+        values.update(self._metrics("host", scorer, None, maps, None, indices, targets, logits, meta))
         columns = {k: v.tolist() if isinstance(v, Tensor) else v for k, v in values.items()}
         targets = host_side["targets"].tolist()
         if not pairs:  # (image, class) pairs explain several maps per image: the report computes those
@@ -760,80 +715,41 @@ class Runner:
             previous.result()
         return pool.submit(work)
 
-    def _metrics(self, model, method, maps, images, indices, targets, logits, targets_meta, shared) -> dict:
-        config, out = self.config, {}
-        options = config.metric_options
-        if "recognition" in config.metrics:
-            r = metrics.recognition(model, images, maps, targets, **shared, **options.get("recognition", {}))
-            out.update(ad=r["drop"], ag=r["gain"], ai=r["increase"])
-        for kind in ("insertion", "deletion"):
-            if kind in config.metrics:
-                auc, curves = getattr(metrics, kind)(
-                    model,
-                    images,
-                    maps,
-                    targets,
-                    protocol=config.protocol,
-                    return_curves=True,
-                    **shared,
-                    **options.get(kind, {}),
-                )
-                out[kind] = auc
-                out[f"{kind}_curve"] = curves.probabilities.round(decimals=5)
-        if "aopc" in config.metrics:
-            out["aopc"] = metrics.aopc(
-                model, images, maps, targets, seed=config.seed, **shared, **options.get("aopc", {})
+    def scorer(self, label: str, pooling: str) -> Scorer:
+        """How the run calls model ``label`` through ``pooling``: its score kind and metric batch size."""
+        if (label, pooling) not in self._scorers:
+            self._scorers[label, pooling] = Scorer(
+                self.models[label],
+                forward_kwargs=self.forward_kwargs(label, pooling),
+                score=self.config.scores,
+                batch_size=self.config.metric_batch,
             )
-        if "max-sensitivity" in config.metrics:
-            out["max_sensitivity"] = metrics.max_sensitivity(
-                method, images, targets, seed=config.seed, **options.get("max-sensitivity", {})
-            )
-        if "adcc" in config.metrics:
-            a = metrics.adcc(
-                method,
-                model,
-                images,
-                targets,
-                preprocess=self.preprocess,
-                scores=config.scores,
-                **options.get("adcc", {}),
-            )
-            out.update(adcc=a["adcc"], coherency=a["coherency"], complexity=a["complexity"])
-        if "adversarial" in config.metrics:
-            opts = {**RUNNER_OPTIONS["adversarial"], **options.get("adversarial", {})}
-            hosts = self._hosts(indices, targets, opts.pop("cases"))
-            adv = metrics.adversarial_verification(
-                model,
-                images,
-                maps,
-                hosts,
-                targets,
-                seed=config.seed,
-                batch_size=config.metric_batch,
-                forward_kwargs=shared["forward_kwargs"],
-                **opts,
-            )
-            out.update(adversarial=adv["accuracy"], key_area=adv["area"], adversarial_cases=adv["cases"])
-            out["fading"] = torch.stack([adv["accuracy"], adv["clean"]], dim=1)
-        if "discrimination" in config.metrics:
-            classes = torch.stack([t["classes"] for t in targets_meta]).to(maps.device)
-            out.update(metrics.class_discrimination(maps, classes, targets))
-        if "box-study" in config.metrics:
-            boxes = [class_boxes(t, c) for t, c in zip(targets_meta, targets.tolist())]
-            study = metrics.box_study(model, images, maps, boxes, targets, **shared)
-            for name, short in (("drop", "ad"), ("gain", "ag"), ("increase", "ai")):
-                out.update({f"{short}_{region}": study[f"{name}_{region}"] for region in metrics.BOX_STUDY})
-        return out
+        return self._scorers[label, pooling]
 
-    def _host_metrics(self, maps: Tensor, targets: Tensor, logits: Tensor, meta: list[dict]) -> dict:
-        """The metrics computed on the host, from CPU tensors: localization (connected components)."""
-        if "localization" not in self.config.metrics:
-            return {}
-        boxes = [class_boxes(t, c) for t, c in zip(meta, targets.tolist())]
-        probabilities = metrics.probability(logits, targets, self.config.scores)
-        loc = metrics.localization(maps, boxes, targets, logits.argmax(1), probabilities)
-        out = {k: v for k, v in loc.items() if k != "valid"}
-        out["boxacc"] = metrics.threshold_ious(maps, boxes)
+    def _context(self, scorer, method, images, maps, indices, targets, logits, meta, group) -> groups.Context:
+        return groups.Context(
+            scorer=scorer,
+            method=method,
+            images=images,
+            maps=maps,
+            targets=targets,
+            logits=logits,
+            indices=indices,
+            meta=meta,
+            preprocess=self.preprocess,
+            protocol=self.config.protocol,
+            seed=self.config.seed,
+            options=group.options(self.config.metric_options.get(group.name, {})),
+            hosts=lambda cases: self._hosts(indices, targets, cases),
+        )
+
+    def _metrics(self, side: str, scorer, method, maps, images, indices, targets, logits, meta) -> dict:
+        """Every configured group of ``side`` on one batch, in registry order: {key: per-image values}."""
+        out = {}
+        for group in groups.ordered(self.config.metrics):
+            if group.side == side:
+                ctx = self._context(scorer, method, images, maps, indices, targets, logits, meta, group)
+                out.update(group.run(ctx))
         return out
 
     def run(self) -> dict | None:

@@ -1,5 +1,5 @@
-"""Helpers shared by the metrics: one frozen, gradient-free session per call, map checks, chunked
-probabilities of perturbed images."""
+"""Helpers shared by the metrics: the Scorer of a call and its frozen, gradient-free session, map checks,
+chunked scores of perturbed images."""
 
 from __future__ import annotations
 
@@ -10,20 +10,43 @@ import torch
 from torch import Tensor, nn
 
 from .._hooks import frozen_eval
-from .._model import Logits, OutputSelector, check_images, check_targets
-from ..backbones import min_input_size
+from .._model import OutputSelector, Scorer, check_images
 from ..maps import normalize_maps
 
 DEFAULT_BATCH = 64
 
 
+def scorer_of(
+    model: nn.Module | Scorer,
+    *,
+    output: OutputSelector = None,
+    forward_kwargs: dict | None = None,
+    scores: str = "softmax",
+    batch_size: int | None = None,
+) -> Scorer:
+    """The Scorer a metric call reads probabilities through: ``model`` itself when it is a Scorer (the
+    other arguments then keep their defaults), else one wrapping it with these settings."""
+    if isinstance(model, Scorer):
+        if batch_size is not None:
+            raise ValueError("batch_size given next to a Scorer, which fixes it; set it on the Scorer")
+        scorer = Scorer.of(model, output=output, forward_kwargs=forward_kwargs, score=scores)
+    else:
+        check_scores(scores)
+        size = DEFAULT_BATCH if batch_size is None else batch_size
+        scorer = Scorer(model, output=output, forward_kwargs=forward_kwargs, score=scores, batch_size=size)
+    if scorer.score not in SCORES:
+        raise ValueError(
+            f"this metric compares class probabilities: the Scorer's score must be one of {SCORES}, got "
+            f"{scorer.score!r}"
+        )
+    return scorer
+
+
 @contextlib.contextmanager
-def evaluation(
-    model: nn.Module, output: OutputSelector = None, forward_kwargs: dict | None = None
-) -> Iterator[Logits]:
-    """The model frozen in eval mode without autograd; yields the logits function. State restored after."""
-    with frozen_eval(model), torch.no_grad():
-        yield Logits(model, output, forward_kwargs, min_input_size(model))
+def evaluation(scorer: Scorer) -> Iterator[Scorer]:
+    """``scorer``'s model frozen in eval mode without autograd for the call; its state restored after."""
+    with frozen_eval(scorer.model), torch.no_grad():
+        yield scorer
 
 
 def check_maps(maps: Tensor, images: Tensor, normalize: bool = False) -> Tensor:
@@ -52,12 +75,6 @@ def check_map_values(maps: Tensor, *, in_range: bool = True, hint: str = "") -> 
         raise ValueError(f"maps must lie in [0, 1]{hint} (got values in [{low:.3g}, {high:.3g}])")
 
 
-def resolve_targets(fn: Logits, images: Tensor, targets, batch_size: int) -> tuple[Tensor, Tensor]:
-    """Targets (given, or predicted on the clean images) and the clean images' logits."""
-    logits = torch.cat([fn(chunk) for chunk in images.split(batch_size)])
-    return check_targets(targets, logits), logits
-
-
 SCORES = ("softmax", "sigmoid")  # class probabilities of a single-label / multi-label classifier
 
 
@@ -76,18 +93,13 @@ def probability(logits: Tensor, targets: Tensor, scores: str = "softmax") -> Ten
     return logits.softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
 
 
-def chunked_probabilities(
-    fn: Logits,
-    total: int,
-    build: Callable[[Tensor], tuple[Tensor, Tensor]],
-    batch_size: int,
-    device,
-    scores: str = "softmax",
+def chunked_scores(
+    scorer: Scorer, total: int, build: Callable[[Tensor], tuple[Tensor, Tensor]], device
 ) -> Tensor:
-    """Target probabilities of ``total`` perturbed images built chunk by chunk: ``build(flat_index)``
-    returns ``(images, targets)`` for a 1-D tensor of indices. One forward per chunk."""
+    """Target scores of ``total`` perturbed images built chunk by chunk: ``build(flat_index)`` returns
+    ``(images, targets)`` for a 1-D tensor of indices. One forward per chunk of the Scorer's batch size."""
     out = torch.empty(total, device=device)
-    for flat in torch.arange(total, device=device).split(batch_size):
+    for flat in torch.arange(total, device=device).split(scorer.batch_size):
         images, targets = build(flat)
-        out[flat] = probability(fn(images), targets, scores)
+        out[flat] = scorer.scores(images, targets)
     return out

@@ -9,17 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._model import Scorer
 from ..preprocess import Preprocess, resolve_preprocess
 from ..utils import check_int
-from ._common import (
-    DEFAULT_BATCH,
-    check_maps,
-    check_scores,
-    chunked_probabilities,
-    evaluation,
-    probability,
-    resolve_targets,
-)
+from ._common import check_maps, chunked_scores, evaluation, scorer_of
 
 # Presets (PROTOCOL.md). steps: pixels per step = ceil(H*W / steps), i.e. 224 px (thesis) at 224 x 224;
 # step_per_side: pixels per step = that many times the image width (the authors' released code takes
@@ -115,7 +108,7 @@ def saliency_rank(maps: Tensor, ties: str = "stable") -> Tensor:
 
 def _causal(
     kind: str,
-    model: nn.Module,
+    scorer: Scorer,
     images: Tensor,
     maps: Tensor,
     targets,
@@ -125,18 +118,13 @@ def _causal(
     step: int | None,
     baseline: str | Tensor | None,
     blur: str | None,
-    batch_size: int | None,
     return_curves: bool,
     normalize: bool,
-    output,
-    forward_kwargs: dict | None,
-    scores: str,
+    logits: Tensor | None,
 ):
     settings = _protocol(protocol)
-    check_scores(scores)
     maps = check_maps(maps, images, normalize)
-    preprocess = resolve_preprocess(model, preprocess, kind)
-    batch_size = DEFAULT_BATCH if batch_size is None else check_int("batch_size", batch_size)
+    preprocess = resolve_preprocess(scorer.model, preprocess, kind)
     height, width = images.shape[-2:]
     counts = step_counts(height, width, protocol, step).to(images.device)
     ranks = saliency_rank(maps, settings["ties"])
@@ -150,8 +138,8 @@ def _causal(
         padding=settings["blur_padding"],
     ).expand_as(images)
     steps = len(counts)
-    with evaluation(model, output, forward_kwargs) as fn:
-        t, _ = resolve_targets(fn, images, targets, batch_size)
+    with evaluation(scorer):
+        t, _ = scorer.clean(images, targets, logits)
 
         def build(flat: Tensor) -> tuple[Tensor, Tensor]:
             b, k = flat // steps, flat % steps
@@ -159,9 +147,7 @@ def _causal(
             keep = changed if kind == "insertion" else 1 - changed
             return preprocess.mask(images[b], keep, base[b]), t[b]
 
-        curves = chunked_probabilities(
-            fn, len(images) * steps, build, batch_size, images.device, scores
-        ).view(-1, steps)
+        curves = chunked_scores(scorer, len(images) * steps, build, images.device).view(-1, steps)
     fractions = counts.to(curves.dtype) / (height * width)
     auc = torch.trapezoid(curves, fractions, dim=1)
     return (auc, Curves(fractions, curves, protocol)) if return_curves else auc
@@ -171,7 +157,7 @@ def _causal_metric(kind: str, doc: str):
     """Build :func:`insertion` / :func:`deletion`: one signature, documented once."""
 
     def metric(
-        model: nn.Module,
+        model: nn.Module | Scorer,
         images: Tensor,
         maps: Tensor,
         targets=None,
@@ -187,10 +173,13 @@ def _causal_metric(kind: str, doc: str):
         output=None,
         forward_kwargs: dict | None = None,
         scores: str = "softmax",
+        logits: Tensor | None = None,
     ):
         return _causal(
             kind,
-            model,
+            scorer_of(
+                model, output=output, forward_kwargs=forward_kwargs, scores=scores, batch_size=batch_size
+            ),
             images,
             maps,
             targets,
@@ -199,12 +188,9 @@ def _causal_metric(kind: str, doc: str):
             step=step,
             baseline=baseline,
             blur=blur,
-            batch_size=batch_size,
             return_curves=return_curves,
             normalize=normalize,
-            output=output,
-            forward_kwargs=forward_kwargs,
-            scores=scores,
+            logits=logits,
         )
 
     metric.__name__ = metric.__qualname__ = kind
@@ -224,7 +210,9 @@ insertion = _causal_metric(
     or ``8 * W`` for ``"authors-code"``). The curve is the target probability against the fraction of
     pixels inserted (0 and 1 included); the AUC is the trapezoid rule. All steps of all images run in
     batched forwards of ``batch_size`` images. ``return_curves=True`` returns ``(auc, Curves)``;
-    ``scores="sigmoid"`` takes per-class sigmoid probabilities (multi-label models). Higher is better.
+    ``scores="sigmoid"`` takes per-class sigmoid probabilities (multi-label models). ``model`` may be a
+    :class:`castream.Scorer`; ``logits``: the clean images' logits, when the caller has them (they only
+    give the predicted class when ``targets`` is None). Higher is better.
     """,
 )
 
@@ -290,7 +278,7 @@ QUANTUS_BASELINES = ("uniform", "black", "white")
 
 
 def aopc(
-    model: nn.Module,
+    model: nn.Module | Scorer,
     images: Tensor,
     maps: Tensor,
     targets=None,
@@ -306,6 +294,7 @@ def aopc(
     output=None,
     forward_kwargs: dict | None = None,
     scores: str = "softmax",
+    logits: Tensor | None = None,
 ) -> Tensor:
     """AOPC per image (B,) (Samek et al., thesis §2.7 / Table 2.3: patch 14, L = 10 regions, most relevant
     first). Higher is better.
@@ -328,14 +317,16 @@ def aopc(
     values in model-input space: ``"uniform"`` is one U(0, 1) value per image, patch and channel (seeded),
     ``"black"``/``"white"`` and tensors as for ``"quantus"``. With the same perturbations castream's
     default is L/(L+1) of it (10/11 at L = 10: its k = 0 term is 0). ``scores="sigmoid"``: per-class
-    sigmoid probabilities (multi-label models).
+    sigmoid probabilities (multi-label models). ``model`` may be a :class:`castream.Scorer`; ``logits``:
+    the clean images' logits, when the caller has them (no clean forward is made).
     """
-    check_scores(scores)
+    scorer = scorer_of(
+        model, output=output, forward_kwargs=forward_kwargs, scores=scores, batch_size=batch_size
+    )
     if convention not in AOPC_CONVENTIONS:
         raise ValueError(f"convention must be one of {AOPC_CONVENTIONS}, got {convention!r}")
     maps = check_maps(maps, images, normalize)
-    preprocess = resolve_preprocess(model, preprocess, "aopc")
-    batch_size = DEFAULT_BATCH if batch_size is None else check_int("batch_size", batch_size)
+    preprocess = resolve_preprocess(scorer.model, preprocess, "aopc")
     check_int("patch_size", patch_size)
     check_int("regions", regions)
     generator = torch.Generator(device=images.device).manual_seed(seed)
@@ -388,17 +379,15 @@ def aopc(
             return preprocess.mask(images[b], (~masks[b, k]).to(images.dtype), base[b])
 
     steps = regions + 1 - first
-    with evaluation(model, output, forward_kwargs) as fn:
-        t, logits = resolve_targets(fn, images, targets, batch_size)
+    with evaluation(scorer):
+        t, logits = scorer.clean(images, targets, logits)
 
         def build(flat: Tensor) -> tuple[Tensor, Tensor]:
             b, k = flat // steps, flat % steps + first
             return perturbed(b, k), t[b]
 
-        curves = chunked_probabilities(
-            fn, len(images) * steps, build, batch_size, images.device, scores
-        ).view(-1, steps)
-    drops = probability(logits, t, scores)[:, None] - curves
+        curves = chunked_scores(scorer, len(images) * steps, build, images.device).view(-1, steps)
+    drops = scorer.target_scores(logits, t)[:, None] - curves
     if found is None:
         return drops.mean(dim=1)
     return (drops * found).sum(dim=1) / found.sum(dim=1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._model import Scorer
 from ..preprocess import Preprocess, resolve_preprocess
-from ..utils import check_int
-from ._common import DEFAULT_BATCH, check_maps, check_scores, evaluation, probability, resolve_targets
+from ._common import check_maps, evaluation, scorer_of
 
 
 def drop_gain_increase(p: Tensor, o: Tensor) -> dict[str, Tensor]:
@@ -20,36 +20,34 @@ def drop_gain_increase(p: Tensor, o: Tensor) -> dict[str, Tensor]:
 
 
 def recognition(
-    model: nn.Module,
+    model: nn.Module | Scorer,
     images: Tensor,
     maps: Tensor,
     targets=None,
     *,
     preprocess: Preprocess | None = None,
     normalize: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     output=None,
     forward_kwargs: dict | None = None,
     scores: str = "softmax",
+    logits: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Per-image ``p`` (clean probability of the target class), ``o`` (probability of the image masked by
     its map in pixel space), and the AD/AG/AI contributions ``drop``, ``gain``, ``increase`` (fractions;
     reports multiply by 100). ``targets``: ground-truth classes, or ``None`` for the predicted class.
-    ``scores="sigmoid"``: probabilities are per-class sigmoids (multi-label models) instead of the softmax."""
+    ``scores="sigmoid"``: probabilities are per-class sigmoids (multi-label models) instead of the softmax.
+    ``model`` may be a :class:`castream.Scorer` (which then fixes output, forward kwargs, scores and batch
+    size); ``logits``: the clean images' logits when the caller has them (no clean forward is made)."""
     maps = check_maps(maps, images, normalize)
-    check_int("batch_size", batch_size)
-    check_scores(scores)
-    preprocess = resolve_preprocess(model, preprocess, "recognition")
-    with evaluation(model, output, forward_kwargs) as fn:
-        t, logits = resolve_targets(fn, images, targets, batch_size)
-        masked = preprocess.mask(images, maps)
-        o = torch.cat(
-            [
-                probability(fn(chunk), tc, scores)
-                for chunk, tc in zip(masked.split(batch_size), t.split(batch_size))
-            ]
-        )
-    p = probability(logits, t, scores)
+    scorer = scorer_of(
+        model, output=output, forward_kwargs=forward_kwargs, scores=scores, batch_size=batch_size
+    )
+    preprocess = resolve_preprocess(scorer.model, preprocess, "recognition")
+    with evaluation(scorer):
+        t, logits = scorer.clean(images, targets, logits)
+        o = scorer.scores(preprocess.mask(images, maps), t)
+    p = scorer.target_scores(logits, t)
     return {"p": p, "o": o, **drop_gain_increase(p, o), "target": t}
 
 
@@ -57,7 +55,7 @@ BOX_STUDY = ("box", "complement", "inside", "outside")
 
 
 def box_study(
-    model: nn.Module,
+    model: nn.Module | Scorer,
     images: Tensor,
     maps: Tensor,
     boxes,
@@ -65,16 +63,19 @@ def box_study(
     *,
     preprocess: Preprocess | None = None,
     normalize: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     output=None,
     forward_kwargs: dict | None = None,
     scores: str = "softmax",
+    logits: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The bounding-box study of thesis Table 2.5: AD/AG/AI (as :func:`recognition`) of four maps built
     from the union ``B`` of each image's boxes (the localization metrics' ground truth):
     ``box`` S := B, ``complement`` S := I \\ B, ``inside`` B ∩ S = S ⊙ 1_B and ``outside`` S \\ B =
     S ⊙ (1 − 1_B). Keys ``{drop,gain,increase}_{box,complement,inside,outside}`` (B,); NaN for an image
-    without boxes. The first two do not depend on the method; they are the scale of the other two."""
+    without boxes. The first two do not depend on the method; they are the scale of the other two. The
+    clean images are forwarded once (or not at all, given their ``logits``), the four maps' masked images
+    once each."""
     from .localization import _check, union_mask
 
     maps = check_maps(maps, images, normalize)
@@ -83,18 +84,18 @@ def box_study(
     inside = torch.stack([union_mask(b, height, width) for b in boxes]).to(maps.device, maps.dtype)
     valid = inside.flatten(1).any(1)
     study = torch.cat([inside, 1 - inside, maps * inside, maps * (1 - inside)])
-    with evaluation(model, output, forward_kwargs) as fn:
-        t, _ = resolve_targets(fn, images, targets, check_int("batch_size", batch_size))
+    scorer = scorer_of(
+        model, output=output, forward_kwargs=forward_kwargs, scores=scores, batch_size=batch_size
+    )
+    with evaluation(scorer):
+        t, logits = scorer.clean(images, targets, logits)
     scores = recognition(
-        model,
+        scorer,
         images.repeat(4, 1, 1, 1),
         study,
         t.repeat(4),
         preprocess=preprocess,
-        batch_size=batch_size,
-        output=output,
-        forward_kwargs=forward_kwargs,
-        scores=scores,
+        logits=logits.repeat(4, 1),
     )
     out = {}
     for key in ("drop", "gain", "increase"):

@@ -6,11 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._model import check_images
+from .._model import Scorer, check_images
 from ..preprocess import Preprocess, resolve_preprocess
 from ..saliency.base import SaliencyMethod
-from ..utils import check_int
-from ._common import DEFAULT_BATCH, check_maps, evaluation, resolve_targets
+from ._common import check_maps, evaluation, scorer_of
 from .recognition import recognition
 
 
@@ -64,12 +63,13 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
 
 def adcc(
     method: SaliencyMethod,
-    model: nn.Module,
+    model: nn.Module | Scorer,
     images: Tensor,
     targets=None,
     *,
     preprocess: Preprocess | None = None,
     scores: str = "softmax",
+    logits: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """ADCC per image (Poppi et al.; thesis (1.12)-(1.14), whose (1.14) is garbled):
 
@@ -81,30 +81,25 @@ def adcc(
     - ``adcc = 3 / (1/coherency + 1/(1 - complexity) + 1/(1 - drop))``, the harmonic mean; 0 when any
       term is 0 (its limit). Higher is better.
 
-    ``scores="sigmoid"``: the drop uses per-class sigmoid probabilities (multi-label models).
+    ``scores="sigmoid"``: the drop uses per-class sigmoid probabilities (multi-label models). ``model`` may
+    be a :class:`castream.Scorer` (by default the drop calls the model as ``method`` does); ``logits``: the
+    clean images' logits when the caller has them.
     """
-    preprocess = resolve_preprocess(model, preprocess, "adcc")
+    if not isinstance(model, Scorer):
+        model = scorer_of(model, output=method.output, forward_kwargs=method.forward_kwargs, scores=scores)
+    preprocess = resolve_preprocess(model.model, preprocess, "adcc")
     maps, targets = _explain(method, images, targets)
     explained = method(preprocess.mask(images, maps), targets)
     coherency = (pearson(maps.flatten(1), explained.flatten(1)) + 1) / 2
     complexity = maps.abs().flatten(1).mean(1).float()
-    drop = recognition(
-        model,
-        images,
-        maps,
-        targets,
-        preprocess=preprocess,
-        output=method.output,
-        forward_kwargs=method.forward_kwargs,
-        scores=scores,
-    )["drop"]
+    drop = recognition(model, images, maps, targets, preprocess=preprocess, logits=logits)["drop"]
     terms = torch.stack([coherency, 1 - complexity, 1 - drop])
     score = torch.where((terms > 0).all(0), 3 / (1 / terms.clamp(min=1e-12)).sum(0), 0.0)
     return {"coherency": coherency, "complexity": complexity, "drop": drop, "adcc": score}
 
 
 def adversarial_verification(
-    model: nn.Module,
+    model: nn.Module | Scorer,
     images: Tensor,
     maps: Tensor,
     hosts: Tensor,
@@ -114,9 +109,10 @@ def adversarial_verification(
     placement: str = "in-place",
     seed: int = 0,
     normalize: bool = False,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = None,
     output=None,
     forward_kwargs: dict | None = None,
+    logits: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """SA-CAM §4.6 adversarial verification: the key area ``K = 1[map > threshold]`` of each image pasted
     into each of its ``J`` host images (the "adversarial environments"), and whether the classifier still
@@ -129,9 +125,11 @@ def adversarial_verification(
     classes. Returns per image ``"accuracy"`` (fraction of its J composites classified as the target),
     ``"cases"`` (B, J) 0/1 per host, ``"clean"`` 0/1 (the clean image classified as the target) and
     ``"area"`` (fraction of pixels in the key area). Aggregate the fading rate with :func:`fading_rate`.
+    ``model`` may be a :class:`castream.Scorer`; ``logits``: the clean images' logits when the caller has
+    them (no clean forward is made).
     """
     maps = check_maps(maps, images, normalize)
-    check_int("batch_size", batch_size)
+    scorer = scorer_of(model, output=output, forward_kwargs=forward_kwargs, batch_size=batch_size)
     if not isinstance(hosts, Tensor) or hosts.dim() != 5 or hosts.shape[0] != images.shape[0]:
         raise ValueError(
             f"hosts must be a (B, J, C, H, W) tensor with B = {images.shape[0]}, got "
@@ -149,13 +147,13 @@ def adversarial_verification(
     cases = hosts.shape[1]
     key = (maps > threshold).to(images.dtype)[:, None, None]  # (B, 1, 1, H, W)
     hosts = hosts.to(images.dtype)
-    with evaluation(model, output, forward_kwargs) as fn:
-        t, logits = resolve_targets(fn, images, targets, batch_size)
+    with evaluation(scorer):
+        t, logits = scorer.clean(images, targets, logits)
         if placement == "in-place":
             composites = (key * images[:, None] + (1 - key) * hosts).flatten(0, 1)
         else:
             composites = _embed(key[:, 0, 0] > 0, images, hosts, seed).flatten(0, 1)
-        predicted = torch.cat([fn(chunk).argmax(dim=1) for chunk in composites.split(batch_size)])
+        predicted = scorer.logits(composites).argmax(dim=1)
     hits = (predicted.view(-1, cases) == t[:, None]).float()
     return {
         "accuracy": hits.mean(dim=1),

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .._hooks import forward_hooks, frozen_eval
-from .._model import Logits, OutputSelector, check_images, check_targets
+from .._model import Logits, OutputSelector, Scorer, check_images, check_targets
 from .._precision import at_least_float32, full_precision
 from ..backbones import (
     PRE_POOL,
@@ -100,7 +100,7 @@ class SaliencyMethod:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Scorer,
         layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
         *,
         output: OutputSelector = None,
@@ -108,6 +108,9 @@ class SaliencyMethod:
         forward_kwargs: dict | None = None,
         progress: bool = False,
     ) -> None:
+        if isinstance(model, Scorer):  # a Scorer fixes the output selection and the forward kwargs
+            scorer = Scorer.of(model, output=output, forward_kwargs=forward_kwargs)
+            model, output, forward_kwargs = scorer.model, scorer.output, scorer.forward_kwargs
         model = uncompiled(model)  # a torch.compile wrapper: hooks need the eager module (same parameters)
         if not isinstance(progress, bool):
             raise TypeError(f"progress must be True or False, got {progress!r}")
