@@ -155,19 +155,21 @@ def test_cli_end_to_end(artifacts, tmp_path, capsys):
 
 def test_resume_after_kill_gives_the_same_csv(artifacts, tmp_path, monkeypatch):
     Runner(config(artifacts, tmp_path / "full"), progress=False).run()
-    calls = {"n": 0}
-    original = Runner._append
+    from castream.evaluate.store import Store
 
-    def dying_append(self, cell, record):
+    calls = {"n": 0}
+    original = Store.append
+
+    def dying_append(self, cell, record, arrays=None):
         if calls["n"] == 4:
             raise KeyboardInterrupt  # killed midway: the fifth batch record is never written
         calls["n"] += 1
-        original(self, cell, record)
+        original(self, cell, record, arrays)
 
-    monkeypatch.setattr(Runner, "_append", dying_append)
+    monkeypatch.setattr(Store, "append", dying_append)
     with pytest.raises(KeyboardInterrupt):
         Runner(config(artifacts, tmp_path / "cut"), progress=False).run()
-    monkeypatch.setattr(Runner, "_append", original)
+    monkeypatch.setattr(Store, "append", original)
     assert not (tmp_path / "cut" / "results.csv").exists()
     Runner(config(artifacts, tmp_path / "cut"), progress=False).run()
     assert read_csv(tmp_path / "cut" / "results.csv") == read_csv(tmp_path / "full" / "results.csv")
@@ -862,6 +864,7 @@ def test_report_re_renders_a_finished_or_interrupted_run(artifacts, tmp_path, ca
 
 
 def test_the_report_draws_the_maps_saved_during_the_run(artifacts, tmp_path, monkeypatch):
+    from castream.evaluate import figures
     from castream.evaluate.report import write_report
 
     cfg = config(artifacts, tmp_path, methods=("gradcam",), images=6)
@@ -872,14 +875,22 @@ def test_the_report_draws_the_maps_saved_during_the_run(artifacts, tmp_path, mon
     assert len(saved) == len(grid) and {int(n.split("-")[0]) for n in saved} == set(grid)
     _, images, labels, _, _ = runner._load(grid)
     targets = runner._targets(labels, runner.logits("resnet10_os16", "ca", images))
-    maps = runner.saved_maps("resnet10_os16-ca-gradcam", grid, targets)
+    maps, found = figures._saved(tmp_path, "resnet10_os16-ca-gradcam", grid)
+    assert found == targets.tolist()
     expected = runner.build_method("gradcam", "resnet10_os16", "ca")(images, targets)
     torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6)  # the same maps, from other batches
+    inputs = torch.from_numpy(np.load(tmp_path / "maps" / "inputs.npy"))
+    torch.testing.assert_close(inputs, images)
 
-    def no_method(*args, **kwargs):
-        raise AssertionError("the report computed a map")
+    def no_model(*args, **kwargs):
+        raise AssertionError("the report used a model")
 
-    monkeypatch.setattr(castream.saliency.GradCAM, "__call__", no_method)
+    # the report renders from the stored files: no model is built, no method called
+    monkeypatch.setattr(castream.saliency.GradCAM, "__call__", no_model)
+    monkeypatch.setattr(castream.models, "build_model", no_model)
+    monkeypatch.setattr(castream.evaluate.runner, "load_classifier", no_model)
     (tmp_path / "saliency_grid.png").unlink()
-    write_report(runner)
+    (tmp_path / "results.csv").rename(tmp_path / "before.csv")
+    write_report(tmp_path)
     assert (tmp_path / "saliency_grid.png").is_file()
+    assert (tmp_path / "results.csv").read_text() == (tmp_path / "before.csv").read_text()

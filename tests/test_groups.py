@@ -98,6 +98,17 @@ def test_a_registered_group_is_seen_end_to_end(run_files, tmp_path, toy_group):
     assert "## Toy table (a test's own group)" in text and "TOY↑" in text and "ΔTOY" in text
     compared = next(c for c in results["comparisons"] if c["method"] == "gradcam")
     assert "toy_mass" in compared["metrics"]
+    # the per-image table: one row per image and method cell, every per-image metric as stored
+    with open(run / "per_image.csv") as f:
+        per_image = list(csv.DictReader(f))
+    assert len(per_image) == 4 * 8  # gradcam and fakecam under GAP and CA
+    assert {"model", "pooling", "method", "index", "target", "ad", "ag", "ai", "toy_mass"} <= set(
+        per_image[0]
+    )
+    mine = {int(r["index"]): r for r in per_image if r["pooling"] == "gap" and r["method"] == "gradcam"}
+    for index, row in rows.items():
+        assert float(mine[index]["toy_mass"]) == pytest.approx(row["toy_mass"], rel=1e-8)
+        assert float(mine[index]["ad"]) == pytest.approx(row["ad"], rel=1e-8)
 
 
 def _context(group, model, method, images, maps, targets, meta) -> groups.Context:

@@ -10,7 +10,7 @@ from importlib import import_module
 # where a Ctrl-C must give one line, not a traceback) does not import torch.
 _NAMES = {
     "BackboneSpec": "backbones",
-    "Scorer": "_model",
+    "Scorer": "_scorer",
     "describe": "backbones",
     "IMAGENET_MEAN": "preprocess",
     "IMAGENET_STD": "preprocess",

@@ -1,7 +1,9 @@
-"""Evaluation runner speed: one runner cell (a method and the default metric groups over a generated
-synthetic set) against the pure forward time of the same number of model forwards, as a ratio of the
-forward limit reached (target ≥ 0.8); the time to write the report, figures included; and BoxAcc's
-localization on the host (all 100 thresholds of one 224 x 224 map, target ≤ 8 ms).
+"""Evaluation runner speed: a run of one method and the default metric groups over a generated synthetic
+set (the accuracy cell and the method cell, image-major), against the pure forward time of the same
+number of model forwards, the clean ones included, as a ratio of the forward limit reached (target ≥ 0.9
+on the CPU); every image decode counted (``decodes_per_image``, target 1.0); the time to write the report,
+figures included; and BoxAcc's localization on the host (all 100 thresholds of one 224 x 224 map, target
+≤ 8 ms).
 
     python benchmarks/evaluate.py --model resnet50 --size 224 --images 64 --amp bf16 --channels-last
 """
@@ -82,17 +84,17 @@ def main(argv: list[str] | None = None) -> None:
         label = next(iter(runner.models))
         model = runner.models[label]
         runner.claim()
-        runner.evaluate_accuracy(label, "gap")
         counter = [0]
         handle = _count_forwards(model, counter)
         try:
             sync(device)
             start = time.perf_counter()
-            runner.evaluate_cell(label, "gap", args.method)
+            runner.evaluate()
             sync(device)
             cell = time.perf_counter() - start
         finally:
             handle.remove()
+        runner.store.write_json("run.json", runner.run_info())
         chunk = inputs((args.metric_batch, 3, args.size, args.size), args)
 
         def forward() -> None:
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
         limit = timed(forward, device, args.repeats) * counter[0] / args.metric_batch
         start = time.perf_counter()
-        write_report(runner)
+        write_report(runner.out, log=lambda *_: None)
         report = time.perf_counter() - start
     emit(
         {
@@ -113,11 +115,14 @@ def main(argv: list[str] | None = None) -> None:
             "metrics": args.metrics,
             "protocol": args.protocol,
             "forwarded_images": counter[0],
+            "decodes_per_image": round(runner.decodes / args.images, 3),
+            "decodes_target": 1.0,
             "seconds": round(cell, 3),
-            "reference": f"pure forward of {counter[0]} images at batch {args.metric_batch}",
+            "reference": f"pure forward of {counter[0]} images at batch {args.metric_batch}, the clean "
+            "forwards included",
             "reference_seconds": round(limit, 3),
             "ratio": round(limit / cell, 3),
-            "target": 0.8,
+            "target": 0.9,
             "report_seconds": round(report, 2),
             **environment(device, args),
         }

@@ -1,9 +1,10 @@
 """Report stage at scale: the time and peak memory of turning a finished run's shards into its report
 (collection, bootstrap, GAP-vs-CA comparisons, claims, rendering) for N images, without computing N
-images' maps. A real 10-cell run (3 methods and the 2 baselines, under GAP and CA; the default metric
-groups, insertion/deletion curves included) is evaluated on ``--base`` synthetic images with the demo's
-classifier and stream; its shard records are then repeated under new image indices up to N, in a run
-whose dataset (a CSV) lists N images, and the report of that run is timed in a fresh process.
+images' maps; the report reads the stored files only (no model is loaded). A real 10-cell run (3
+methods and the 2 baselines, under GAP and CA; the default metric groups, insertion/deletion curves
+included) is evaluated on ``--base`` synthetic images with the demo's classifier and stream; its shard
+records are then repeated under new image indices up to N, in a run whose dataset (a CSV) lists N
+images, and the report of that run is timed in a fresh process.
 
     python benchmarks/report.py --images 50000      # issue 29's target: <= 120 s and <= 3 GB on 2 cores
 """
@@ -11,9 +12,9 @@ whose dataset (a CSV) lists N images, and the report of that run is timed in a f
 from __future__ import annotations
 
 import csv
-import json
 import multiprocessing
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -77,33 +78,37 @@ def _dataset(root: Path, base: int, images: int) -> None:
 
 def _repeat_shards(small: Path, large: Path, identity: str, base: int, images: int) -> int:
     """Copy every cell's records of the small run into the large one, under indices shifted by
-    multiples of ``base`` up to ``images``; returns the bytes written."""
-    (large / "shards").mkdir(parents=True, exist_ok=True)
-    written = 0
+    multiples of ``base`` up to ``images`` (their sidecar arrays with them); returns the bytes written."""
+    from ..evaluate.store import Store, record_arrays, shard_records, sidecar
+
+    store = Store(large, log=lambda *a: None)
+    store.identity = identity
     for path in sorted((small / "shards").glob("*.jsonl")):
-        records = [json.loads(line) for line in path.read_text().splitlines() if line]
-        with open(large / "shards" / path.name, "w") as f:
-            for copy in range(0, images, base):
-                for record in records:
+        cell = path.name.split(".rank")[0]
+        binary = sidecar(path).read_bytes() if sidecar(path).is_file() else b""
+        records = []
+        for number, record in shard_records(path):
+            arrays = record_arrays(record, binary, len(record["images"]), f"{path}:{number}", sidecar(path))
+            records.append(({k: v for k, v in record.items() if k not in ("run", "cell", "arrays")}, arrays))
+        for copy in range(0, images, base):
+            for record, arrays in records:
+                keep = [j for j, row in enumerate(record["images"]) if row["index"] + copy < images]
+                if keep:
                     rows = [
-                        {**row, "index": row["index"] + copy}
-                        for row in record["images"]
-                        if row["index"] + copy < images
+                        {**record["images"][j], "index": record["images"][j]["index"] + copy} for j in keep
                     ]
-                    if rows:
-                        line = json.dumps({**record, "run": identity, "images": rows}) + "\n"
-                        written += len(line)
-                        f.write(line)
-    return written
+                    store.append(cell, {**record, "images": rows}, {k: v[keep] for k, v in arrays.items()})
+    store.sync()
+    return sum(p.stat().st_size for p in (large / "shards").iterdir())
 
 
-def _report(config, queue) -> None:
-    """In a fresh process: the report of the finished run (every record is there: nothing computes)."""
-    from ..evaluate import Runner
+def _report(out: Path, queue) -> None:
+    """In a fresh process: the report of the finished run, from its stored files (no model is loaded)."""
+    from ..evaluate.report import write_report
 
     try:
         start = time.perf_counter()
-        Runner(config, progress=False, log=lambda *a: None).run()
+        write_report(out, log=lambda *a: None)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
         queue.put({"seconds": time.perf_counter() - start, "peak_rss_gb": peak / 2**30})
     except BaseException as err:  # the parent waits for one message, whatever happens here
@@ -129,11 +134,13 @@ def main(argv: list[str] | None = None) -> None:
         large = _config(root, args.images, root / "large", args.protocol)
         runner = Runner(large, progress=False, log=lambda *a: None)
         runner.claim()  # writes config.json: the run's identity the copied records carry
+        runner.store.write_json("run.json", runner.run_info())
+        shutil.copytree(root / "small" / "maps", root / "large" / "maps")  # the grid's first images agree
         size = _repeat_shards(root / "small", root / "large", runner.identity, args.base, args.images)
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
         shards = {p: p.stat().st_size for p in (root / "large" / "shards").iterdir()}
-        process = context.Process(target=_report, args=(large, queue))
+        process = context.Process(target=_report, args=(root / "large", queue))
         process.start()
         measured = queue.get()
         process.join()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics
-from .._model import Scorer
+from .._scorer import Scorer
 from ..data import class_boxes
 from ..preprocess import Preprocess
 
@@ -283,32 +283,29 @@ for _table in (
     register_table(_table)
 
 
-def _recognition(ctx: Context) -> dict[str, Tensor]:
-    r = metrics.recognition(
+def _on_maps(metric: Callable, ctx: Context, **extra):
+    """``metric`` (a metric of the maps that forwards perturbed images) on the batch, with the clean
+    logits, the run's input statistics and the group's options."""
+    return metric(
         ctx.scorer,
         ctx.images,
         ctx.maps,
         ctx.targets,
         preprocess=ctx.preprocess,
         logits=ctx.logits,
+        **extra,
         **ctx.options,
     )
+
+
+def _recognition(ctx: Context) -> dict[str, Tensor]:
+    r = _on_maps(metrics.recognition, ctx)
     return {"ad": r["drop"], "ag": r["gain"], "ai": r["increase"]}
 
 
 def _causal(kind: str) -> Callable[[Context], dict[str, Tensor]]:
     def run(ctx: Context) -> dict[str, Tensor]:
-        auc, curves = getattr(metrics, kind)(
-            ctx.scorer,
-            ctx.images,
-            ctx.maps,
-            ctx.targets,
-            preprocess=ctx.preprocess,
-            protocol=ctx.protocol,
-            return_curves=True,
-            logits=ctx.logits,
-            **ctx.options,
-        )
+        auc, curves = _on_maps(getattr(metrics, kind), ctx, protocol=ctx.protocol, return_curves=True)
         return {kind: auc, f"{kind}_curve": curves.probabilities.round(decimals=5)}
 
     return run
@@ -322,17 +319,7 @@ def _overall(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _aopc(ctx: Context) -> dict[str, Tensor]:
-    aopc = metrics.aopc(
-        ctx.scorer,
-        ctx.images,
-        ctx.maps,
-        ctx.targets,
-        preprocess=ctx.preprocess,
-        seed=ctx.seed,
-        logits=ctx.logits,
-        **ctx.options,
-    )
-    return {"aopc": aopc}
+    return {"aopc": _on_maps(metrics.aopc, ctx, seed=ctx.seed)}
 
 
 def _max_sensitivity(ctx: Context) -> dict[str, Tensor]:

@@ -1,6 +1,6 @@
 """Report: results.json (everything), results.csv (one row per model/pooling/method), results.md (tables
 laid out like thesis Tables 3.1, 2.6 and 3.3) and figures. It only renders what ``results.collect``
-aggregates from the runner's shards."""
+aggregates from a run folder's stored files (:class:`results.StoredRun`): no model, no runner."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import platform
 
 import torch
 
-from .. import metrics, viz
-from ..saliency import RawAttention
-from ..stream import StreamModel
-from . import groups
-from .results import cell_name, collect
+from .. import metrics
+from . import figures, groups
+from .figures import POOLING_NAMES
+from .results import StoredRun, collect
+from .store import cell_name
 
 ARROWS = {True: "↓", False: "↑", None: ""}  # lower is better / higher is better / descriptive
-POOLING_NAMES = {"gap": "GAP", "ca": "CA"}
 BLUR_NAMES = {"gaussian": "Gaussian", "rise": "RISE gkern"}
 
 
@@ -28,80 +27,6 @@ def _fmt(entry: dict | None, percent: bool) -> str:
     scale, digits = (100, 2) if percent else (1, 3)
     mean, low, high = (entry[k] * scale for k in ("mean", "low", "high"))
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-TARGET_BOX, OTHER_BOX = "lime", "red"
-
-
-def _figures(runner, cells: list[dict]) -> list[str]:
-    out, config = runner.out, runner.config
-    files = []
-    # saliency grid: every method (baselines aside) through GAP and CA side by side, plus raw attention
-    indices = runner.figure_indices()
-    _, images, labels, meta, _ = runner._load(indices)
-    if images is None:
-        return files
-    columns = {}
-    several = len(runner.models) > 1
-    targets = None
-    for method_name in config.methods:
-        if method_name in config.baselines:
-            continue
-        for label, pooling, name in runner.cells():
-            if name != method_name:
-                continue
-            with torch.no_grad():
-                logits = runner.logits(label, pooling, images)
-            title = f"{label} " * several + f"{method_name} {POOLING_NAMES[pooling]}"
-            targets = runner._targets(labels, logits)
-            saved = runner.saved_maps(cell_name(label, pooling, method_name), indices, targets)
-            if saved is None:  # a run from before maps were saved, or multi-label pairs: compute them
-                saved = runner.build_method(method_name, label, pooling)(images, targets).cpu()
-            columns[title] = saved
-    for label, model in runner.models.items():
-        if isinstance(model, StreamModel):
-            columns[f"{label} " * several + "raw attention"] = RawAttention(model)(images).cpu()
-    if targets is None:
-        with torch.no_grad():
-            label = next(iter(runner.models))
-            targets = runner._targets(labels, runner.logits(label, runner.poolings(label)[0], images))
-    names = [runner.class_name(int(t)) for t in targets]
-    boxes = []
-    for target, t in zip(meta, targets.tolist()):
-        classes = target.get("box_labels", torch.full((len(target["boxes"]),), t))
-        boxes.append(
-            [
-                (b, TARGET_BOX if c == t else OTHER_BOX)
-                for b, c in zip(target["boxes"].tolist(), classes.tolist())
-            ]
-        )
-    viz.saliency_grid(out / "saliency_grid.png", images.cpu(), columns, runner.preprocess, names, boxes)
-    files.append("saliency_grid.png")
-    curves = {}
-    for kind in ("insertion", "deletion"):
-        series = {c["label"]: c["curves"][kind] for c in cells if kind in c["curves"]}
-        if series:
-            curves[kind] = series
-    if curves:
-        viz.curves_figure(out / "curves.png", curves)
-        files.append("curves.png")
-    bars = {
-        c["label"]: {
-            groups.column(k).title: (
-                c["metrics"][k]["mean"] * 100,
-                c["metrics"][k]["low"] * 100,
-                c["metrics"][k]["high"] * 100,
-            )
-            for k in ("ad", "ag")
-            if k in c["metrics"]
-        }
-        for c in cells
-    }
-    if all(bars.values()):
-        scale = [c["label"] for c in cells if c["method"] in runner.config.baselines]
-        viz.bars_figure(out / "ad_ag.png", bars, ["AD", "AG"], baselines=scale)
-        files.append("ad_ag.png")
-    return files
 
 
 def summary(runner, cells: list[dict], models: list[dict], compared: list[dict]) -> str:
@@ -485,18 +410,20 @@ def _baseline_text(runner, name: str) -> str:
     )
 
 
-def write_report(runner) -> dict:
-    """Render the results (:func:`results.collect`) as results.json, results.csv, results.md and the
-    figures; returns the results dictionary."""
+def write_report(run, log=print) -> dict:
+    """Render the results (:func:`results.collect`) of run folder ``run`` (a path, or a
+    :class:`results.StoredRun`) as results.json, results.csv, results.md and the figures; returns the
+    results dictionary."""
     import castream
 
+    runner = run if isinstance(run, StoredRun) else StoredRun(getattr(run, "out", run), log=log)
     config, out = runner.config, runner.out
     found = collect(runner)
     cells, models, compared, claims = found["cells"], found["models"], found["comparisons"], found["claims"]
     several = len(runner.models) > 1
     for c in cells:  # the cell's name in tables and figures
         c["label"] = f"{c['model']} " * several + f"{c['method']} {POOLING_NAMES[c['pooling']]}"
-    figures = _figures(runner, cells)
+    drawn = figures.render(runner, cells)
     results = {
         "config": config.to_dict(),
         "protocol": {"name": config.protocol, **metrics.PROTOCOLS[config.protocol]},
@@ -513,7 +440,7 @@ def write_report(runner) -> dict:
         "comparisons": compared,
         "claims": claims,
         "summary": summary(runner, cells, models, compared) + _claims_sentence(claims),
-        "figures": figures,
+        "figures": drawn,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     rows = _csv_rows(runner, cells, models)
@@ -522,5 +449,40 @@ def write_report(runner) -> dict:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.md").write_text(_markdown(runner, cells, models, figures, results))
+    (out / "results.md").write_text(_markdown(runner, cells, models, drawn, results))
+    write_per_image(runner, out / PER_IMAGE)
     return results
+
+
+PER_IMAGE = "per_image.csv"  # one row per image, cell and target: pandas.read_csv("per_image.csv")
+
+
+def write_per_image(runner, path) -> None:
+    """Every per-image value of every method cell (the per-image metrics; BoxAcc's IoUs and other (n, m)
+    arrays are summarized only in the tables): columns model, pooling, method, index, target (the class
+    explained, for runs that explain several per image), then the metrics as stored (fractions, not
+    percentages), written with a per-cell format string (500,000 rows in seconds)."""
+
+    tables = {cell: runner.records(cell_name(*cell)).table() for cell in runner.cells()}
+    names = list(dict.fromkeys(k for t in tables.values() for k, v in t.values.items() if v.ndim == 1))
+    with open(path, "w") as f:
+        f.write(",".join(["model", "pooling", "method", "index", "target", *names]) + "\n")
+        for (label, pooling, method), table in tables.items():
+            if not len(table):
+                continue
+            present = [n for n in names if n in table.values]
+            fields = [f"%({n}).9g" if n in present else "" for n in names]
+            prefix = f"{_csv_field(label)},{pooling},{method},".replace("%", "%%")
+            template = prefix + "%(index)d,%(target)s," + ",".join(fields)
+            index = [k[0] if isinstance(k, tuple) else k for k in table.keys]
+            target = [str(k[1]) if isinstance(k, tuple) else "" for k in table.keys]
+            columns = {"index": index, "target": target, **{n: table.values[n].tolist() for n in present}}
+            keys = list(columns)
+            f.writelines(template % dict(zip(keys, row)) + "\n" for row in zip(*columns.values()))
+
+
+def _csv_field(text: str) -> str:
+    """``text`` as one CSV field (quoted when it holds a comma, a quote or a newline)."""
+    if any(c in text for c in ',"\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text

@@ -1,227 +1,94 @@
-"""Evaluation results: the run's identity (``config.json``) and the per-cell shard files the runner
-appends, read back and validated into per-image rows, then aggregated (:func:`collect`: per-cell
-metrics with bootstrap intervals, the models' accuracy and cost, GAP vs CA comparisons, the claims the run
-covers). It serves both the runner's resume and the report, which only renders what it returns.
-
-Every shard record names its run (a digest of the folder's ``config.json``, which holds the settings and
-the weights' content digests) and its cell. A record of another run or cell (a line copied from another
-folder, another ``--seed``, other weights) and a second record of an image are never used: they are
-ignored, and each is reported as a warning.
+"""Evaluation results: a run folder's stored records aggregated (:func:`collect`: per-cell metrics with
+bootstrap intervals, the models' accuracy and cost, GAP vs CA comparisons, the claims the run covers), from
+the folder alone (:class:`StoredRun`: config.json, run.json and the shards), with no model: the report
+renders what this returns.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import metrics
-from ..stream import StreamModel
-from ..utils import count_flops, count_parameters
+from ..preprocess import Preprocess
 from . import groups
 from .claims import check_claims
+from .config import EvalConfig
+from .store import (  # noqa: F401  (re-exported: the names results offered before the store split)
+    CellRecords,
+    Columns,
+    Store,
+    cell_name,
+    read_cell,
+    read_config,
+    read_shards,
+    run_id,
+    shard_records,
+)
+
+RUN_INFO = "run.json"  # what the runner knows that the report needs: written when a run starts
 
 
-def cell_name(label: str, pooling: str, method: str) -> str:
-    """The file-name-safe name of a cell: ``<model label>-<pooling>-<method>``."""
-    safe = "".join(c if c.isalnum() or c in "_." else "_" for c in label)
-    return f"{safe}-{pooling}-{method.replace('+', 'p')}"
+class StoredRun:
+    """A run folder read back without models: its configuration (config.json), what the runner recorded
+    when it started (run.json: the selection, cells, models' cost, class names, the figures' images) and
+    its shards. It offers the names the results and claims read (``config``, ``indices``, ``cells()``,
+    ``records(cell)``, ...), so that the report is a function of the stored files only."""
 
-
-def run_id(fingerprint: dict) -> str:
-    """The identity of a run: a digest of its stored configuration (settings and weight digests)."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def read_config(out: Path) -> dict:
-    """The configuration a run folder was made with (``config.json``), or a clear error."""
-    path = out / "config.json"
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read {path} ({err}); delete it or use another --out") from None
-    if not isinstance(stored, dict):
-        raise ValueError(f"{path} is not a castream evaluation config; delete it or use another --out")
-    return stored
-
-
-def shard_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, record) of a shard file. Only its last line may be torn (a kill during a write: no
-    newline yet), and it is skipped; any other unreadable or malformed line is an error naming the file
-    and line."""
-    lines = path.read_bytes().split(b"\n")
-    for number, line in enumerate(lines, start=1):
-        if not line:
-            continue
+    def __init__(self, out: str | Path, log=print) -> None:
+        self.out = Path(out)
+        stored = read_config(self.out)
+        fields = {k: v for k, v in stored.items() if k != "weights"}
         try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            if number == len(lines):  # the unterminated last line
-                continue
+            self.config = EvalConfig(**fields, out=str(self.out))
+        except TypeError as err:
             raise ValueError(
-                f"{path}:{number}: corrupt shard line; delete the file to recompute it"
+                f"{self.out}/config.json is not a configuration this castream reads ({err})"
             ) from None
-        rows = record.get("images") if isinstance(record, dict) else None
-        if not isinstance(rows, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("index"), int) for r in rows
-        ):
+        path = self.out / RUN_INFO
+        try:
+            self.info = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
             raise ValueError(
-                f'{path}:{number}: a shard line must be {{"images": [{{"index": int, ...}}, ...]}}; '
-                "delete the file to recompute it"
-            )
-        yield number, record
-
-
-@dataclass
-class Columns:
-    """A cell's per-image values as arrays: ``keys`` the row keys in sorted order (image index, or (image,
-    class) where every positive class of a multi-label image is explained), ``values[name]`` float64
-    arrays of shape (n,) or (n, m) in that order; the insertion/deletion curves are kept only as their
-    mean over the rows (the report's one use of them). 8 bytes per value, where a row of Python objects
-    took about 4.5 KB, and nothing per curve point."""
-
-    keys: list
-    values: dict[str, np.ndarray]
-    curves: dict[str, np.ndarray] = field(default_factory=dict)  # name -> mean curve over the rows
-
-    def __len__(self) -> int:
-        return len(self.keys)
+                f"cannot read {path} ({err}): it is written when a run starts; run castream evaluate with "
+                "this folder's settings again to write it (finished images are not recomputed)"
+            ) from None
+        self.store = Store(self.out, log=log)
+        self.store.identity = run_id(stored)
+        self.indices: list[int] = self.info["selection"]
+        self.multilabel: bool = self.info["multilabel"]
+        self.preprocess = Preprocess(self.info["preprocess"]["mean"], self.info["preprocess"]["std"])
+        self.models = {label: label for label in self.info["poolings"]}  # labels, in order
 
     @property
-    def names(self) -> list[str]:
-        return list(self.values)
+    def warnings(self) -> list[str]:
+        return self.store.warnings
 
-    def images(self) -> set[int]:
-        return {k[0] if isinstance(k, tuple) else k for k in self.keys}
+    def poolings(self, label: str) -> list[str]:
+        return self.info["poolings"][label]
 
-    def tensor(self, name: str) -> torch.Tensor:
-        return torch.from_numpy(self.values[name])
+    def cells(self) -> list[tuple[str, str, str]]:
+        return [tuple(c) for c in self.info["cells"]]
 
-    def paired(self, other: Columns, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``name``'s values of the rows both cells hold, in key order, as the float32 tensors the paired
-        bootstrap has always been given; None when either lacks it."""
-        if name not in self.values or name not in other.values:
-            return None
-        mine = {k: i for i, k in enumerate(self.keys)}
-        theirs = {k: i for i, k in enumerate(other.keys)}
-        common = sorted(set(mine) & set(theirs))
-        a = self.values[name][[mine[k] for k in common]]
-        b = other.values[name][[theirs[k] for k in common]]
-        return torch.from_numpy(a.astype(np.float32)), torch.from_numpy(b.astype(np.float32))
+    def method_indices(self, method: str | None) -> list[int]:
+        count = self.config.method_images.get(method, len(self.indices))
+        return self.indices[:count]
 
-    def common(self, other: Columns) -> int:
-        return len(set(self.keys) & set(other.keys))
+    def records(self, cell: str) -> CellRecords:
+        return self.store.records(cell)
 
+    def map_size(self) -> tuple[str, int, int] | None:
+        found = self.info.get("map_size")
+        return tuple(found) if found else None
 
-@dataclass
-class CellRecords:
-    """A cell's valid records, read into columns as they come (:meth:`table`), (seconds, images) timings
-    per batch, skipped images by index, and a warning per ignored record."""
+    def model_cost(self, label: str, pooling: str) -> dict:
+        return self.info["cost"][f"{label}/{pooling}"]
 
-    timings: list[tuple[float, int]] = field(default_factory=list)
-    skipped: dict[int, dict] = field(default_factory=dict)
-    ignored: list[str] = field(default_factory=list)
-    _keys: list = field(default_factory=list)
-    _seen: set = field(default_factory=set)
-    _chunks: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    _sums: dict[str, np.ndarray] = field(default_factory=dict)  # curves: float64 sums over the rows
-    _names: list[str] | None = None
-    _table: Columns | None = None
-
-    @property
-    def done(self) -> set[int]:
-        """Image indices with a record (computed or skipped): what a resumed run need not compute."""
-        return {k[0] if isinstance(k, tuple) else k for k in self._keys} | set(self.skipped)
-
-    def holds(self, key) -> bool:
-        return key in self._seen
-
-    def add(self, keys: list, rows: list[dict]) -> None:
-        """One shard record's rows (every row of a record has the same metrics): each metric is one array,
-        with the groups' derived columns (``overall``, per-host adversarial and fading) added."""
-        names = [k for k in rows[0] if k not in ("index", "class")]
-        stored = {name: np.asarray([r[name] for r in rows], dtype=np.float64) for name in names}
-        inputs, curves = groups.stored_keys(), groups.curve_keys()
-        columns = {k: v for k, v in groups.derive(stored).items() if k not in inputs}
-        if self._names is None:
-            self._names = list(columns)
-        elif list(columns) != self._names:
-            raise ValueError(f"a shard record holds metrics {list(columns)}, another {self._names}")
-        for name, values in columns.items():
-            if name in curves:
-                self._sums[name] = self._sums.get(name, 0) + values.sum(axis=0)
-            else:
-                self._chunks.setdefault(name, []).append(values)
-        self._keys.extend(keys)
-        self._seen.update(keys)
-        self._table = None
-
-    def table(self) -> Columns:
-        """The rows in key order, one array per metric (built once; the per-record chunks are freed)."""
-        if self._table is None:
-            order = np.asarray(sorted(range(len(self._keys)), key=self._keys.__getitem__), dtype=np.int64)
-            values = {}
-            for name in list(self._chunks):
-                values[name] = np.concatenate(self._chunks.pop(name))[order]
-                self._chunks[name] = [values[name]]  # the same array: keys and chunks now in key order
-            self._keys = [self._keys[i] for i in order.tolist()]
-            curves = {name: total / len(self._keys) for name, total in self._sums.items()}
-            self._table = Columns(list(self._keys), values, curves)
-        return self._table
-
-    @property
-    def rows(self) -> dict:
-        """The rows as dictionaries keyed like the shards (for inspection and tests; the report reads
-        :meth:`table`)."""
-        table = self.table()
-        out = {}
-        for position, key in enumerate(table.keys):
-            row = {"index": key[0], "class": key[1]} if isinstance(key, tuple) else {"index": key}
-            for name, values in table.values.items():
-                value = values[position]
-                row[name] = value.tolist() if value.ndim else float(value)
-            out[key] = row  # (the curves are kept as their mean only: Columns.curves)
-        return out
-
-
-def read_cell(out: Path, cell: str, run: str | None = None) -> CellRecords:
-    """The records of ``cell`` in run folder ``out`` (every process's shard), checked against ``run``
-    (default: the identity of ``out/config.json``)."""
-    run = run or run_id(read_config(out))
-    found = CellRecords()
-    for path in sorted((out / "shards").glob(f"{cell}.rank*.jsonl")):
-        for number, record in shard_records(path):
-            where = f"{path}:{number}"
-            if record.get("run") != run or record.get("cell") != cell:
-                found.ignored.append(
-                    f"{where}: ignored a record of another run or cell (run {record.get('run')!r}, cell "
-                    f"{record.get('cell')!r}; this is run {run!r}, cell {cell!r})"
-                )
-                continue
-            keys = [(r["index"], r["class"]) if "class" in r else r["index"] for r in record["images"]]
-            repeated = [k for k in keys if found.holds(k)] + [
-                e["index"] for e in record.get("skipped", []) if e["index"] in found.skipped
-            ]
-            if repeated:
-                found.ignored.append(f"{where}: ignored a second record of image(s) {repeated[:5]}")
-                continue
-            if keys:
-                found.add(keys, record["images"])
-            found.skipped.update((e["index"], e) for e in record.get("skipped", []))
-            if "seconds" in record:
-                found.timings.append((record["seconds"], len(record["images"])))
-    return found
-
-
-def read_shards(out: Path, cell: str) -> tuple[dict, list[tuple[float, int]]]:
-    """Rows and timings of ``cell`` in ``out`` (see :func:`read_cell`)."""
-    records = read_cell(out, cell)
-    return records.rows, records.timings
+    def class_name(self, cls: int) -> str:
+        names = self.info.get("class_names")
+        return names[cls] if names else str(cls)
 
 
 def collect(runner) -> dict:
@@ -314,15 +181,10 @@ def _accuracy(runner, table: Columns) -> dict:
 
 
 def _model_row(runner, label: str, pooling: str, accuracy: Columns) -> dict:
-    model, size = runner.models[label], runner.config.size
-    kwargs = runner.forward_kwargs(label, pooling)
-    if isinstance(model, StreamModel) and pooling == "gap":
-        params = count_parameters(model.backbone, trainable_only=False)
-    else:
-        params = count_parameters(model, trainable_only=False)
+    cost = runner.model_cost(label, pooling)
     return {
-        "parameters": params,
-        "gflops": count_flops(model, (1, 3, size, size), **kwargs) / 1e9,
+        "parameters": cost["parameters"],
+        "gflops": cost["gflops"],
         "accuracy": _accuracy(runner, accuracy),
         "model": label,
         "pooling": pooling,

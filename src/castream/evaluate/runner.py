@@ -2,20 +2,21 @@
 
 Work is cut into fixed batches of images (a seeded selection of the evaluation split, in order). Batch
 ``b`` belongs to process ``b % world``, so every image is computed in the same batch as in a
-single-process run and gets bit-identical values. Each finished batch appends its per-image records to
-the process's shard file (``<out>/shards/<cell>.rank<r>.jsonl``) in one flushed, fsync'ed write; a
-re-run of the same command skips finished batches, so an interrupted run (Ctrl-C, kill) loses no
-finished image. Rank 0 merges all shards into the report when every process is done.
+single-process run and gets bit-identical values. The loop is image-major: each batch is read and
+decoded once (one batch ahead, in a background thread), its clean logits are computed once per model and
+pooling, and it then goes through every cell (pooling x method) that still needs it; the host work (CPU
+metrics, shard records) runs one step behind (``pipeline``). Each finished cell-batch appends its per-image
+records to the process's shard file (``<out>/shards/<cell>.rank<r>.jsonl``, see ``store``); a re-run of
+the same command skips finished cell-batches, so an interrupted run (Ctrl-C, kill) loses no finished
+image. Rank 0 renders the report from the stored files when every process is done.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, fields
 from functools import partial
 from pathlib import Path
 
@@ -24,141 +25,31 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import metrics
-from .._model import Scorer
-from .._precision import autocast, check_amp
+from .._precision import autocast
+from .._scorer import Scorer
 from ..backbones import min_input_size
 from ..data import collate, eval_transform
 from ..data.classes import label_map, model_class_names, read_class_map
 from ..data.registry import is_multilabel, open_dataset
 from ..models import build_model, is_factory, load_weights, output_classes
-from ..preprocess import Preprocess
 from ..saliency import get as get_method
 from ..stream import StreamModel, load_stream
 from ..train.loop import distributed
-from ..utils import atomic_write, check_int, state_digest
-from . import groups
-from .results import CellRecords, cell_name, read_cell, read_config, run_id
+from ..utils import atomic_write, count_flops, count_parameters, state_digest
+from . import figures, groups
+from .config import (  # noqa: F401  (re-exported: the runner's names before the split)
+    BASELINES,
+    DEFAULT_METRICS,
+    METRIC_GROUPS,
+    MULTILABEL_TARGETS,
+    TARGETS,
+    EvalConfig,
+)
+from .pipeline import HostLane, prefetched
+from .results import RUN_INFO
+from .store import CellRecords, Store, cell_name, read_config, run_id
 
-METRIC_GROUPS = groups.group_names()  # the built-in groups (the registry: groups.GROUPS)
-DEFAULT_METRICS = groups.default_groups()
-TARGETS = ("labels", "predicted")  # explain the ground-truth class, or the model's prediction
-MULTILABEL_TARGETS = ("top", "all")  # multi-label images: explain the top positive class, or every one
 GRID_IMAGES = 6  # images of the report's saliency grid, whose maps are saved as they are computed
-BASELINES = ("fakecam", "random")  # added to every evaluation: the scale of every metric
-
-
-@dataclass
-class EvalConfig:
-    """Everything an evaluation depends on; recorded in results.json and checked when resuming."""
-
-    model: str
-    data: str
-    out: str
-    weights: str | None = None
-    checkpoint: str | None = None
-    stream: str | None = None
-    poolings: tuple[str, ...] = ("gap", "ca")
-    methods: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam")
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    protocol: str = "thesis"
-    images: int | None = None
-    batch_size: int = 8
-    metric_batch: int = 64
-    size: int = 224
-    resize: int | None = None  # eval resize before the centre crop (default size * 256 / 224)
-    seed: int = 0
-    method_options: dict = field(default_factory=dict)
-    metric_options: dict = field(default_factory=dict)  # metric group -> keyword options of its function
-    normalization: str = "imagenet"  # input mean/std: "imagenet" or "cifar100" (as the model was trained)
-    mean: tuple[float, ...] | None = None  # explicit input statistics (with std): override normalization
-    std: tuple[float, ...] | None = None
-    scores: str = "softmax"  # class probabilities of the metrics: "softmax", or "sigmoid" (multi-label)
-    multilabel_targets: str = "top"  # multi-label data: the positive class with the highest logit, or "all"
-    targets: str = "labels"  # the class explained: the label, or "predicted" (also for unlabelled data)
-    class_map: str | None = None  # JSON file: dataset class -> model class index or name (data.classes)
-    boxes: str | None = None  # ImageNet bounding-box XML folder
-    compare: dict = field(default_factory=dict)  # label -> checkpoint of more models of the same architecture
-    method_images: dict = field(default_factory=dict)  # method -> evaluate it on the first N images only
-    baselines: tuple[str, ...] = BASELINES
-    amp: str | None = None  # "bf16"/"fp16": run the models under autocast (castream's own steps stay fp32)
-    channels_last: bool = False  # models and images in torch.channels_last
-
-    def __post_init__(self) -> None:
-        check_amp(self.amp)
-        if not isinstance(self.channels_last, bool):
-            raise TypeError(f"channels_last must be a bool, got {self.channels_last!r}")
-        for name in ("batch_size", "metric_batch", "size", "images", "resize"):
-            if getattr(self, name) is not None or name not in ("images", "resize"):
-                check_int(name, getattr(self, name))
-        unknown = sorted(set(self.baselines) - set(BASELINES))
-        if unknown:
-            raise ValueError(f"unknown baseline {unknown}; expected a subset of {list(BASELINES)}")
-        self.methods = tuple(dict.fromkeys([*self.methods, *self.baselines]))
-        for method in self.method_options:
-            if method not in self.methods:
-                raise ValueError(
-                    f"method_options names {method!r}, which is not among the methods {self.methods}; "
-                    "an option of a method that is not evaluated would be ignored"
-                )
-        for method, count in self.method_images.items():
-            if method not in self.methods:
-                raise ValueError(
-                    f"method_images names {method!r}, which is not among the methods {self.methods}"
-                )
-            check_int(f"method_images[{method!r}]", count)
-        for name, allowed, values in (
-            ("pooling", ("gap", "ca"), self.poolings),
-            ("metric", groups.group_names(), self.metrics),
-        ):
-            unknown = sorted(set(values) - set(allowed))
-            if unknown:
-                raise ValueError(f"unknown {name} {unknown}; expected a subset of {list(allowed)}")
-        self._check_metric_options()
-        Preprocess.named(self.normalization)
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("mean and std go together: give both (one value per input channel) or neither")
-        if self.mean is not None:
-            self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
-            self.preprocess()
-        metrics.check_scores(self.scores)
-        if self.targets not in TARGETS:
-            raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
-        if self.multilabel_targets not in MULTILABEL_TARGETS:
-            raise ValueError(
-                f"multilabel_targets must be one of {MULTILABEL_TARGETS}, got {self.multilabel_targets!r}"
-            )
-        if "ca" in self.poolings and not self.stream:
-            raise ValueError("pooling 'ca' needs a trained stream checkpoint (stream=...)")
-        if self.protocol not in metrics.PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {list(metrics.PROTOCOLS)}")
-        for method in self.methods:
-            get_method(method)
-        self.poolings, self.metrics, self.baselines = (
-            tuple(self.poolings),
-            tuple(self.metrics),
-            tuple(self.baselines),
-        )
-
-    def _check_metric_options(self) -> None:
-        for group, options in self.metric_options.items():
-            if group not in self.metrics:
-                raise ValueError(
-                    f"metric_options names {group!r}, which is not among the metrics {self.metrics}"
-                )
-            groups.GROUPS[group].check_options(options)
-
-    def preprocess(self) -> Preprocess:
-        """The input statistics: explicit ``mean``/``std``, else the named ``normalization``."""
-        return (
-            Preprocess(self.mean, self.std) if self.mean is not None else Preprocess.named(self.normalization)
-        )
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    def fingerprint(self) -> dict:
-        """What must not change between an interrupted run and its resumption."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("out",)}
 
 
 def load_classifier(name: str, classes: int, weights: str | None, checkpoint: str | None) -> nn.Module:
@@ -229,11 +120,11 @@ class Runner:
         memory = torch.channels_last if config.channels_last else torch.preserve_format
         for m in self.models.values():
             m.to(self.device, memory_format=memory).eval()
-        self.identity: str | None = None  # the run's identity, set when the output folder is checked
-        self.warnings: list[str] = []  # ignored shard records, in the order they were found
+        self.store = Store(self.out, self.rank, log)
         self._figure_indices: list[int] | None = None
         self._scorers: dict[tuple[str, str], Scorer] = {}
-        self._records: dict[str, tuple[tuple, CellRecords]] = {}  # cell -> (shard files' state, records)
+        self.decodes = 0  # images read and decoded for the explained batches (not the adversarial hosts)
+        self.host_decodes = 0  # images read and decoded as adversarial hosts
         minimum = min_input_size(model)
         if config.size < minimum:
             raise ValueError(
@@ -334,49 +225,22 @@ class Runner:
     def forward_kwargs(self, label: str, pooling: str) -> dict:
         return {"pooling": pooling} if isinstance(self.models[label], StreamModel) else {}
 
-    # -- shards ------------------------------------------------------------------------------------------
-    def _shard(self, cell: str) -> Path:
-        return self.out / "shards" / f"{cell}.rank{self.rank}.jsonl"
+    # -- store -----------------------------------------------------------------------------------------
+    @property
+    def identity(self) -> str | None:
+        return self.store.identity
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.store.warnings
 
     def records(self, cell: str) -> CellRecords:
-        """The valid records of ``cell`` (every process's shards, so the world size may change between
-        runs); records of another run or a second record of an image are ignored, with a warning.
-        Read once while the shard files are unchanged (their names, sizes and modification times): the
-        resume check and the report of a finished run share one read."""
-        state = tuple(
-            (p.name, s.st_size, s.st_mtime_ns)
-            for p in sorted((self.out / "shards").glob(f"{cell}.rank*.jsonl"))
-            for s in (p.stat(),)
-        )
-        cached = self._records.get(cell)
-        if cached is not None and cached[0] == state:
-            return cached[1]
-        found = read_cell(self.out, cell, self.identity)
-        self._records[cell] = (state, found)
-        for warning in found.ignored:
-            if warning not in self.warnings:
-                self.warnings.append(warning)
-                self.log(f"warning: {warning}")
-        return found
+        """The valid records of ``cell`` (:meth:`Store.records`)."""
+        return self.store.records(cell)
 
     def finished(self, cell: str) -> set[int]:
         """Image indices of ``cell`` with a valid record: what a resumed run skips."""
         return self.records(cell).done
-
-    def _append(self, cell: str, record: dict) -> None:
-        path = self._shard(cell)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() > 0:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # a record torn by a kill during its write: drop it, its batch reruns
-                    f.seek(0)
-                    f.truncate(f.read().rfind(b"\n") + 1)
-            f.seek(0, os.SEEK_END)
-            f.write((json.dumps({"run": self.identity, "cell": cell, **record}) + "\n").encode())
-            f.flush()
-            os.fsync(f.fileno())
 
     def fingerprint(self) -> dict:
         """The configuration and the content digest of every model's weights (its stream included)."""
@@ -410,7 +274,7 @@ class Runner:
                 f"{self.out} holds results of another evaluation ({'; '.join(differences)}); use another "
                 f"--out, or delete {self.out} to recompute"
             )
-        self.identity = run_id(stored)
+        self.store.identity = run_id(stored)
 
     def build_method(self, name: str, label: str, pooling: str):
         """The saliency method ``name`` explaining model ``label`` through ``pooling``, with its options."""
@@ -426,6 +290,7 @@ class Runner:
         skipped records)."""
         kept, items, skipped = [], [], []
         for i in indices:
+            self.decodes += 1
             item, reason = self.dataset.try_item(i)
             if item is None:
                 skipped.append({"index": i, "reason": reason})
@@ -452,16 +317,6 @@ class Runner:
         """(kept indices, images, labels, targets, skipped): unreadable images are left out and returned
         as ``{"index", "reason"}`` records (images is None when none is readable)."""
         return self._to_device(self._read(indices))
-
-    def _loaded(self, batches: list[list[int]]) -> Iterator[tuple]:
-        """:meth:`_load` of each batch in turn; the next batch is read and decoded in a background thread
-        while the current one is computed."""
-        with ThreadPoolExecutor(1, thread_name_prefix="castream-load") as pool:
-            pending = pool.submit(self._read, batches[0]) if batches else None
-            for k in range(len(batches)):
-                read = pending.result()
-                pending = pool.submit(self._read, batches[k + 1]) if k + 1 < len(batches) else None
-                yield self._to_device(read)
 
     @staticmethod
     def _without_unlabelled(indices: list[int], images: Tensor, labels: Tensor, meta: list, skipped: list):
@@ -549,39 +404,13 @@ class Runner:
             self._figure_indices = sorted(candidates, key=lambda i: not crowded(i))[:GRID_IMAGES]
         return self._figure_indices
 
-    def _map_path(self, cell: str, index: int, target: int) -> Path:
-        return self.out / "maps" / cell / f"{index}-{target}.npy"
-
-    def _save_maps(self, cell: str, indices: list[int], targets: list[int], maps: Tensor) -> None:
-        """Keep the maps of the report grid's images (float32 .npy, written atomically)."""
-        import numpy as np
-
-        wanted = set(self.figure_indices())
-        for j, (index, target) in enumerate(zip(indices, targets)):
-            if index in wanted:
-                path = self._map_path(cell, index, target)
-                path.parent.mkdir(parents=True, exist_ok=True)
-
-                def write(tmp: Path, saliency: Tensor = maps[j]) -> None:
-                    with open(tmp, "wb") as f:
-                        np.save(f, saliency.float().numpy())
-
-                atomic_write(path, write)
-
-    def saved_maps(self, cell: str, indices: list[int], targets: Tensor) -> Tensor | None:
-        """The maps of ``indices`` at ``targets`` saved during the run, or None unless every one is there."""
-        import numpy as np
-
-        paths = [self._map_path(cell, i, t) for i, t in zip(indices, targets.tolist())]
-        if not paths or not all(p.is_file() for p in paths):
-            return None
-        return torch.stack([torch.from_numpy(np.load(p, allow_pickle=False)) for p in paths])
-
     def _hosts(self, indices: list[int], targets: Tensor, cases: int) -> Tensor:
         """(B, cases, C, H, W) host images (see :meth:`adversarial_hosts`)."""
         wanted = [h for i, t in zip(indices, targets.tolist()) for h in self.adversarial_hosts(i, t, cases)]
         order = sorted(set(wanted))
-        kept, images, _, _, skipped = self._load(order)
+        self.host_decodes += len(order)
+        kept, images, _, _, skipped = self._to_device(self._read(order))
+        self.decodes -= len(order)  # counted apart (host_decodes)
         if skipped:
             raise ValueError(
                 f"adversarial verification: host images {[s['index'] for s in skipped]} are unreadable"
@@ -595,90 +424,126 @@ class Runner:
                 yield b, indices
 
     def evaluate_accuracy(self, label: str, pooling: str) -> None:
-        cell = cell_name(label, pooling, "accuracy")
-        done = self.finished(cell)
-        todo = [indices for _, indices in self._my_batches() if not set(indices) <= done]
-        for indices, images, labels, _, skipped in self._loaded(todo):
-            if images is None:
-                self._append(cell, {"images": [], "skipped": skipped})
-                continue
-            with torch.no_grad(), autocast(self.device, self.config.amp):
-                logits = self.logits(label, pooling, images)
-            if self.multilabel:
-                rows = [
-                    {"index": i, "scores": s, "labels": y}
-                    for i, s, y in zip(indices, logits.tolist(), labels.tolist())
-                ]
-            elif not self.labelled:  # the data's classes are not the model's: no accuracy
-                p = logits.softmax(1).amax(1).tolist()
-                rows = [{"index": i, "predicted_probability": q} for i, q in zip(indices, p)]
-            else:
-                correct = metrics.accuracy(logits, labels).tolist()
-                p = logits.softmax(1).gather(1, labels[:, None]).squeeze(1).tolist()
-                rows = [
-                    {"index": i, "accuracy": float(c), "probability": q}
-                    for i, c, q in zip(indices, correct, p)
-                ]
-            self._append(cell, {"images": rows, "skipped": skipped})
+        """The accuracy cell of model ``label`` through ``pooling`` alone (see :meth:`evaluate`)."""
+        self.evaluate([(label, pooling, "accuracy")])
 
     def evaluate_cell(self, label: str, pooling: str, method_name: str) -> None:
-        """One cell, batch by batch. Per batch the device computes the maps and the model-based metrics
-        under the configured precision; the host-side work (localization, the shard record) runs in a
-        background thread while the device goes on with the next batch, and loading is prefetched."""
+        """One method cell alone (see :meth:`evaluate`)."""
+        self.evaluate([(label, pooling, method_name)])
+
+    def _wanted(self, cell: tuple[str, str, str]) -> set[int]:
+        return set(self.indices if cell[2] == "accuracy" else self.method_indices(cell[2]))
+
+    def evaluate(self, cells: list[tuple[str, str, str]] | None = None) -> None:
+        """Every cell of ``cells`` (default: the accuracy cells, then every method cell), image-major: each
+        of this process's batches is read and decoded once, and goes through every cell that lacks it. The
+        device computes a batch's maps and model-based metrics under the configured precision; the host work
+        (CPU metrics, the shard record) runs one step behind in a background thread, and loading one batch
+        ahead."""
         from tqdm import tqdm
 
-        config, cell = self.config, cell_name(label, pooling, method_name)
-        done = self.finished(cell)
-        method = self.build_method(method_name, label, pooling)
-        scorer = self.scorer(label, pooling)
-        todo = [idx for _, idx in self._my_batches(method_name) if not set(idx) <= done]
-        bar = tqdm(
-            total=len(todo), desc=cell, disable=not self.progress or self.rank or not todo, leave=False
-        )
-        with bar, ThreadPoolExecutor(1, thread_name_prefix="castream-host") as host:
-            finishing = None
-            for indices, images, labels, targets_meta, skipped in self._loaded(todo):
-                if images is not None and self.multilabel:
-                    indices, images, labels, targets_meta = self._without_unlabelled(
-                        indices, images, labels, targets_meta, skipped
-                    )
-                if images is None:
-                    record = {"images": [], "skipped": skipped}
-                    finishing = self._after(host, finishing, partial(self._append, cell, record))
-                    bar.update()
-                    continue
-                with autocast(self.device, config.amp):
-                    with torch.no_grad():
-                        logits = self.logits(label, pooling, images)
-                    targets = self._targets(labels, logits)
-                    pairs = self.multilabel and config.multilabel_targets == "all"
-                    if pairs:  # one row per (image, positive class)
-                        rows_of, targets = labels.nonzero(as_tuple=True)
-                        images, logits = images[rows_of], logits[rows_of]
-                        targets_meta = [targets_meta[i] for i in rows_of.tolist()]
-                        indices = [indices[i] for i in rows_of.tolist()]
+        if cells is None:
+            accuracy = [(m, p, "accuracy") for m in self.models for p in self.poolings(m)]
+            cells = [*accuracy, *self.cells()]
+        done = {cell: self.finished(cell_name(*cell)) for cell in cells}
+        wanted = {cell: self._wanted(cell) for cell in cells}
+        todo = []
+        for _, indices in self._my_batches():
+            need = [c for c in cells if (mine := wanted[c].intersection(indices)) and not mine <= done[c]]
+            if need:
+                todo.append((indices, need))
+        needed = dict.fromkeys(c for _, need in todo for c in need if c[2] != "accuracy")
+        methods = {c: self.build_method(c[2], c[0], c[1]) for c in needed}
+        seconds = dict.fromkeys(cells, 0.0)
+        bar = tqdm(total=len(todo), desc="evaluate", disable=not self.progress or self.rank or not todo)
+        with bar, HostLane() as host:
+            for (_, need), read in zip(todo, prefetched(self._read, [i for i, _ in todo])):
+                batch = self._to_device(read)
+                clean: dict = {}  # (label, pooling, images kept) -> clean logits, shared by the cells
+                for cell in need:
                     start = time.perf_counter()
-                    maps = method(images, targets)
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    seconds = time.perf_counter() - start
-                    values = self._metrics(
-                        "device", scorer, method, maps, images, indices, targets, logits, targets_meta
-                    )
-                host_side = {
-                    "maps": maps.cpu(),
-                    "targets": targets.cpu(),
-                    "logits": logits.cpu(),
-                    "scorer": scorer,
-                }
-                values = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in values.items()}
-
-                record = {"skipped": skipped, "seconds": seconds}
-                finish = partial(self._finish, cell, indices, values, host_side, targets_meta, pairs, record)
-                finishing = self._after(host, finishing, finish)
+                    if cell[2] == "accuracy":
+                        self._accuracy_batch(cell, batch, clean, host)
+                    else:
+                        self._method_batch(cell, methods[cell], wanted[cell], batch, clean, host)
+                    seconds[cell] += time.perf_counter() - start
                 bar.update()
-            if finishing is not None:
-                finishing.result()
+        self.store.sync()
+        if self.rank == 0:
+            for cell in cells:
+                if cell[2] != "accuracy" and seconds[cell]:
+                    count = len(wanted[cell])
+                    self.log(f"{cell[0]} {cell[1]} {cell[2]}: {count} images, {seconds[cell]:.1f} s")
+
+    def _clean(self, clean: dict, label: str, pooling: str, kept: list[int], images: Tensor) -> Tensor:
+        """The clean logits of these images, computed once per batch, model, pooling and image subset."""
+        key = (label, pooling, tuple(kept))
+        if key not in clean:
+            with torch.no_grad(), autocast(self.device, self.config.amp):
+                clean[key] = self.logits(label, pooling, images)
+        return clean[key]
+
+    def _accuracy_batch(self, cell, batch, clean: dict, host: HostLane) -> None:
+        label, pooling, _ = cell
+        name = cell_name(*cell)
+        indices, images, labels, _, skipped = batch
+        if images is None:
+            host.submit(partial(self.store.append, name, {"images": [], "skipped": skipped}))
+            return
+        logits = self._clean(clean, label, pooling, indices, images)
+        if self.multilabel:
+            rows = [
+                {"index": i, "scores": s, "labels": y}
+                for i, s, y in zip(indices, logits.tolist(), labels.tolist())
+            ]
+        elif not self.labelled:  # the data's classes are not the model's: no accuracy
+            p = logits.softmax(1).amax(1).tolist()
+            rows = [{"index": i, "predicted_probability": q} for i, q in zip(indices, p)]
+        else:
+            correct = metrics.accuracy(logits, labels).tolist()
+            p = logits.softmax(1).gather(1, labels[:, None]).squeeze(1).tolist()
+            rows = [
+                {"index": i, "accuracy": float(c), "probability": q} for i, c, q in zip(indices, correct, p)
+            ]
+        host.submit(partial(self.store.append, name, {"images": rows, "skipped": skipped}))
+
+    def _method_batch(self, cell, method, wanted: set[int], batch, clean: dict, host: HostLane) -> None:
+        """One cell on one batch: the images of the batch the cell evaluates (a prefix of the batch, as
+        ``method_images`` takes the selection's first images), exactly as if read on their own."""
+        label, pooling, _ = cell
+        name, config = cell_name(*cell), self.config
+        indices, images, labels, meta, skipped = batch
+        count = sum(i in wanted for i in indices)
+        skipped = [e for e in skipped if e["index"] in wanted]
+        if images is not None and count < len(indices):
+            indices, images, labels, meta = indices[:count], images[:count], labels[:count], meta[:count]
+        if images is not None and count == 0:
+            images = None
+        if images is not None and self.multilabel:
+            indices, images, labels, meta = self._without_unlabelled(indices, images, labels, meta, skipped)
+        if images is None:
+            host.submit(partial(self.store.append, name, {"images": [], "skipped": skipped}))
+            return
+        scorer = self.scorer(label, pooling)
+        with autocast(self.device, config.amp):
+            logits = self._clean(clean, label, pooling, indices, images)
+            targets = self._targets(labels, logits)
+            pairs = self.multilabel and config.multilabel_targets == "all"
+            if pairs:  # one row per (image, positive class)
+                rows_of, targets = labels.nonzero(as_tuple=True)
+                images, logits = images[rows_of], logits[rows_of]
+                meta = [meta[i] for i in rows_of.tolist()]
+                indices = [indices[i] for i in rows_of.tolist()]
+            start = time.perf_counter()
+            maps = method(images, targets)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            values = self._metrics("device", scorer, method, maps, images, indices, targets, logits, meta)
+        values = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in values.items()}
+        host_side = {"maps": maps.cpu(), "targets": targets.cpu(), "logits": logits.cpu(), "scorer": scorer}
+        record = {"skipped": skipped, "seconds": seconds}
+        host.submit(partial(self._finish, name, indices, values, host_side, meta, pairs, record))
 
     def _finish(
         self,
@@ -694,10 +559,17 @@ class Runner:
         maps, targets, logits = host_side["maps"], host_side["targets"], host_side["logits"]
         scorer = host_side["scorer"]
         values.update(self._metrics("host", scorer, None, maps, None, indices, targets, logits, meta))
-        columns = {k: v.tolist() if isinstance(v, Tensor) else v for k, v in values.items()}
-        targets = host_side["targets"].tolist()
-        if not pairs:  # (image, class) pairs explain several maps per image: the report computes those
-            self._save_maps(cell, indices, targets, host_side["maps"])
+        order = list(values)
+        arrays = {
+            k: v.numpy() if v.dtype in (torch.float32, torch.float64) else v.float().numpy()
+            for k, v in values.items()
+            if isinstance(v, Tensor) and v.dim() == 2
+        }
+        columns = {
+            k: v.tolist() if isinstance(v, Tensor) else v for k, v in values.items() if k not in arrays
+        }
+        targets = targets.tolist()
+        figures.save_maps(self.store, cell, self.figure_indices(), indices, targets, maps)
         rows = []
         for j, index in enumerate(indices):
             row = {"index": index}
@@ -705,15 +577,8 @@ class Runner:
                 row["class"] = targets[j]
             row.update((name, column[j]) for name, column in columns.items())
             rows.append(row)
-        self._append(cell, {"images": rows, **record, "batch": len(indices)})
-
-    @staticmethod
-    def _after(pool: ThreadPoolExecutor, previous: Future | None, work) -> Future:
-        """Submit ``work`` once the previous batch's host work is done (its errors surface here), so the
-        host is at most one batch behind and shard records keep their order."""
-        if previous is not None:
-            previous.result()
-        return pool.submit(work)
+        record = {"images": rows, **record, "batch": len(indices), "columns": order}
+        self.store.append(cell, record, arrays)
 
     def scorer(self, label: str, pooling: str) -> Scorer:
         """How the run calls model ``label`` through ``pooling``: its score kind and metric batch size."""
@@ -752,22 +617,46 @@ class Runner:
                 out.update(group.run(ctx))
         return out
 
+    def run_info(self) -> dict:
+        """What the report needs besides the shards, known when the run starts (``run.json``): the
+        selection, the cells, each model's cost, the class names, the explained layer's map size."""
+        size = self.config.size
+        cost = {}
+        for label, model in self.models.items():
+            for pooling in self.poolings(label):
+                counted = model.backbone if isinstance(model, StreamModel) and pooling == "gap" else model
+                flops = count_flops(model, (1, 3, size, size), **self.forward_kwargs(label, pooling))
+                cost[f"{label}/{pooling}"] = {
+                    "parameters": count_parameters(counted, trainable_only=False),
+                    "gflops": flops / 1e9,
+                }
+        model = next(iter(self.models.values()))
+        try:
+            names = [self.class_name(c) for c in range(output_classes(getattr(model, "backbone", model)))]
+        except ValueError:  # a model castream cannot describe: classes by index
+            names = None
+        return {
+            "selection": self.indices,
+            "multilabel": self.multilabel,
+            "poolings": {label: self.poolings(label) for label in self.models},
+            "cells": [list(c) for c in self.cells()],
+            "cost": cost,
+            "class_names": names,
+            "map_size": self.map_size(),
+            "preprocess": {"mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
+        }
+
     def run(self) -> dict | None:
         """Evaluate every cell (resuming), then rank 0 writes and returns the report."""
         from .report import write_report
 
         self.claim()
-        for label in self.models:
-            for pooling in self.poolings(label):
-                self.evaluate_accuracy(label, pooling)
-        for label, pooling, method in self.cells():
-            start = time.perf_counter()
-            self.evaluate_cell(label, pooling, method)
-            if self.rank == 0:
-                count = len(self.method_indices(method))
-                self.log(f"{label} {pooling} {method}: {count} images, {time.perf_counter() - start:.1f} s")
+        if self.rank == 0:
+            self.store.write_json(RUN_INFO, self.run_info())
+            figures.save_inputs(self)
+        self.evaluate()
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         if self.rank != 0:
             return None
-        return write_report(self)
+        return write_report(self.out, log=self.log)

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .._hooks import frozen_eval
-from .._model import OutputSelector, Scorer, check_images
+from .._model import OutputSelector, check_images
+from .._scorer import Scorer
 from ..maps import normalize_maps
 
 DEFAULT_BATCH = 64

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._model import Scorer
+from .._scorer import Scorer
 from ..preprocess import Preprocess, resolve_preprocess
 from ..utils import check_int
 from ._common import check_maps, chunked_scores, evaluation, scorer_of

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._model import Scorer
+from .._scorer import Scorer
 from ..preprocess import Preprocess, resolve_preprocess
 from ._common import check_maps, evaluation, scorer_of
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._model import Scorer, check_images
+from .._model import check_images
+from .._scorer import Scorer
 from ..preprocess import Preprocess, resolve_preprocess
 from ..saliency.base import SaliencyMethod
 from ._common import check_maps, evaluation, scorer_of

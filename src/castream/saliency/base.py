@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from .._hooks import forward_hooks, frozen_eval
-from .._model import Logits, OutputSelector, Scorer, check_images, check_targets
+from .._model import Logits, OutputSelector, check_images, check_targets
 from .._precision import at_least_float32, full_precision
+from .._scorer import Scorer
 from ..backbones import (
     PRE_POOL,
     channels_last_features,

@@ -1,0 +1,133 @@
+"""The evaluation's configuration: fields and their validation only (metric options checked against the
+metric-group registry); recorded in config.json and checked when a run resumes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .. import metrics
+from .._precision import check_amp
+from ..preprocess import Preprocess
+from ..saliency import get as get_method
+from ..utils import check_int
+from . import groups
+
+METRIC_GROUPS = groups.group_names()  # the built-in groups (the registry: groups.GROUPS)
+DEFAULT_METRICS = groups.default_groups()
+TARGETS = ("labels", "predicted")  # explain the ground-truth class, or the model's prediction
+MULTILABEL_TARGETS = ("top", "all")  # multi-label images: explain the top positive class, or every one
+BASELINES = ("fakecam", "random")  # added to every evaluation: the scale of every metric
+
+
+@dataclass
+class EvalConfig:
+    """Everything an evaluation depends on; recorded in results.json and checked when resuming."""
+
+    model: str
+    data: str
+    out: str
+    weights: str | None = None
+    checkpoint: str | None = None
+    stream: str | None = None
+    poolings: tuple[str, ...] = ("gap", "ca")
+    methods: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam")
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    protocol: str = "thesis"
+    images: int | None = None
+    batch_size: int = 8
+    metric_batch: int = 64
+    size: int = 224
+    resize: int | None = None  # eval resize before the centre crop (default size * 256 / 224)
+    seed: int = 0
+    method_options: dict = field(default_factory=dict)
+    metric_options: dict = field(default_factory=dict)  # metric group -> keyword options of its function
+    normalization: str = "imagenet"  # input mean/std: "imagenet" or "cifar100" (as the model was trained)
+    mean: tuple[float, ...] | None = None  # explicit input statistics (with std): override normalization
+    std: tuple[float, ...] | None = None
+    scores: str = "softmax"  # class probabilities of the metrics: "softmax", or "sigmoid" (multi-label)
+    multilabel_targets: str = "top"  # multi-label data: the positive class with the highest logit, or "all"
+    targets: str = "labels"  # the class explained: the label, or "predicted" (also for unlabelled data)
+    class_map: str | None = None  # JSON file: dataset class -> model class index or name (data.classes)
+    boxes: str | None = None  # ImageNet bounding-box XML folder
+    compare: dict = field(default_factory=dict)  # label -> checkpoint of more models of the same architecture
+    method_images: dict = field(default_factory=dict)  # method -> evaluate it on the first N images only
+    baselines: tuple[str, ...] = BASELINES
+    amp: str | None = None  # "bf16"/"fp16": run the models under autocast (castream's own steps stay fp32)
+    channels_last: bool = False  # models and images in torch.channels_last
+
+    def __post_init__(self) -> None:
+        check_amp(self.amp)
+        if not isinstance(self.channels_last, bool):
+            raise TypeError(f"channels_last must be a bool, got {self.channels_last!r}")
+        for name in ("batch_size", "metric_batch", "size", "images", "resize"):
+            if getattr(self, name) is not None or name not in ("images", "resize"):
+                check_int(name, getattr(self, name))
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"unknown baseline {unknown}; expected a subset of {list(BASELINES)}")
+        self.methods = tuple(dict.fromkeys([*self.methods, *self.baselines]))
+        for method in self.method_options:
+            if method not in self.methods:
+                raise ValueError(
+                    f"method_options names {method!r}, which is not among the methods {self.methods}; "
+                    "an option of a method that is not evaluated would be ignored"
+                )
+        for method, count in self.method_images.items():
+            if method not in self.methods:
+                raise ValueError(
+                    f"method_images names {method!r}, which is not among the methods {self.methods}"
+                )
+            check_int(f"method_images[{method!r}]", count)
+        for name, allowed, values in (
+            ("pooling", ("gap", "ca"), self.poolings),
+            ("metric", groups.group_names(), self.metrics),
+        ):
+            unknown = sorted(set(values) - set(allowed))
+            if unknown:
+                raise ValueError(f"unknown {name} {unknown}; expected a subset of {list(allowed)}")
+        self._check_metric_options()
+        Preprocess.named(self.normalization)
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together: give both (one value per input channel) or neither")
+        if self.mean is not None:
+            self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
+            self.preprocess()
+        metrics.check_scores(self.scores)
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
+        if self.multilabel_targets not in MULTILABEL_TARGETS:
+            raise ValueError(
+                f"multilabel_targets must be one of {MULTILABEL_TARGETS}, got {self.multilabel_targets!r}"
+            )
+        if "ca" in self.poolings and not self.stream:
+            raise ValueError("pooling 'ca' needs a trained stream checkpoint (stream=...)")
+        if self.protocol not in metrics.PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {list(metrics.PROTOCOLS)}")
+        for method in self.methods:
+            get_method(method)
+        self.poolings, self.metrics, self.baselines = (
+            tuple(self.poolings),
+            tuple(self.metrics),
+            tuple(self.baselines),
+        )
+
+    def _check_metric_options(self) -> None:
+        for group, options in self.metric_options.items():
+            if group not in self.metrics:
+                raise ValueError(
+                    f"metric_options names {group!r}, which is not among the metrics {self.metrics}"
+                )
+            groups.GROUPS[group].check_options(options)
+
+    def preprocess(self) -> Preprocess:
+        """The input statistics: explicit ``mean``/``std``, else the named ``normalization``."""
+        return (
+            Preprocess(self.mean, self.std) if self.mean is not None else Preprocess.named(self.normalization)
+        )
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def fingerprint(self) -> dict:
+        """What must not change between an interrupted run and its resumption."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("out",)}
