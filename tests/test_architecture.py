@@ -96,6 +96,9 @@ def test_layering():
             reachable.add(target)
             todo.append(target)
     assert "castream.evaluate.runner" not in reachable
+    # the plan knows no model: what the runner, run.json and the report agree on
+    assert not graph["castream.evaluate.plan"] & {"castream.models", "castream.stream", "castream.saliency"}
+    assert "torch.nn" not in (ROOT / "evaluate" / "plan.py").read_text()
     source = (ROOT / "evaluate" / "report.py").read_text()
     assert "torch.nn" not in source and "from torch import nn" not in source
     for name, targets in graph.items():

@@ -318,6 +318,7 @@ def test_evaluation_config_errors(artifacts, tmp_path):
             ["--model", "resnet18", "--size", "64", "--images", "4", "--batch", "2", "--repeats", "1"],
         ),
         ("precision", ["--images", "4", "--map-images", "2", "--methods", "gradcam"]),
+        ("plan", ["--images", "5000", "--sample", "50"]),
         (
             "causal",
             [

@@ -15,6 +15,20 @@ from .utils import check_int
 SCORE_KINDS = ("logit", "softmax", "sigmoid")  # what a target's score is: its logit, or a probability
 
 
+def target_score(logits: Tensor, targets: Tensor, score: str = "logit") -> Tensor:
+    """Each target's score (B,) from ``(B, num_classes)`` logits: its logit (in the logits' dtype, and
+    differentiable: what the gradient methods backpropagate), or in float32 its softmax probability over the
+    classes or its own sigmoid (multi-label models). Every castream method and metric reads scores here."""
+    if score == "logit":
+        return logits.gather(1, targets[:, None]).squeeze(1)
+    logits = logits.float()
+    if score == "softmax":
+        return logits.softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
+    if score == "sigmoid":
+        return logits.gather(1, targets[:, None]).squeeze(1).sigmoid()
+    raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}")
+
+
 class Scorer:
     """The one place that turns a model's output into a target's score: the model, its output selection,
     forward kwargs, score kind, batch size and precision.
@@ -88,11 +102,7 @@ class Scorer:
 
     def target_scores(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Each target's score (B,) in float32 (see the class)."""
-        logits = logits.float()
-        if self.score == "softmax":
-            logits = logits.softmax(dim=1)
-        picked = logits.gather(1, targets[:, None]).squeeze(1)
-        return picked.sigmoid() if self.score == "sigmoid" else picked
+        return target_score(logits.float(), targets, self.score)
 
     def scores(self, x: Tensor, targets: Tensor) -> Tensor:
         return self.target_scores(self.logits(x), targets)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from ._scorer import target_score
+
 
 class _ClampedActivation(torch.autograd.Function):
     """``clamp(x, low, high)`` that keeps the mask of its linear range for a custom backward."""
@@ -148,5 +150,5 @@ def guided_gradient(
             logits = forward(x)
         require_activations(mode)
         t = targets(logits) if callable(targets) else targets
-        (grad,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), x)
+        (grad,) = torch.autograd.grad(target_score(logits, t).sum(), x)
     return grad

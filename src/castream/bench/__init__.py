@@ -41,6 +41,7 @@ QUICK = {
     "evaluate": ["--model", "resnet18", "--size", "64", "--images", "16", "--metric-batch", "128"],
     "precision": ["--images", "32", "--map-images", "8"],
     "report": ["--images", "2000", "--base", "16", "--protocol", "coarse"],
+    "plan": ["--images", "20000"],
 }
 FULL = {
     "saliency": ["--models", "resnet18", "resnet50", "--size", "224", "--batch", "8"],
@@ -50,6 +51,7 @@ FULL = {
     "evaluate": ["--model", "resnet50", "--size", "224", "--images", "64"],
     "precision": ["--images", "200", "--map-images", "32"],
     "report": ["--images", "50000"],
+    "plan": ["--images", "200000"],
 }
 
 

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             runner = Runner(config, progress=False, log=lambda *_: None, device=device)
             runner.run()
-            rows[amp] = {c: read_shards(runner.out, cell_name(*c))[0] for c in runner.cells()}
+            rows[amp] = {c: read_shards(runner.out, cell_name(*c))[0] for c in runner.plan.cells()}
         for key in VALUES:
             per_image, of_means = [], []
             for cell, reference in rows[None].items():

@@ -226,8 +226,8 @@ def check_claims(runner, tables: dict, seed: int) -> list[dict]:
     per-image columns (``results.Columns``) of each (model label, pooling, method) cell, the accuracy
     cells as method ``"accuracy"``."""
     out = []
-    for label in runner.models:
-        poolings = runner.poolings(label)
+    for label in runner.plan.poolings:
+        poolings = runner.plan.poolings[label]
         for claim in CLAIMS:
             if claim.kind == "accuracy":
                 if set(poolings) != {"gap", "ca"} or runner.multilabel:

@@ -84,16 +84,16 @@ def render(run, cells: list[dict]) -> list[str]:
         grid = json.loads(grid_file.read_text())
         indices = grid["indices"]
         images = torch.from_numpy(np.load(out / "maps" / "inputs.npy", allow_pickle=False))
-        several = len(run.models) > 1
+        several = len(run.plan.poolings) > 1
         columns, targets = {}, None
         for method in config.methods:
             if method in config.baselines:
                 continue
-            for label, pooling, name in run.cells():
+            for label, pooling, name in run.plan.cells():
                 saved = _saved(out, cell_name(label, pooling, name), indices) if name == method else None
                 if saved is not None:
                     columns[f"{label} " * several + f"{method} {POOLING_NAMES[pooling]}"], targets = saved
-        for label in run.models:
+        for label in run.plan.poolings:
             raw = out / "maps" / f"{label}-raw_attention.npy"
             if raw.is_file():
                 columns[f"{label} " * several + "raw attention"] = torch.from_numpy(np.load(raw))

@@ -420,7 +420,7 @@ def write_report(run, log=print) -> dict:
     config, out = runner.config, runner.out
     found = collect(runner)
     cells, models, compared, claims = found["cells"], found["models"], found["comparisons"], found["claims"]
-    several = len(runner.models) > 1
+    several = len(runner.plan.poolings) > 1
     for c in cells:  # the cell's name in tables and figures
         c["label"] = f"{c['model']} " * several + f"{c['method']} {POOLING_NAMES[c['pooling']]}"
     drawn = figures.render(runner, cells)
@@ -463,7 +463,7 @@ def write_per_image(runner, path) -> None:
     explained, for runs that explain several per image), then the metrics as stored (fractions, not
     percentages), written with a per-cell format string (500,000 rows in seconds)."""
 
-    tables = {cell: runner.records(cell_name(*cell)).table() for cell in runner.cells()}
+    tables = {cell: runner.records(cell_name(*cell)).table() for cell in runner.plan.cells()}
     names = list(dict.fromkeys(k for t in tables.values() for k, v in t.values.items() if v.ndim == 1))
     with open(path, "w") as f:
         f.write(",".join(["model", "pooling", "method", "index", "target", *names]) + "\n")

@@ -16,6 +16,7 @@ from ..preprocess import Preprocess
 from . import groups
 from .claims import check_claims
 from .config import EvalConfig
+from .plan import Plan
 from .store import (  # noqa: F401  (re-exported: the names results offered before the store split)
     CellRecords,
     Columns,
@@ -34,7 +35,7 @@ RUN_INFO = "run.json"  # what the runner knows that the report needs: written wh
 class StoredRun:
     """A run folder read back without models: its configuration (config.json), what the runner recorded
     when it started (run.json: the selection, cells, models' cost, class names, the figures' images) and
-    its shards. It offers the names the results and claims read (``config``, ``indices``, ``cells()``,
+    its shards. It offers the names the results and claims read (``config``, ``indices``, ``plan``,
     ``records(cell)``, ...), so that the report is a function of the stored files only."""
 
     def __init__(self, out: str | Path, log=print) -> None:
@@ -60,21 +61,11 @@ class StoredRun:
         self.indices: list[int] = self.info["selection"]
         self.multilabel: bool = self.info["multilabel"]
         self.preprocess = Preprocess(self.info["preprocess"]["mean"], self.info["preprocess"]["std"])
-        self.models = {label: label for label in self.info["poolings"]}  # labels, in order
+        self.plan = Plan.from_info(self.config, self.info)
 
     @property
     def warnings(self) -> list[str]:
         return self.store.warnings
-
-    def poolings(self, label: str) -> list[str]:
-        return self.info["poolings"][label]
-
-    def cells(self) -> list[tuple[str, str, str]]:
-        return [tuple(c) for c in self.info["cells"]]
-
-    def method_indices(self, method: str | None) -> list[int]:
-        count = self.config.method_images.get(method, len(self.indices))
-        return self.indices[:count]
 
     def records(self, cell: str) -> CellRecords:
         return self.store.records(cell)
@@ -97,11 +88,12 @@ def collect(runner) -> dict:
     everything the report renders."""
     config = runner.config
     fractions = metrics.step_counts(config.size, config.size, config.protocol).double() / config.size**2
-    accuracy = [(label, pooling, "accuracy") for label in runner.models for pooling in runner.poolings(label)]
-    records = {cell: runner.records(cell_name(*cell)) for cell in [*accuracy, *runner.cells()]}  # read once
+    plan = runner.plan
+    accuracy = plan.accuracy_cells()
+    records = {cell: runner.records(cell_name(*cell)) for cell in [*accuracy, *plan.cells()]}  # read once
     tables = {cell: found.table() for cell, found in records.items()}
     cells = []
-    for label, pooling, method in runner.cells():
+    for label, pooling, method in plan.cells():
         found, table = records[(label, pooling, method)], tables[(label, pooling, method)]
         timings, skipped = found.timings, set(found.skipped)
         curves = {
@@ -117,7 +109,7 @@ def collect(runner) -> dict:
                 "images": len(table.images()),
                 "rows": len(table),
                 # images the cell could explain: skipped ones (unreadable, no object) are listed apart
-                "images_asked": len(set(runner.method_indices(method)) - skipped),
+                "images_asked": len(set(plan.method_indices(method)) - skipped),
                 "metrics": _aggregate(table, config.seed).summary(),
                 "seconds_per_8": sum(s for s, _ in timings) / max(1, sum(n for _, n in timings)) * 8,
                 "curves": curves,
@@ -195,8 +187,8 @@ def comparisons(runner, tables: dict[tuple[str, str, str], Columns]) -> list[dic
     """GAP vs CA for every method of every model with a stream: per compared metric, the paired
     bootstrap (PROTOCOL.md) of CA - GAP over the images both cells evaluated."""
     out = []
-    for label in runner.models:
-        if set(runner.poolings(label)) != {"gap", "ca"}:
+    for label in runner.plan.poolings:
+        if set(runner.plan.poolings[label]) != {"gap", "ca"}:
             continue
         for method in runner.config.methods:
             gap, ca = tables[(label, "gap", method)], tables[(label, "ca", method)]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import MISSING, fields
 from functools import partial
 from pathlib import Path
@@ -46,6 +45,7 @@ from .config import (  # noqa: F401  (re-exported: the runner's names before the
     EvalConfig,
 )
 from .pipeline import HostLane, prefetched
+from .plan import Plan, selection
 from .results import RUN_INFO
 from .store import CellRecords, Store, cell_name, read_config, run_id
 
@@ -101,7 +101,7 @@ class Runner:
             config.data, "eval", eval_transform(config.size, resize=config.resize, **stats), **options
         )
         self.multilabel = is_multilabel(self.dataset)
-        self.indices = self._selection()
+        self.indices = selection(len(self.dataset), config.images, config.seed)
         for group in groups.ordered(config.metrics):
             reason = group.requires(self._first_target(), self.multilabel) if group.requires else None
             if reason:
@@ -117,6 +117,17 @@ class Runner:
             self.models[label] = load_classifier(config.model, classes, None, checkpoint)
         # what the results are computed with: the weights' content, not the paths they were read from
         self.weights = {label: state_digest(m) for label, m in self.models.items()}
+        self.plan = Plan(
+            indices=self.indices,
+            poolings={
+                label: [p for p in config.poolings if p == "gap" or isinstance(m, StreamModel)]
+                for label, m in self.models.items()
+            },
+            methods=list(config.methods),
+            batch_size=config.batch_size,
+            method_images=dict(config.method_images),
+            seed=config.seed,
+        )
         memory = torch.channels_last if config.channels_last else torch.preserve_format
         for m in self.models.values():
             m.to(self.device, memory_format=memory).eval()
@@ -164,39 +175,9 @@ class Runner:
         names = model_class_names(getattr(model, "backbone", model), output_classes(model))
         return names[cls] if names else str(cls)
 
-    def cells(self) -> list[tuple[str, str, str]]:
-        """(model label, pooling, method) of every cell: CA pooling only for models with a stream."""
-        return [
-            (label, pooling, method)
-            for label, model in self.models.items()
-            for pooling in self.config.poolings
-            if pooling == "gap" or isinstance(model, StreamModel)
-            for method in self.config.methods
-        ]
-
-    def poolings(self, label: str) -> list[str]:
-        return [p for p in self.config.poolings if p == "gap" or isinstance(self.models[label], StreamModel)]
-
     def _first_target(self) -> dict:
         item = self.dataset[self.indices[0]] if self.indices else None
         return item[2] if item is not None else {}
-
-    def _selection(self) -> list[int]:
-        count = (
-            len(self.dataset) if self.config.images is None else min(self.config.images, len(self.dataset))
-        )
-        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed))
-        return sorted(order[:count].tolist())
-
-    def method_indices(self, method: str | None) -> list[int]:
-        """The images a method is evaluated on: the first ``method_images[method]`` of the selection (all
-        of them by default), so GAP and CA and any two methods see the same images."""
-        count = self.config.method_images.get(method, len(self.indices))
-        return self.indices[:count]
-
-    def batches(self, method: str | None = None) -> list[list[int]]:
-        size, indices = self.config.batch_size, self.method_indices(method)
-        return [indices[i : i + size] for i in range(0, len(indices), size)]
 
     def map_size(self) -> tuple[str, int, int] | None:
         """(layer, h, w) of the layer the first layer-based method explains on the first model, from a
@@ -206,7 +187,7 @@ class Runner:
         label = next(iter(self.models))
         for method in self.config.methods:
             if get_method(method).uses_layer:
-                pooling = self.poolings(label)[0]
+                pooling = self.plan.poolings[label][0]
                 name = self.build_method(method, label, pooling).layers[0][0]
                 try:
                     (shape,), _ = probe_shapes(
@@ -346,35 +327,10 @@ class Runner:
         return logits.masked_fill(labels == 0, float("-inf")).argmax(dim=1)
 
     def adversarial_hosts(self, index: int, target: int, cases: int) -> list[int]:
-        """The ``cases`` host images of image ``index`` for adversarial verification: evaluated images that
-        do not hold the target class (when the dataset's labels tell), in an order fixed by the seed and the
-        image, so that every method, pooling, batch size and rank sees the same hosts.
-
-        Candidates are drawn uniformly from the selection, a few at a time, and repeats, the image itself and
-        images of the target class are passed over: O(cases) work per image at any N. Only when such draws
-        keep failing (hosts are rare) does it scan a seeded permutation of the rest."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + index)
-        count, hosts, seen = len(self.indices), [], {index}
-
-        def take(positions: list[int]) -> bool:
-            for j in positions:
-                candidate = self.indices[j]
-                if candidate not in seen:
-                    seen.add(candidate)
-                    if not self._holds(candidate, target):
-                        hosts.append(candidate)
-                        if len(hosts) == cases:
-                            return True
-            return False
-
-        for _ in range(8):
-            if take(torch.randint(count, (4 * cases,), generator=generator).tolist()):
-                return hosts
-        if take(torch.randperm(count, generator=generator).tolist()):
-            return hosts
-        raise ValueError(
-            f"adversarial verification needs {cases} host images without class {target} for image {index}; "
-            f"the {len(self.indices)} evaluated images have {len(hosts)}"
+        """The ``cases`` host images of image ``index``: evaluated images that do not hold the target class
+        (when the dataset's labels tell), see :meth:`Plan.hosts`."""
+        return self.plan.hosts(
+            index, cases, lambda c: not self._holds(c, target), f"host images without class {target}"
         )
 
     def _holds(self, index: int, cls: int) -> bool:
@@ -418,11 +374,6 @@ class Runner:
         position = {index: k for k, index in enumerate(kept)}
         return images[[position[h] for h in wanted]].unflatten(0, (len(indices), cases))
 
-    def _my_batches(self, method: str | None = None) -> Iterator[tuple[int, list[int]]]:
-        for b, indices in enumerate(self.batches(method)):
-            if b % self.world == self.rank:
-                yield b, indices
-
     def evaluate_accuracy(self, label: str, pooling: str) -> None:
         """The accuracy cell of model ``label`` through ``pooling`` alone (see :meth:`evaluate`)."""
         self.evaluate([(label, pooling, "accuracy")])
@@ -430,9 +381,6 @@ class Runner:
     def evaluate_cell(self, label: str, pooling: str, method_name: str) -> None:
         """One method cell alone (see :meth:`evaluate`)."""
         self.evaluate([(label, pooling, method_name)])
-
-    def _wanted(self, cell: tuple[str, str, str]) -> set[int]:
-        return set(self.indices if cell[2] == "accuracy" else self.method_indices(cell[2]))
 
     def evaluate(self, cells: list[tuple[str, str, str]] | None = None) -> None:
         """Every cell of ``cells`` (default: the accuracy cells, then every method cell), image-major: each
@@ -442,13 +390,12 @@ class Runner:
         ahead."""
         from tqdm import tqdm
 
-        if cells is None:
-            accuracy = [(m, p, "accuracy") for m in self.models for p in self.poolings(m)]
-            cells = [*accuracy, *self.cells()]
+        plan = self.plan
+        cells = [*plan.accuracy_cells(), *plan.cells()] if cells is None else cells
         done = {cell: self.finished(cell_name(*cell)) for cell in cells}
-        wanted = {cell: self._wanted(cell) for cell in cells}
+        wanted = {cell: plan.wanted(cell) for cell in cells}
         todo = []
-        for _, indices in self._my_batches():
+        for indices in plan.batches_of(self.rank, self.world):
             need = [c for c in cells if (mine := wanted[c].intersection(indices)) and not mine <= done[c]]
             if need:
                 todo.append((indices, need))
@@ -623,7 +570,7 @@ class Runner:
         size = self.config.size
         cost = {}
         for label, model in self.models.items():
-            for pooling in self.poolings(label):
+            for pooling in self.plan.poolings[label]:
                 counted = model.backbone if isinstance(model, StreamModel) and pooling == "gap" else model
                 flops = count_flops(model, (1, 3, size, size), **self.forward_kwargs(label, pooling))
                 cost[f"{label}/{pooling}"] = {
@@ -638,8 +585,7 @@ class Runner:
         return {
             "selection": self.indices,
             "multilabel": self.multilabel,
-            "poolings": {label: self.poolings(label) for label in self.models},
-            "cells": [list(c) for c in self.cells()],
+            "poolings": self.plan.poolings,
             "cost": cost,
             "class_names": names,
             "map_size": self.map_size(),

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .._hooks import frozen_eval
 from .._model import OutputSelector, check_images
-from .._scorer import Scorer
+from .._scorer import Scorer, target_score
 from ..maps import normalize_maps
 
 DEFAULT_BATCH = 64
@@ -88,10 +88,7 @@ def check_scores(scores: str) -> str:
 def probability(logits: Tensor, targets: Tensor, scores: str = "softmax") -> Tensor:
     """Probability of each target class in float32: softmax over the classes, or the class's own sigmoid
     (``scores="sigmoid"``, for multi-label classifiers such as the authors' VOC models)."""
-    logits = logits.float()
-    if check_scores(scores) == "sigmoid":
-        return logits.gather(1, targets[:, None]).squeeze(1).sigmoid()
-    return logits.softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
+    return target_score(logits, targets, check_scores(scores))
 
 
 def chunked_scores(

@@ -135,13 +135,12 @@ class RawAttention(_AttentionMethod):
             index = self.tap if isinstance(self.tap, int) else -1
             (attention,), _ = self.vit_attention(images, [range(len(vit_blocks(self.model)))[index]])
             return self.cls_map(attention)
-        kwargs = dict(self.forward_kwargs)
+        extra = {}
         if self.model.config.class_specific and self.query == "target":
             with torch.no_grad():
-                logits = self.logits(images)
-            kwargs["labels"] = self.targets(targets, logits)
+                extra["labels"] = self.targets(targets, self.logits(images))
         with torch.no_grad():
-            self._select(self.model(images, **kwargs))
+            self._logits(images, **extra)  # the checked call; the stream keeps the attention it computed
         attention = self.model.attention
         if self.tap == "mean":
             size = max((a.shape[-2:] for a in attention), key=lambda s: s[0] * s[1])

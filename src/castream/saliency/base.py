@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .._hooks import forward_hooks, frozen_eval
 from .._model import Logits, OutputSelector, check_images, check_targets
 from .._precision import at_least_float32, full_precision
-from .._scorer import Scorer
+from .._scorer import Scorer, target_score
 from ..backbones import (
     PRE_POOL,
     channels_last_features,
@@ -291,7 +291,7 @@ class SaliencyMethod:
             store, logits = self._run(images, track_grad=True)
             t = self.targets(targets, logits)
             leaves = [store[name] for name, _ in self.layers]
-            grads = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), leaves, allow_unused=True)
+            grads = torch.autograd.grad(target_score(logits, t).sum(), leaves, allow_unused=True)
         acts, gs = [], []
         for (name, _), leaf, grad in zip(self.layers, leaves, grads):
             grad = torch.zeros_like(leaf) if grad is None else grad

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .._precision import at_least_float32, full_precision, reduced
+from .._scorer import target_score
 from ..maps import normalize_maps, upsample_maps
 from ..preprocess import Preprocess, resolve_preprocess
 from .base import SaliencyMethod, combine
@@ -89,14 +90,14 @@ class OptiCAM(SaliencyMethod):
             saliency = combine(u.softmax(dim=1), acts)
             mask = NORMALIZATIONS[self.normalization](upsample_maps(saliency, tuple(images.shape[-2:])))
             masked = self.preprocess.mask(images, mask)
-        score = self.logits(masked).gather(1, targets[:, None]).squeeze(1).to(u.dtype)
+        score = target_score(self.logits(masked), targets).to(u.dtype)
         return -score if self.objective == "mask" else (clean - score).abs()
 
     def compute(self, images: Tensor, targets) -> Tensor:
         acts, t, logits = self.activations(images, targets)
         a = at_least_float32(acts[0].relu() if self.relu_features else acts[0])
         dtype = a.dtype
-        clean = logits.gather(1, t[:, None]).squeeze(1).to(dtype)
+        clean = target_score(logits, t).to(dtype)
         # a logit in bf16/fp16 (autocast) moves in steps far above tol: an unchanged loss is rounding, not
         # convergence, so the stopping rule only applies to full-precision logits
         stops = not reduced(logits)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._precision import full_precision
+from .._scorer import target_score
 from ..preprocess import Preprocess
 from ..utils import check_int
 from .base import SaliencyMethod
@@ -199,7 +200,7 @@ class ExtremalPerturbation(SaliencyMethod):
     def _reward(self, images: Tensor, targets: Tensor) -> Tensor:
         """The target logit; ``"contrastive"``: minus the largest other logit."""
         logits = self.logits(images)
-        target = logits.gather(1, targets[:, None]).squeeze(1)
+        target = target_score(logits, targets)
         if self.reward == "simple":
             return target
         others = logits.scatter(1, targets[:, None], float("-inf"))

@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .._scorer import target_score
 from ..maps import finalize_maps
 from ..preprocess import Preprocess, resolve_preprocess
 from ..utils import check_int
@@ -91,11 +92,11 @@ class MaskingMethod(SaliencyMethod):
 
 
 def target_logit(logits: Tensor, targets: Tensor) -> Tensor:
-    return logits.gather(1, targets[:, None]).squeeze(1)
+    return target_score(logits, targets, "logit")
 
 
 def target_probability(logits: Tensor, targets: Tensor) -> Tensor:
-    return logits.float().softmax(dim=1).gather(1, targets[:, None]).squeeze(1)
+    return target_score(logits, targets, "softmax")
 
 
 class ScoreCAM(MaskingMethod):

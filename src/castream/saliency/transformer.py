@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .._hooks import forward_hooks
 from .._precision import at_least_float32, full_precision
+from .._scorer import target_score
 from ..backbones import is_hf_vit, is_vit, vit_blocks
 from .attention import FUSIONS, _AttentionMethod, qkv_projection, queries_keys_values, rollout_product
 
@@ -265,7 +266,7 @@ class TransformerAttribution(_AttentionMethod):
         with torch.enable_grad():
             traces, head_inputs, logits = self._forward(images)
             t = self.targets(targets, logits)
-            grads = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), [tr.attention for tr in traces])
+            grads = torch.autograd.grad(target_score(logits, t).sum(), [tr.attention for tr in traces])
         # the relevance pass divides by small sums: in float32 on float32 copies also under autocast
         traces = [_Trace(*(at_least_float32(getattr(tr, f.name)) for f in fields(_Trace))) for tr in traces]
         head_inputs, grads = [at_least_float32(x) for x in head_inputs], [at_least_float32(g) for g in grads]
