@@ -40,7 +40,7 @@ def _check_report(report, images: int) -> dict:
     assert results["summary"] and results["summary"] in markdown
     # the seeds' claims this configuration covers, each with a verdict computed from the numbers
     ids = {c["id"] for c in results["claims"]}
-    assert {"ca-stream/gradcam", "ca-stream/scorecam", "ca-stream/accuracy", "opti-cam/ad-ai"} <= ids
+    assert {"ca-stream/gradcam", "ca-stream/scorecam", "ca-stream/accuracy", "opti-cam/classification"} <= ids
     assert all(c["verdict"] in ("reproduced", "contradicted", "inconclusive") for c in results["claims"])
     assert "## Claims of the papers, checked" in markdown and "Claims of the papers this" in markdown
     return results

@@ -394,7 +394,7 @@ def test_method_images_baselines_discrimination_and_paired_comparisons(artifacts
     assert "| NETWORK | ATTRIBUTION | POOLING | N | AD↓ | AG↑ | AI↑ |" in markdown
     assert "CA vs GAP:" in markdown and "with 2 × 2 feature maps" in markdown
     # the run attaches the claims whose metrics it evaluated (CA vs GAP needs insertion and deletion too),
-    # with the same paired bootstrap; 9 images are too few for a verdict
+    # with the same per-image differences; 9 images are too few for a verdict
     claimed = results["claims"]
     assert {c["id"] for c in claimed} == {"ca-stream/accuracy", "fake-cam/gradcam"}
     fake, _ = read_shards(tmp_path, "resnet10_os16-gap-fakecam")
@@ -403,7 +403,7 @@ def test_method_images_baselines_discrimination_and_paired_comparisons(artifacts
         torch.tensor([gap[i]["ad"] for i in common]), torch.tensor([fake[i]["ad"] for i in common]), seed=0
     )
     assert entry["metrics"]["ad"]["mean"] == ad["mean"] and entry["metrics"]["ad"]["expected"] == -1
-    assert entry["verdict"] == "inconclusive" and entry["images_to_decide"] == 20
+    assert entry["verdict"] == "inconclusive" and entry["images_to_decide"] == 30  # claims.MIN_IMAGES
     assert "## Claims of the papers, checked" in markdown
 
 

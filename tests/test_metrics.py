@@ -498,6 +498,40 @@ def test_localization_on_hand_made_maps():
     assert out["valid"].tolist() == [True, True, True, False] and out["le"][3].isnan()
 
 
+class _Brightness(torch.nn.Module):
+    """Stub classifier: logits (4 · mean of channel 0, 0), so p(class 0) = sigmoid(4 · mean)."""
+
+    def forward(self, x):
+        mean = x[:, 0].mean(dim=(1, 2))
+        return torch.stack([4 * mean, torch.zeros_like(mean)], dim=1)
+
+
+def test_sm_classifies_the_crop_of_the_predicted_box():
+    # an object (channel 0 = 1) on the quarter of the image rows 2..6, cols 2..6 of an 8 x 8 image
+    images = torch.zeros(3, 3, 8, 8)
+    images[:, 0, 2:6, 2:6] = 1
+    maps = torch.zeros(3, 8, 8)
+    maps[0, 2:6, 2:6] = 1  # exactly the object
+    maps[1] = 1  # constant (an all-ones map): no box, the whole image
+    maps[2] = 1
+    maps[2, 0, 0] = 0  # Fake-CAM: everything but the top-left pixel, whose box is the whole image
+    boxes = [torch.tensor([[2.0, 2, 6, 6]])] * 3
+    targets = torch.zeros(3, dtype=torch.long)
+    p = metrics.sm_probabilities(_Brightness(), images, maps, targets)
+    sigmoid = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    # the crop of the object, resized, is all ones (mean 1); the whole image has mean 1/4
+    assert p.tolist() == pytest.approx([sigmoid(4), sigmoid(1), sigmoid(1)], abs=1e-6)
+    out = metrics.localization(maps, boxes, targets, targets, p)
+    assert out["sm"].tolist() == pytest.approx(
+        [math.log(16 / 64) - math.log(sigmoid(4)), -math.log(sigmoid(1)), -math.log(sigmoid(1))], abs=1e-6
+    )
+    # the clean probability (the option): the same p for every map of an image
+    clean = metrics.sm_probabilities(_Brightness(), images, maps, targets, probability="clean")
+    assert clean.tolist() == pytest.approx([sigmoid(1)] * 3, abs=1e-6)
+    with pytest.raises(ValueError, match="probability must be one of"):
+        metrics.sm_probabilities(_Brightness(), images, maps, targets, probability="image")
+
+
 def test_box_accuracy_by_hand():
     maps = torch.zeros(2, 10, 10)
     maps[0, 0:5, 0:5] = 0.9

@@ -62,7 +62,7 @@ class DemoConfig:
     eval_images: int = 200
     methods: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam", "opticam")
     # Grad-CAM on every image (its CIs are the report's yardstick); the rest on a prefix of the same images.
-    # Score-CAM and Opti-CAM on 32: above the 20 images a claim verdict needs (claims.MIN_IMAGES). The
+    # Score-CAM and Opti-CAM on 32: above the 30 images a claim verdict needs (claims.MIN_IMAGES). The
     # paper's Score-CAM claim stays open on this benchmark: on 160 images its AD difference was -0.06
     # points [-0.50, +0.41], which would take about 9,000 images to decide (docs/evaluation.md, claims)
     method_images: dict = field(

@@ -102,6 +102,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         class_map=args.class_map,
         amp=args.amp,
         channels_last=args.channels_last,
+        accuracy_margin=args.accuracy_margin,
     )
     results = Runner(config, progress=not args.quiet, log=_log(args)).run()
     if results is not None and not args.quiet:
@@ -206,4 +207,11 @@ def _add_evaluate(sub) -> None:
         help="more checkpoints of the same model, evaluated side by side (e.g. a regularized one)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--accuracy-margin",
+        type=float,
+        default=0.005,
+        help="the accuracy claim's equivalence margin, a fraction (default 0.005: 0.5 points, above every "
+        "ImageNet accuracy change of the seeds; a report setting, changeable on a finished run)",
+    )
     p.set_defaults(func=_evaluate)

@@ -21,7 +21,7 @@ def _report(args: argparse.Namespace) -> int:
     if not (out / "config.json").is_file():
         raise UsageError(f"{out} is not an evaluation folder (no config.json): give evaluate's --out")
     try:
-        run = StoredRun(out, log=_log(args))
+        run = StoredRun(out, log=_log(args), accuracy_margin=args.accuracy_margin)
     except ValueError as err:
         raise UsageError(str(err)) from None
     results = write_report(run)
@@ -32,4 +32,10 @@ def _report(args: argparse.Namespace) -> int:
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help=COMMANDS["report"], description=_report.__doc__, **SUBCOMMAND)
     p.add_argument("out", metavar="OUT", help="the evaluation folder (castream evaluate --out)")
+    p.add_argument(
+        "--accuracy-margin",
+        type=float,
+        default=None,
+        help="the accuracy claim's equivalence margin, a fraction (default: the run's, 0.005 = 0.5 points)",
+    )
     p.set_defaults(func=_report)

@@ -11,6 +11,7 @@ from ..preprocess import Preprocess
 from ..saliency import get as get_method
 from ..utils import check_int
 from . import groups
+from .claims import ACCURACY_MARGIN
 
 METRIC_GROUPS = groups.group_names()  # the built-in groups (the registry: groups.GROUPS)
 DEFAULT_METRICS = groups.default_groups()
@@ -54,9 +55,15 @@ class EvalConfig:
     baselines: tuple[str, ...] = BASELINES
     amp: str | None = None  # "bf16"/"fp16": run the models under autocast (castream's own steps stay fp32)
     channels_last: bool = False  # models and images in torch.channels_last
+    # the accuracy claim's equivalence margin (a fraction; claims.ACCURACY_MARGIN): read by the report only,
+    # so it may change between a run and its re-rendering
+    accuracy_margin: float = ACCURACY_MARGIN
 
     def __post_init__(self) -> None:
         check_amp(self.amp)
+        margin = self.accuracy_margin
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 < margin < 1:
+            raise ValueError(f"accuracy_margin must be a fraction in (0, 1), e.g. 0.005; got {margin!r}")
         if not isinstance(self.channels_last, bool):
             raise TypeError(f"channels_last must be a bool, got {self.channels_last!r}")
         for name in ("batch_size", "metric_batch", "size", "images", "resize"):
@@ -130,4 +137,4 @@ class EvalConfig:
 
     def fingerprint(self) -> dict:
         """What must not change between an interrupted run and its resumption."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("out",)}
+        return {k: v for k, v in self.to_dict().items() if k not in ("out", "accuracy_margin")}

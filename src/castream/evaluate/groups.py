@@ -393,7 +393,9 @@ def _box_study(ctx: Context) -> dict[str, Tensor]:
 
 def _localization(ctx: Context) -> dict[str, Tensor]:
     boxes = [class_boxes(t, c) for t, c in zip(ctx.meta, ctx.targets.tolist())]
-    probabilities = ctx.scorer.target_scores(ctx.logits, ctx.targets)
+    probabilities = metrics.sm_probabilities(
+        ctx.scorer, ctx.images, ctx.maps, ctx.targets, logits=ctx.logits, **ctx.options
+    )
     loc = metrics.localization(ctx.maps, boxes, ctx.targets, ctx.logits.argmax(1), probabilities)
     out = {k: v for k, v in loc.items() if k != "valid"}
     out["boxacc"] = metrics.threshold_ious(ctx.maps, boxes)
@@ -499,7 +501,7 @@ for _group in (
             Column("sm", "SM", percent=False, lower_is_better=True, table="localization"),
         ),
         _localization,
-        side="host",
+        options_of=metrics.sm_probabilities,  # SM's p^c: "crop" (Dabkowski & Gal) or "clean"
         default=True,
     ),
 ):

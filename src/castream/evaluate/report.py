@@ -150,28 +150,41 @@ def _claims_table(claims: list[dict]) -> list[str]:
         "",
         "## Claims of the papers, checked",
         "",
-        "Differences B − A in points with their 95% paired-bootstrap interval, against the claimed "
-        "direction (↑ B higher, ↓ lower, ≈ equal within the paper's largest accuracy change). Reproduced: "
-        "every interval on the claimed side; contradicted: one on the other side; inconclusive: otherwise, "
-        "with the number of images that would likely decide it (from the observed spread).",
+        "Differences B − A (in points where the metric is a percentage) with their 95% paired studentized "
+        "bootstrap interval, against the direction the claim's table cells have (↑ B higher, ↓ lower, ≈ "
+        "equal within the accuracy margin). Reproduced: every metric on the claimed side (one-sided p ≤ "
+        "2.5% each); contradicted: a metric on the other side after Holm's correction over the claim's "
+        "metrics (marked ✗); inconclusive: otherwise, with the number of images that would likely decide it "
+        "(from the observed spread). A claim measured on other data or models than this run's is "
+        '"extrapolated".',
         "",
-        "| CLAIM | SOURCE | B − A | N | DIFFERENCES | VERDICT |",
-        "|---|---|---|---|---|---|",
+        "| CLAIM | SOURCE | B − A | N | DIFFERENCES | VERDICT | SCOPE |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in claims:
-        parts = [
-            f"{_title(k)} {arrows[m['expected']]} {m['mean'] * 100:+.2f} "
-            f"[{m['low'] * 100:+.2f}, {m['high'] * 100:+.2f}]"
-            for k, m in c["metrics"].items()
-        ]
+        parts = []
+        for k, m in c["metrics"].items():
+            scale = 100 if _percent(k) else 1
+            parts.append(
+                f"{_title(k)} {arrows[m['expected']]} {m['mean'] * scale:+.2f} "
+                f"[{m['low'] * scale:+.2f}, {m['high'] * scale:+.2f}]" + (" ✗" if k in c["against"] else "")
+            )
         verdict = c["verdict"] + (
             f" (~{c['images_to_decide']} images would decide)" if c["images_to_decide"] else ""
         )
+        note = f" Note: {c['note']}." if c["note"] else ""
         lines.append(
-            f"| {c['claim']} (`{c['id']}`) | {c['source']} | {c['comparison']} | {c['images']} | "
-            f"{'; '.join(parts)} | {verdict} |"
+            f"| {c['claim']}{note} (`{c['id']}`) | {c['source']} | {c['comparison']} | {c['images']} | "
+            f"{'; '.join(parts)} | {verdict} | {c['scope']} |"
         )
     return lines
+
+
+def _percent(key: str) -> bool:
+    try:
+        return groups.column(key).percent
+    except KeyError:  # accuracy
+        return True
 
 
 def _coverage(cells: list[dict]) -> list[str]:

@@ -38,10 +38,13 @@ class StoredRun:
     its shards. It offers the names the results and claims read (``config``, ``indices``, ``plan``,
     ``records(cell)``, ...), so that the report is a function of the stored files only."""
 
-    def __init__(self, out: str | Path, log=print) -> None:
+    def __init__(self, out: str | Path, log=print, accuracy_margin: float | None = None) -> None:
+        """``accuracy_margin``: the accuracy claim's margin, over the stored one (a report-only setting)."""
         self.out = Path(out)
         stored = read_config(self.out)
         fields = {k: v for k, v in stored.items() if k != "weights"}
+        if accuracy_margin is not None:
+            fields["accuracy_margin"] = accuracy_margin
         try:
             self.config = EvalConfig(**fields, out=str(self.out))
         except TypeError as err:
@@ -128,7 +131,7 @@ def collect(runner) -> dict:
             for label, pooling, _ in accuracy
         ],
         "comparisons": comparisons(runner, tables),
-        "claims": check_claims(runner, tables, config.seed),
+        "claims": check_claims(runner, tables, config.seed, config.accuracy_margin),
         "skipped": [skipped_images[i] for i in sorted(skipped_images)],
         "ignored_records": list(runner.warnings),
     }

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .. import metrics
 from .._precision import autocast
 from .._scorer import Scorer
-from ..backbones import min_input_size
+from ..backbones import is_vit, min_input_size
 from ..data import collate, eval_transform
 from ..data.classes import label_map, model_class_names, read_class_map
 from ..data.registry import is_multilabel, open_dataset
@@ -590,11 +590,14 @@ class Runner:
             "class_names": names,
             "map_size": self.map_size(),
             "preprocess": {"mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
+            # the claims' scope: CNN or ViT per model
+            "families": {label: "vit" if is_vit(m) else "cnn" for label, m in self.models.items()},
         }
 
     def run(self) -> dict | None:
         """Evaluate every cell (resuming), then rank 0 writes and returns the report."""
         from .report import write_report
+        from .results import StoredRun
 
         self.claim()
         if self.rank == 0:
@@ -605,4 +608,5 @@ class Runner:
             dist.barrier()
         if self.rank != 0:
             return None
-        return write_report(self.out, log=self.log)
+        margin = self.config.accuracy_margin  # a report setting: this run's, over the folder's first one
+        return write_report(StoredRun(self.out, log=self.log, accuracy_margin=margin))

@@ -106,16 +106,20 @@ class Columns:
     def tensor(self, name: str) -> torch.Tensor:
         return torch.from_numpy(self.values[name])
 
-    def paired(self, other: Columns, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``name``'s values of the rows both cells hold, in key order, as the float32 tensors the paired
-        bootstrap has always been given; None when either lacks it."""
-        if name not in self.values or name not in other.values:
+    def paired(
+        self, other: Columns, name: str, other_name: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``name``'s values of the rows both cells hold (``other_name``'s in ``other`` when given: two
+        metrics of one cell), in key order, as the float32 tensors the paired bootstrap has always been
+        given; None when either lacks it."""
+        other_name = name if other_name is None else other_name
+        if name not in self.values or other_name not in other.values:
             return None
         mine = {k: i for i, k in enumerate(self.keys)}
         theirs = {k: i for i, k in enumerate(other.keys)}
         common = sorted(set(mine) & set(theirs))
         a = self.values[name][[mine[k] for k in common]]
-        b = other.values[name][[theirs[k] for k in common]]
+        b = other.values[other_name][[theirs[k] for k in common]]
         return torch.from_numpy(a.astype(np.float32)), torch.from_numpy(b.astype(np.float32))
 
     def common(self, other: Columns) -> int:

@@ -5,7 +5,7 @@ Fractions in [0, 1] everywhere; percentages are applied only by reports.
 
 from . import aggregate
 from ._common import SCORES, check_scores, probability
-from .aggregate import Aggregator, paired_bootstrap
+from .aggregate import Aggregator, paired_bootstrap, paired_test
 from .causal import (
     PROTOCOLS,
     Curves,
@@ -24,6 +24,8 @@ from .localization import (
     box_accuracy_from_ious,
     localization,
     pointing_hits,
+    predicted_box,
+    sm_probabilities,
     threshold_ious,
     unit_interpretability,
 )
@@ -64,14 +66,17 @@ __all__ = [
     "max_sensitivity",
     "mean_average_precision",
     "paired_bootstrap",
+    "paired_test",
     "pearson",
     "pointing_hits",
+    "predicted_box",
     "probability",
     "protocol_step",
     "recognition",
     "region_masks",
     "saliency_rank",
     "sanity_check",
+    "sm_probabilities",
     "spearman",
     "step_counts",
     "step_rule",

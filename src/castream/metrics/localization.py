@@ -14,10 +14,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
-from torch import Tensor
+from torch import Tensor, nn
 
-from ._common import check_map_values
+from .._scorer import Scorer
+from ._common import check_map_values, check_maps, evaluation, scorer_of
 
 try:
     from .. import _components
@@ -185,6 +187,53 @@ def box_accuracy(maps: Tensor, boxes: Sequence[Tensor], *, deltas: Sequence[floa
     return box_accuracy_from_ious(threshold_ious(maps, boxes), deltas)
 
 
+def predicted_box(map_: np.ndarray) -> tuple[int, int, int, int] | None:
+    """B_p of thesis §1.3.3: the box of the largest component of the map thresholded at its mean (None for a
+    constant map, which has no salient region)."""
+    return largest_component_box(map_ > map_.mean())
+
+
+SM_PROBABILITIES = ("crop", "clean")
+
+
+def sm_probabilities(
+    model: nn.Module | Scorer,
+    images: Tensor,
+    maps: Tensor,
+    targets=None,
+    *,
+    probability: str = "crop",
+    batch_size: int | None = None,
+    output=None,
+    forward_kwargs: dict | None = None,
+    scores: str = "softmax",
+    logits: Tensor | None = None,
+) -> Tensor:
+    """``p^c`` of SM (thesis (1.22)) per image (B,), float32. ``probability="crop"`` (the default): as
+    Dabkowski & Gal define the metric that (1.22) cites, the target's probability on the tightest crop of
+    the predicted box B_p (:func:`predicted_box`), resized bilinearly to the input size; a constant map has
+    no box, and its crop is the whole image. ``"clean"``: the clean image's probability, the same for every
+    map of an image: SM then ranks an image's maps by their box area alone, and a whole-image map such as
+    Fake-CAM's scores 0 - log p, which no map beats)."""
+    if probability not in SM_PROBABILITIES:
+        raise ValueError(f"probability must be one of {SM_PROBABILITIES}, got {probability!r}")
+    maps = check_maps(maps, images)
+    scorer = scorer_of(
+        model, output=output, forward_kwargs=forward_kwargs, scores=scores, batch_size=batch_size
+    )
+    height, width = images.shape[-2:]
+    with evaluation(scorer):
+        t, logits = scorer.clean(images, targets, logits)
+        if probability == "clean":
+            return scorer.target_scores(logits, t)
+        crops = torch.empty_like(images)
+        for i, m in enumerate(maps.detach().float().cpu().numpy()):
+            x0, y0, x1, y1 = predicted_box(m) or (0, 0, width, height)
+            crop = images[i : i + 1, :, y0:y1, x0:x1]
+            crops[i] = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0]
+        return scorer.scores(crops, t)
+
+
 def localization(
     maps: Tensor,
     boxes: Sequence[Tensor],
@@ -199,7 +248,10 @@ def localization(
       ``R`` = saliency mass inside U / |U| (1.19)
     - ``sp``: a most salient pixel lies in U (1.21; ties as in :func:`pointing_hits`); ``ep`` = P (energy
       pointing game)
-    - ``sm`` = log max(0.05, |B_p| / (h w)) - log p_c (1.22), ``p_c`` = ``probabilities`` of the target
+    - ``sm`` = log max(0.05, |B_p| / (h w)) - log p_c (1.22), ``p_c`` = ``probabilities`` of the target:
+      :func:`sm_probabilities` gives the crop's (Dabkowski & Gal; what the runner uses) or the clean
+      image's. A constant map has no box B_p: its SM counts the whole image (|B_p| = h w, the crop being
+      the whole image too)
     - ``valid``: the image has at least one box.
     """
     boxes = _check(maps, boxes)
@@ -218,7 +270,7 @@ def localization(
     valid = torch.tensor([len(b) > 0 for b in boxes])
     for i in valid.nonzero().flatten().tolist():
         m, b = maps_cpu[i], boxes[i]
-        box = largest_component_box((m > m.mean()).numpy())
+        box = predicted_box(m.numpy())
         iou = box_iou(box, b)
         inside = union_mask(b, height, width)
         mass, hit = m.sum(), m[inside].sum()
@@ -230,9 +282,8 @@ def localization(
         out["f1"][i] = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
         out["sp"][i] = float(pointing_hits(m[None], inside[None])[0])
         out["ep"][i] = precision
-        out["sm"][i] = math.log(max(0.05, area / (height * width))) - math.log(
-            max(float(probabilities[i]), 1e-12)
-        )
+        fraction = 1.0 if box is None else area / (height * width)
+        out["sm"][i] = math.log(max(0.05, fraction)) - math.log(max(float(probabilities[i]), 1e-12))
     result = {k: v.float() for k, v in out.items()}
     result["valid"] = valid
     return result
