@@ -4,6 +4,6 @@
 # pytest exits non-zero on any failure and with code 5 when no test was collected, so CI cannot pass silently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test,timm,captum,quantus,real-models,hf,docs,notebooks
+bash scripts/setup.sh test,timm,captum,quantus,peers,real-models,hf,docs,notebooks
 # -n auto: one worker per CPU core (pytest-xdist, a test extra): the suite takes half the time on 2 cores
 exec .venv/bin/python -m pytest -n auto "$@"

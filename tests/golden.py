@@ -5,12 +5,13 @@ commit says which columns and why).
 
 A record is exact to the float reductions of the CPU that wrote it (2 threads, this torch build): an AMD
 EPYC with AVX2 and the machine of the first record differed in the 6th-7th significant digit. Records
-live in ``tests/data/golden/<cpu>/`` (``torch.backends.cpu.get_cpu_capability()``); the test passes byte for byte on a machine kind with a record,
-and to float noise (same text, numbers within 1e-4 relative or one unit of a printed 2nd decimal)
-elsewhere. History: the first record (commit 8bb779e, another CPU) and ``avx2`` (the pre-rewrite engine,
-commit 2b7cddd) were reproduced byte for byte by the rewritten engine of issue 29; issue 30 then changed
-SM (the crop's probability), the claims registry and the verdict rule, so both were replaced by
-``avx512``, written on the machine of that change (an AMD EPYC that torch reports as AVX512).
+live in ``tests/data/golden/<cpu>/`` (``torch.backends.cpu.get_cpu_capability()``); the test passes
+byte for byte on a machine kind with a record, and to float noise elsewhere (same text, numbers within
+1e-4 relative or one unit of a printed 2nd decimal). History: the first record (commit 8bb779e, another
+CPU) and ``avx2`` (the pre-rewrite engine, commit 2b7cddd) were reproduced byte for byte by the
+rewritten engine of issue 29; issue 30 then changed SM (the crop's probability), the claims registry and
+the verdict rule, so both were replaced by ``avx512``, written on the machine of that change (an AMD EPYC
+that torch reports as AVX512), on 32 images (30 are needed for a verdict).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ if __name__ == "__main__":
     import tempfile
 
     # python tests/golden.py [FOLDER]: write the record into FOLDER (default: this CPU kind's record)
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else GOLDEN / torch.backends.cpu.get_cpu_capability().lower()
+    here = GOLDEN / torch.backends.cpu.get_cpu_capability().lower()
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else here
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as folder:
         run = evaluate(Path(folder))

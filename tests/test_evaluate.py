@@ -319,6 +319,7 @@ def test_evaluation_config_errors(artifacts, tmp_path):
         ),
         ("precision", ["--images", "4", "--map-images", "2", "--methods", "gradcam"]),
         ("plan", ["--images", "5000", "--sample", "50"]),
+        ("claims", ["--claims", "40", "--resamples", "100", "--metrics", "2"]),
         (
             "causal",
             [
@@ -430,7 +431,10 @@ def test_box_study_and_metric_options_in_the_runner(artifacts, tmp_path):
     with pytest.raises(ValueError, match="not among the metrics"):
         config(artifacts, tmp_path, metric_options={"aopc": {"regions": 3}})
     with pytest.raises(ValueError, match="takes no options"):
+        config(artifacts, tmp_path, metrics=("box-study",), metric_options={"box-study": {"x": 1}})
+    with pytest.raises(ValueError, match=r"localization has no option 'x'; it takes \['probability'\]"):
         config(artifacts, tmp_path, metric_options={"localization": {"x": 1}})
+    config(artifacts, tmp_path, metric_options={"localization": {"probability": "clean"}})  # SM's option
 
 
 def test_adversarial_verification_in_the_runner(artifacts, tmp_path):
@@ -895,3 +899,28 @@ def test_the_report_draws_the_maps_saved_during_the_run(artifacts, tmp_path, mon
     write_report(tmp_path)
     assert (tmp_path / "saliency_grid.png").is_file()
     assert (tmp_path / "results.csv").read_text() == (tmp_path / "before.csv").read_text()
+
+
+def test_correct_predictions_only(artifacts, tmp_path):
+    """Thesis §1.3.4: only the images the frozen GAP classifier gets right are explained, under GAP and
+    CA alike (the same images, so the comparisons stay paired); the others are skipped and counted."""
+    from castream.evaluate.results import read_cell
+
+    cfg = config(artifacts, tmp_path, methods=("gradcam",), metrics=("recognition",), correct_only=True)
+    runner = Runner(cfg, progress=False)
+    runner.run()
+    model = runner.models["resnet10_os16"]
+    images = torch.stack([runner.dataset[i][0] for i in runner.indices])
+    labels = torch.tensor([runner.dataset[i][1] for i in runner.indices])
+    with torch.no_grad():
+        right = model(images, pooling="gap").argmax(1) == labels
+    expected = {i for i, r in zip(runner.indices, right.tolist()) if r}
+    assert 0 < len(expected) < len(runner.indices)  # the fixture's classifier errs on some images
+    for pooling in ("gap", "ca"):
+        records = read_cell(tmp_path, f"resnet10_os16-{pooling}-gradcam")
+        assert set(records.rows) == expected and set(records.skipped) == set(runner.indices) - expected
+    assert set(read_cell(tmp_path, "resnet10_os16-gap-accuracy").rows) == set(runner.indices)
+    markdown = (tmp_path / "results.md").read_text()
+    assert f"the {len(runner.indices) - len(expected)} image(s) the GAP classifier misclassifies" in markdown
+    with pytest.raises(ValueError, match="needs targets='labels'"):
+        config(artifacts, tmp_path / "x", correct_only=True, targets="predicted")

@@ -979,3 +979,16 @@ def test_chunked_vectorized_bootstrap_equals_the_per_resample_loop(n, chunk, mon
     low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=boot.dtype)).tolist()
     out = metrics.paired_bootstrap(a, b, seed=5)
     assert (out["low"], out["high"]) == (low, high)
+
+
+def test_fading_rate_reproduces_sa_cam_table_5_with_a_clean_accuracy_of_75_29():
+    # SA-CAM Tables 4 (Acc_adv) and 5 (fading rate), cases 1-3 x Grad-CAM, Score-CAM, SA-CAM
+    accuracy = [18.40, 22.31, 22.35, 21.59, 24.18, 29.26, 29.73, 28.11, 34.67]
+    fading = [75.56, 70.37, 70.31, 71.32, 67.88, 61.14, 60.51, 62.66, 53.95]
+    n = 10_000
+    for acc, expected in zip(accuracy, fading):
+        rows = torch.zeros(n, 2, dtype=torch.float64)
+        rows[: round(acc / 100 * n), 0] = 1  # adversarial hits
+        rows[: round(0.7529 * n), 1] = 1  # clean hits: 75.29%
+        assert round(100 * metrics.fading_rate(rows), 2) == expected
+    assert sum(round(100 * (1 - a / 75.28), 2) == f for a, f in zip(accuracy, fading)) == 7  # not 75.28

@@ -60,14 +60,23 @@ def test_describe_attach_and_gap_identity(model, images):
 
 
 def test_gradcam_agrees_with_pytorch_grad_cam(model, images):
-    """Where the peer library is installed (it is not a castream dependency)."""
+    """Where the peer library is installed (the ``peers`` extra). At an inner block both read the block's
+    output and its gradient. At the last layer they differ by convention: castream reads ``_bn1`` through
+    the ReLU6 the forward applies before pooling (``backbones.pool_activation``: the map the pooling
+    sees), pytorch-grad-cam the raw batch-norm output, 93.6% of which is negative."""
     peer = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    ours = saliency.GradCAM(model, "_bn1")(images[:2], [285, ESPRESSO])
-    with peer.GradCAM(model=model, target_layers=[model._bn1]) as cam:
-        theirs = cam(images[:2], targets=[ClassifierOutputTarget(285), ClassifierOutputTarget(ESPRESSO)])
+    targets = [285, ESPRESSO]
+    # the fixture's model is frozen: the peer backpropagates to its input, so the input needs a gradient
+    x = images[:2].clone().requires_grad_(True)
+    ours = saliency.GradCAM(model, "_blocks.15")(images[:2], targets)
+    with peer.GradCAM(model=model, target_layers=[model._blocks[15]]) as cam:
+        theirs = cam(x, targets=[ClassifierOutputTarget(t) for t in targets])
     torch.testing.assert_close(ours, torch.from_numpy(theirs), atol=1e-5, rtol=0)
+    with peer.GradCAM(model=model, target_layers=[model._bn1]) as cam:
+        raw = torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(t) for t in targets]))
+    assert (saliency.GradCAM(model, "_bn1")(images[:2], targets) - raw).abs().max() > 0.1
 
 
 def test_scorecam_runs_through_the_view_head(model, images):

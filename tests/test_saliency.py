@@ -144,8 +144,11 @@ def test_gradcampp_safe_division_gives_no_nan():
 # --- Score-CAM, Ablation-CAM, SA-CAM ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("score", ["logit", "probability", "raw-probability"])
-def test_scorecam_matches_naive_per_channel_loop_and_skips_constant_channels_exactly(score):
+@pytest.mark.parametrize(
+    "score, baseline",
+    [("logit", "black"), ("probability", "black"), ("raw-probability", "black"), ("logit", "mean")],
+)
+def test_scorecam_matches_naive_per_channel_loop_and_skips_constant_channels_exactly(score, baseline):
     model = TinyNet(dead=(1, 4), flat=(7,)).double().eval()
     pre = Preprocess()
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
@@ -157,14 +160,57 @@ def test_scorecam_matches_naive_per_channel_loop_and_skips_constant_channels_exa
             scores = []
             for k in range(len(A)):  # every channel, constant ones included (mask of zeros: n(0) = 0)
                 m = minmax(up(A[k], (16, 16)))
-                masked = pre.normalize(pre.denormalize(x[i]) * m)
+                # black: pixels scaled by the mask; mean (pytorch-grad-cam): the normalized tensor is
+                masked = pre.normalize(pre.denormalize(x[i]) * m) if baseline == "black" else x[i] * m
                 logits = model(masked[None])[0]
                 scores.append(logits[targets[i]] if score == "logit" else logits.softmax(0)[targets[i]])
             w = torch.stack(scores) if score == "raw-probability" else torch.softmax(torch.stack(scores), 0)
             expected.append(sum(w[k] * A[k] for k in range(len(A))).clamp(min=0))
     for batch_size in (1, 7, 1000):
-        method = saliency.ScoreCAM(model, "features", batch_size=batch_size, score=score)
+        method = saliency.ScoreCAM(model, "features", batch_size=batch_size, score=score, baseline=baseline)
         torch.testing.assert_close(method(x, targets, upsample=False, normalize=False), torch.stack(expected))
+
+
+def test_gradcampp_eps_is_pytorch_grad_cams_formula():
+    model = TinyNet().double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    acts, grads = naive_acts_grads(model, model.features, x, [1, 2])
+    for a, g, m in zip(
+        acts,
+        grads,
+        saliency.GradCAMPlusPlus(model, "features", eps=1e-6)(x, [1, 2], upsample=False, normalize=False),
+    ):
+        g2, s = g**2, a.sum(dim=(1, 2), keepdim=True)
+        alpha = torch.where(g != 0, g2 / (2 * g2 + s * g**3 + 1e-6), 0.0)  # pytorch-grad-cam 1.5, eq. 19
+        w = (alpha * g.clamp(min=0)).sum(dim=(1, 2))
+        torch.testing.assert_close(m, (w[:, None, None] * a).sum(0).clamp(min=0))
+    plain = saliency.GradCAMPlusPlus(model, "features")(x, [1, 2], upsample=False, normalize=False)
+    assert not torch.equal(plain, m[None].expand_as(plain))
+    with pytest.raises(ValueError, match="eps must be a number"):
+        saliency.GradCAMPlusPlus(model, "features", eps=-1)
+
+
+def test_gradcampp_eps_agrees_with_pytorch_grad_cam():
+    peer = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    ours = saliency.GradCAMPlusPlus(model, eps=1e-6)(x, [1, 3])
+    with peer.GradCAMPlusPlus(model=model, target_layers=[model.layer4]) as cam:
+        theirs = cam(x, targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
+    torch.testing.assert_close(ours, torch.from_numpy(theirs), atol=1e-5, rtol=0)
+
+
+def test_sacam_key_area_baseline():
+    model = TinyNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    black = saliency.SACAM(model, "features")(x, [1, 2])
+    assert torch.equal(black, saliency.SACAM(model, "features", baseline="black")(x, [1, 2]))
+    assert not torch.equal(black, saliency.SACAM(model, "features", baseline="mean")(x, [1, 2]))
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        saliency.ScoreCAM(model, "features", baseline="blur")
 
 
 def test_scorecam_probability_scores_run():
@@ -195,7 +241,10 @@ def test_ablationcam_matches_naive_loop():
     torch.testing.assert_close(maps, torch.stack(expected), rtol=1e-6, atol=1e-6)  # 1/y amplifies rounding
 
 
-def test_sacam_matches_naive_loop():
+@pytest.mark.parametrize("perturbation", ["constant", "noise", "blur"])
+def test_sacam_matches_naive_loop(perturbation):
+    import torchvision.transforms.functional as TF
+
     model = TinyNet(flat=(5,)).double().eval()
     pre = Preprocess()
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
@@ -203,15 +252,20 @@ def test_sacam_matches_naive_loop():
     lam1, lam2, tau = 0.7, 2.0, 0.4
     acts, grads = naive_acts_grads(model, model.features, x, targets)
     expected = []
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(4), dtype=x.dtype)  # seed=4
     with torch.no_grad():
         for i, (A, g) in enumerate(zip(acts, grads)):
             pixels = pre.denormalize(x[i])
             mean = torch.tensor(pre.mean, dtype=torch.float64).view(3, 1, 1)
+            if perturbation == "noise":  # uniform noise in pixel space, one draw for the batch
+                mean = noise[i]
+            elif perturbation == "blur":  # sigma0 = 1: a Gaussian blur of kernel 2 * int(3 sigma0) + 1 = 7
+                mean = TF.gaussian_blur(pixels[None], [7, 7], [1.0, 1.0])[0]
             s = []
             for k in range(len(A)):
                 m = minmax(up(A[k], (16, 16)))
                 seg = pre.normalize(pixels * m * (m > tau))  # key area of the masked image, black elsewhere
-                pert = pre.normalize(m * pixels + (1 - m) * mean)  # eq. (13), constant perturbation
+                pert = pre.normalize(m * pixels + (1 - m) * mean)  # eq. (13), the perturbation's image
                 p = [torch.softmax(model(z[None])[0], 0)[targets[i]] for z in (seg, pert)]
                 s.append(p[0] * (1 + p[1]))
             K = torch.stack([g[k].mean() for k in range(len(A))])
@@ -219,36 +273,43 @@ def test_sacam_matches_naive_loop():
             w = torch.softmax(torch.stack(s) + lam1 * K + lam2 * Q, 0)
             expected.append(sum(w[k] * A[k] for k in range(len(A))).clamp(min=0))
     method = saliency.SACAM(
-        model, "features", lambda1=lam1, lambda2=lam2, threshold=tau, perturbation="constant", batch_size=6
+        model,
+        "features",
+        lambda1=lam1,
+        lambda2=lam2,
+        threshold=tau,
+        perturbation=perturbation,
+        sigma0=1.0,
+        seed=4,
+        batch_size=6,
     )
     torch.testing.assert_close(method(x, targets, upsample=False, normalize=False), torch.stack(expected))
-
-
-@pytest.mark.parametrize("perturbation", ["noise", "blur"])
-def test_sacam_perturbations_run(perturbation):
-    maps = saliency.SACAM(TinyNet().eval(), "features", perturbation=perturbation)(torch.randn(2, 3, 16, 16))
-    assert maps.shape == (2, 16, 16) and not maps.isnan().any()
 
 
 # --- Opti-CAM -----------------------------------------------------------------------------------------
 
 
-def opticam_reference(model, x, target, iterations, layer=None, relu=False):
-    """One image with torch.optim.Adam(lr=0.1), the thesis' objective 'mask' and normalization 'range'."""
+def opticam_reference(
+    model, x, target, iterations, layer=None, relu=False, objective="mask", normalization="range"
+):
+    """One image with torch.optim.Adam(lr=0.1): the thesis' objective (2.6) "mask" or (2.12) "diff", and
+    normalization (2.9) "range", (2.10) "max" (A / max A) or (2.11) "sigmoid" (element-wise)."""
+    norms = {"range": minmax, "max": lambda a: a / a.max(), "sigmoid": torch.sigmoid}
     pre = Preprocess()
     store = {}
     module = layer or model.features
     handle = module.register_forward_hook(lambda m, a, o: store.__setitem__("a", o.detach()))
     with torch.no_grad():
-        model(x[None])
+        clean = model(x[None])[0, target]
     handle.remove()
     A = store["a"][0].relu() if relu else store["a"][0]
     u = torch.zeros(len(A), dtype=x.dtype, requires_grad=True)
     opt = torch.optim.Adam([u], lr=0.1)
     for _ in range(iterations):
         s = (torch.softmax(u, 0)[:, None, None] * A).sum(0)
-        m = minmax(up(s, x.shape[-2:]))
-        loss = -model(pre.normalize(pre.denormalize(x) * m)[None])[0, target]
+        m = norms[normalization](up(s, x.shape[-2:]))
+        masked = model(pre.normalize(pre.denormalize(x) * m)[None])[0, target]
+        loss = -masked if objective == "mask" else (clean - masked).abs()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -295,12 +356,17 @@ def test_opticam_objective_increases():
 
 
 @pytest.mark.parametrize("objective,normalization", [("diff", "range"), ("mask", "sigmoid"), ("mask", "max")])
-def test_opticam_variants_run(objective, normalization):
+def test_opticam_variants_match_the_adam_reference(objective, normalization):
+    model = TinyNet().double().eval()
+    model.requires_grad_(False)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     method = saliency.OptiCAM(
-        TinyNet().eval(), "features", objective=objective, normalization=normalization, max_iter=5
+        model, "features", objective=objective, normalization=normalization, max_iter=6, tol=0.0
     )
-    maps = method(torch.randn(2, 3, 16, 16))
-    assert maps.shape == (2, 16, 16) and not maps.isnan().any()
+    maps = method(x, [1, 3], upsample=False, normalize=False)
+    for i, target in enumerate([1, 3]):
+        expected = opticam_reference(model, x[i], target, 6, objective=objective, normalization=normalization)
+        torch.testing.assert_close(maps[i], expected)
 
 
 def test_opticam_stops_each_image_on_its_own():

@@ -357,3 +357,13 @@ def test_a_kill_between_checkpoint_and_log_line_is_repaired_by_resume(shapes, tm
     ).fit()
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert lines == history and [r["epoch"] for r in lines] == [1, 2]
+
+
+def test_the_stream_recipe_defaults_are_the_thesis():
+    """PROTOCOL.md, thesis §3.4: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 every 30
+    epochs, 90 epochs, global batch 256, no warm-up or label smoothing."""
+    config = TrainConfig()
+    assert (config.optimizer, config.momentum, config.weight_decay, config.lr) == ("sgd", 0.9, 1e-4, 0.1)
+    assert (config.schedule, config.milestones, config.gamma) == ("multistep", (30, 60), 0.1)
+    assert (config.epochs, config.batch_size, config.warmup_epochs) == (90, 256, 0)
+    assert config.label_smoothing == 0

@@ -42,6 +42,7 @@ QUICK = {
     "precision": ["--images", "32", "--map-images", "8"],
     "report": ["--images", "2000", "--base", "16", "--protocol", "coarse"],
     "plan": ["--images", "20000"],
+    "claims": ["--claims", "300"],
 }
 FULL = {
     "saliency": ["--models", "resnet18", "resnet50", "--size", "224", "--batch", "8"],
@@ -52,6 +53,7 @@ FULL = {
     "precision": ["--images", "200", "--map-images", "32"],
     "report": ["--images", "50000"],
     "plan": ["--images", "200000"],
+    "claims": ["--claims", "2000"],
 }
 
 

@@ -25,7 +25,6 @@ from ..evaluate.claims import ALPHA, MIN_IMAGES, judge
 from ..metrics.aggregate import studentized_tests
 from ._timing import base_parser, emit
 
-
 KINDS = ("normal", "skewed", "ternary", "lognormal", "rare")
 
 

@@ -15,7 +15,7 @@ def _bench(args: argparse.Namespace) -> int:
     extra += ["--amp", args.amp] if args.amp else []
     extra += ["--channels-last"] if args.channels_last else []
     if args.images is not None:
-        takes = {"causal", "evaluate", "plan", "precision", "report"}
+        takes = {"causal", "claims", "evaluate", "plan", "precision", "report"}
         if not args.names or set(args.names) - takes:
             raise UsageError(
                 f"--images applies to the benchmarks {sorted(takes)}; name them, e.g. castream bench report"

@@ -103,6 +103,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         amp=args.amp,
         channels_last=args.channels_last,
         accuracy_margin=args.accuracy_margin,
+        correct_only=args.correct_only,
     )
     results = Runner(config, progress=not args.quiet, log=_log(args)).run()
     if results is not None and not args.quiet:
@@ -207,6 +208,11 @@ def _add_evaluate(sub) -> None:
         help="more checkpoints of the same model, evaluated side by side (e.g. a regularized one)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--correct-only",
+        action="store_true",
+        help="explain only the images the classifier (GAP) gets right, as the thesis evaluates (§1.3.4)",
+    )
     p.add_argument(
         "--accuracy-margin",
         type=float,

@@ -58,14 +58,20 @@ class EvalConfig:
     # the accuracy claim's equivalence margin (a fraction; claims.ACCURACY_MARGIN): read by the report only,
     # so it may change between a run and its re-rendering
     accuracy_margin: float = ACCURACY_MARGIN
+    # explain only the images the frozen classifier (the GAP model) classifies correctly, as thesis §1.3.4
+    # evaluates explanations of correct predictions; the others are skipped, counted in the report
+    correct_only: bool = False
 
     def __post_init__(self) -> None:
         check_amp(self.amp)
         margin = self.accuracy_margin
         if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 < margin < 1:
             raise ValueError(f"accuracy_margin must be a fraction in (0, 1), e.g. 0.005; got {margin!r}")
-        if not isinstance(self.channels_last, bool):
-            raise TypeError(f"channels_last must be a bool, got {self.channels_last!r}")
+        for name in ("channels_last", "correct_only"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.correct_only and self.targets == "predicted":
+            raise ValueError("correct_only compares the prediction with the label: it needs targets='labels'")
         for name in ("batch_size", "metric_batch", "size", "images", "resize"):
             if getattr(self, name) is not None or name not in ("images", "resize"):
                 check_int(name, getattr(self, name))

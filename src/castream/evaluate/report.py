@@ -247,12 +247,20 @@ def _markdown(runner, cells: list[dict], models: list[dict], figures: list[str],
     settings = metrics.PROTOCOLS[config.protocol]
     maps = runner.map_size()
     blur = config.metric_options.get("insertion", {}).get("blur") or settings["blur"]
+    wrong = sum("correct predictions only" in s["reason"] for s in results["skipped"])
+    correct = (
+        f"Explanations of correct predictions only (thesis §1.3.4): the {wrong} image(s) the GAP classifier "
+        "misclassifies are skipped by every method cell (the accuracy cells keep every image). "
+        if config.correct_only
+        else ""
+    )
     lines = [
         f"# castream evaluation: {config.model} on {config.data}",
         "",
         results["summary"],
         "",
-        f"{len(runner.indices)} evaluation images at {config.size}x{config.size}, seed {config.seed}"
+        correct
+        + f"{len(runner.indices)} evaluation images at {config.size}x{config.size}, seed {config.seed}"
         + (f"; explained layer {maps[0]} with {maps[1]} × {maps[2]} feature maps" if maps else "")
         + ". "
         f"Causal metrics use protocol `{config.protocol}` ({metrics.step_rule(config.protocol)}, "

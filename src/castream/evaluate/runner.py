@@ -109,6 +109,12 @@ class Runner:
         classes = len(self.dataset.classes)
         backbone = load_classifier(config.model, classes, config.weights, config.checkpoint)
         self.labels_map, self.labelled = self._label_map(backbone)
+        if config.correct_only and (self.multilabel or not self.labelled):
+            raise ValueError(
+                "correct_only needs single-label data whose classes are the model's (it compares the "
+                f"prediction with the label); {config.data} is "
+                + ("multi-label" if self.multilabel else "not labelled with the model's classes")
+            )
         model = load_stream(backbone, config.stream) if config.stream else backbone
         self.models = {config.model: model}
         for label, checkpoint in config.compare.items():
@@ -317,6 +323,23 @@ class Runner:
             return [], None, None, []
         return [indices[j] for j in keep], images[keep], labels[keep], [meta[j] for j in keep]
 
+    def _correct(self, label: str, indices, images, labels, meta, skipped: list, clean: dict):
+        """The images the GAP model ``label`` classifies correctly (``correct_only``); the others are
+        recorded as skipped. ``images`` is None when none is left."""
+        with torch.no_grad(), autocast(self.device, self.config.amp):
+            right = (self._clean(clean, label, "gap", indices, images).argmax(1) == labels).tolist()
+        skipped.extend(
+            {"index": i, "reason": "misclassified by the GAP model (correct predictions only)"}
+            for i, r in zip(indices, right)
+            if not r
+        )
+        keep = [j for j, r in enumerate(right) if r]
+        if not keep:
+            return [], None, None, []
+        if len(keep) == len(indices):
+            return indices, images, labels, meta
+        return [indices[j] for j in keep], images[keep], labels[keep], [meta[j] for j in keep]
+
     def _targets(self, labels: Tensor, logits: Tensor) -> Tensor:
         """The ground-truth class (the prediction with ``targets="predicted"``); for multi-label images the
         positive class with the highest logit."""
@@ -468,6 +491,10 @@ class Runner:
             images = None
         if images is not None and self.multilabel:
             indices, images, labels, meta = self._without_unlabelled(indices, images, labels, meta, skipped)
+        if images is not None and config.correct_only:
+            indices, images, labels, meta = self._correct(
+                label, indices, images, labels, meta, skipped, clean
+            )
         if images is None:
             host.submit(partial(self.store.append, name, {"images": [], "skipped": skipped}))
             return

@@ -192,8 +192,9 @@ def _embed(key: Tensor, images: Tensor, hosts: Tensor, seed: int) -> Tensor:
 def fading_rate(rows: Tensor) -> float:
     """SA-CAM Table 5's fading rate from per-image rows ``(adversarial accuracy, clean accuracy)``:
     ``1 − mean(adversarial) / mean(clean)``, the relative loss of accuracy in the adversarial environment
-    (lower is better). The paper's Tables 4 and 5 fit this with a clean accuracy of 75.28% for every cell
-    (e.g. 1 − 18.40/75.28 = 75.56%). NaN when no clean image is classified correctly."""
+    (lower is better). The paper's Tables 4 and 5 fit this with a clean accuracy of 75.29% for every cell
+    (all 9 cells to two decimals, e.g. 1 − 18.40/75.29 = 75.56%; 75.28 gives 7 of them). NaN when no clean
+    image is classified correctly."""
     if not isinstance(rows, Tensor) or not rows.is_floating_point():
         got = f"a {rows.dtype} tensor" if isinstance(rows, Tensor) else type(rows).__name__
         raise TypeError(f"expected a floating-point tensor of (N, 2) accuracy rows, got {got}")

@@ -91,6 +91,15 @@ class MaskingMethod(SaliencyMethod):
         return [o.view(batch, channels) for o in out]
 
 
+MASK_BASELINES = ("black", "mean")
+
+
+def check_baseline(baseline: str) -> str:
+    if baseline not in MASK_BASELINES:
+        raise ValueError(f"baseline must be one of {MASK_BASELINES}, got {baseline!r}")
+    return baseline
+
+
 def target_logit(logits: Tensor, targets: Tensor) -> Tensor:
     return target_score(logits, targets, "logit")
 
@@ -107,6 +116,12 @@ class ScoreCAM(MaskingMethod):
     as in the original paper. The baseline term ``f(x_b)_c`` of (1.6) is constant over channels and cancels
     under the softmax. ``score="raw-probability"`` is the weighting of the authors' CA-Stream code: the class
     probabilities themselves are the channel weights, without the softmax over channels.
+
+    ``baseline``: what the masked-out pixels become, ``x_b`` of (1.6): ``"black"`` (castream's default,
+    pixel value 0) or ``"mean"``, the dataset mean colour, which is what pytorch-grad-cam's Score-CAM does
+    (it multiplies the *normalized* tensor by the mask) and what SA-CAM's eq. (4) writes; the seeds'
+    Score-CAM columns (thesis §2.5.3, SA-CAM) were computed with pytorch-grad-cam, so ``"mean"``
+    reproduces their protocol.
     """
 
     name = "scorecam"
@@ -122,6 +137,7 @@ class ScoreCAM(MaskingMethod):
         layer=None,
         *,
         score: str = "logit",
+        baseline: str = "black",
         preprocess: Preprocess | None = None,
         batch_size: int = 128,
         **options,
@@ -131,12 +147,17 @@ class ScoreCAM(MaskingMethod):
         if score not in self.SCORES:
             raise ValueError(f"score must be one of {tuple(self.SCORES)}, got {score!r}")
         super().__init__(model, layer, preprocess=preprocess, batch_size=batch_size, **options)
-        self.score = score
+        self.score, self.baseline = score, check_baseline(baseline)
 
     def compute(self, images: Tensor, targets) -> Tensor:
         acts, t, _ = self.activations(images, targets)
+        base = self.preprocess.baseline(images, self.baseline)
         (scores,) = self.masked_scores(
-            images, acts[0], t, lambda b, m: [self.preprocess.mask(images[b], m)], self.SCORES[self.score]
+            images,
+            acts[0],
+            t,
+            lambda b, m: [self.preprocess.mask(images[b], m, base[b])],
+            self.SCORES[self.score],
         )
         weights = scores if self.score == "raw-probability" else scores.softmax(dim=1)
         return combine(weights, acts[0]).clamp(min=0)
@@ -216,10 +237,13 @@ class SACAM(MaskingMethod):
         threshold: float = 0.5,
         sigma0: float = 10.0,
         seed: int = 0,
+        baseline: str = "black",
         preprocess: Preprocess | None = None,
         batch_size: int = 128,
         **options,
     ) -> None:
+        """``baseline``: what the key-area input's masked-out pixels become, as :class:`ScoreCAM`'s
+        (``"mean"``: eq. (4)'s, pytorch-grad-cam's)."""
         if perturbation not in self.PERTURBATIONS:
             raise ValueError(f"perturbation must be one of {self.PERTURBATIONS}, got {perturbation!r}")
         if not 0 <= threshold < 1:
@@ -227,6 +251,7 @@ class SACAM(MaskingMethod):
         super().__init__(model, layer, preprocess=preprocess, batch_size=batch_size, **options)
         self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
         self.perturbation, self.threshold, self.sigma0, self.seed = perturbation, threshold, sigma0, seed
+        self.baseline = check_baseline(baseline)
 
     def _baselines(self, images: Tensor) -> Tensor:
         if self.perturbation == "constant":
@@ -241,12 +266,12 @@ class SACAM(MaskingMethod):
     def compute(self, images: Tensor, targets) -> Tensor:
         acts, grads, t = self.activations_and_gradients(images, targets)
         a, g = acts[0], grads[0]
-        baselines = self._baselines(images)
+        baselines, base = self._baselines(images), self.preprocess.baseline(images, self.baseline)
 
         def make_inputs(b: Tensor, masks: Tensor) -> list[Tensor]:
             key_area = masks * (masks > self.threshold)
             return [
-                self.preprocess.mask(images[b], key_area),
+                self.preprocess.mask(images[b], key_area, base[b]),
                 self.preprocess.mask(images[b], masks, baselines[b]),
             ]
 
