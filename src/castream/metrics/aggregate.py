@@ -194,6 +194,19 @@ class Aggregator:
         }
 
 
+def _paired_differences(a: Tensor, b: Tensor, confidence: float, resamples: int) -> Tensor:
+    """The per-image differences ``b - a`` (float64, NaN pairs dropped) after checking the arguments of a
+    paired comparison."""
+    a, b = torch.as_tensor(a).double().flatten().cpu(), torch.as_tensor(b).double().flatten().cpu()
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same images: got {len(a)} and {len(b)} values")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
+    return (b - a)[~(a.isnan() | b.isnan())]
+
+
 def paired_bootstrap(
     a: Tensor, b: Tensor, *, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
 ) -> dict:
@@ -202,15 +215,7 @@ def paired_bootstrap(
     resample draws the same image indices for both, so the interval reflects the per-image differences.
     Pairs with a NaN on either side are dropped (``n`` counts the pairs used). ``significant`` is True
     when the ``confidence`` interval excludes 0."""
-    a, b = torch.as_tensor(a).double().flatten().cpu(), torch.as_tensor(b).double().flatten().cpu()
-    if a.shape != b.shape:
-        raise ValueError(f"paired values need the same images: got {len(a)} and {len(b)} values")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
-        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
-    keep = ~(a.isnan() | b.isnan())
-    diff = (b - a)[keep]
+    diff = _paired_differences(a, b, confidence, resamples)
     n = len(diff)
     if n == 0:
         nan = float("nan")
@@ -250,14 +255,7 @@ def paired_test(
     observed t}) / (1 + resamples)``. Pairs with a NaN are dropped; all-equal differences have no spread:
     p = 1 both ways when they are 0, else the smallest p on their side (the interval is the point). An
     infinite difference is an error: it has no mean to test."""
-    a, b = torch.as_tensor(a).double().flatten().cpu(), torch.as_tensor(b).double().flatten().cpu()
-    if a.shape != b.shape:
-        raise ValueError(f"paired values need the same images: got {len(a)} and {len(b)} values")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
-        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
-    diff = (b - a)[~(a.isnan() | b.isnan())]
+    diff = _paired_differences(a, b, confidence, resamples)
     if not torch.isfinite(diff).all():
         raise ValueError("paired values must be finite (NaN pairs aside); got an infinite difference")
     n, nan = len(diff), float("nan")
