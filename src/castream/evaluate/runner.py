@@ -306,39 +306,33 @@ class Runner:
         return self._to_device(self._read(indices))
 
     @staticmethod
-    def _without_unlabelled(indices: list[int], images: Tensor, labels: Tensor, meta: list, skipped: list):
-        """Multi-label images whose annotation has no object have no class to explain: they are left out
-        and recorded as skipped (they were explained as class 0 before). ``images`` is None when none is
-        left."""
-        empty = (labels == 0).all(dim=1).tolist()
-        if not any(empty):
-            return indices, images, labels, meta
-        skipped.extend(
-            {"index": i, "reason": "its annotation has no object, so there is no class to explain"}
-            for i, e in zip(indices, empty)
-            if e
-        )
-        keep = [j for j, e in enumerate(empty) if not e]
+    def _leave_out(batch: tuple, drop: list[bool], reason: str, skipped: list) -> tuple:
+        """(indices, images, labels, meta) without the images flagged in ``drop``, each recorded in
+        ``skipped`` with ``reason``; images is None when none is left."""
+        indices, images, labels, meta = batch
+        if not any(drop):
+            return batch
+        skipped.extend({"index": i, "reason": reason} for i, d in zip(indices, drop) if d)
+        keep = [j for j, d in enumerate(drop) if not d]
         if not keep:
             return [], None, None, []
         return [indices[j] for j in keep], images[keep], labels[keep], [meta[j] for j in keep]
 
-    def _correct(self, label: str, indices, images, labels, meta, skipped: list, clean: dict):
+    def _without_unlabelled(self, batch: tuple, skipped: list) -> tuple:
+        """Multi-label images whose annotation has no object have no class to explain: they are left out
+        and recorded as skipped (they were explained as class 0 before)."""
+        empty = (batch[2] == 0).all(dim=1).tolist()
+        reason = "its annotation has no object, so there is no class to explain"
+        return self._leave_out(batch, empty, reason, skipped)
+
+    def _correct(self, label: str, batch: tuple, skipped: list, clean: dict) -> tuple:
         """The images the GAP model ``label`` classifies correctly (``correct_only``); the others are
-        recorded as skipped. ``images`` is None when none is left."""
+        recorded as skipped."""
+        indices, images, labels, _ = batch
         with torch.no_grad(), autocast(self.device, self.config.amp):
-            right = (self._clean(clean, label, "gap", indices, images).argmax(1) == labels).tolist()
-        skipped.extend(
-            {"index": i, "reason": "misclassified by the GAP model (correct predictions only)"}
-            for i, r in zip(indices, right)
-            if not r
-        )
-        keep = [j for j, r in enumerate(right) if r]
-        if not keep:
-            return [], None, None, []
-        if len(keep) == len(indices):
-            return indices, images, labels, meta
-        return [indices[j] for j in keep], images[keep], labels[keep], [meta[j] for j in keep]
+            wrong = (self._clean(clean, label, "gap", indices, images).argmax(1) != labels).tolist()
+        reason = "misclassified by the GAP model (correct predictions only)"
+        return self._leave_out(batch, wrong, reason, skipped)
 
     def _targets(self, labels: Tensor, logits: Tensor) -> Tensor:
         """The ground-truth class (the prediction with ``targets="predicted"``); for multi-label images the
@@ -490,11 +484,11 @@ class Runner:
         if images is not None and count == 0:
             images = None
         if images is not None and self.multilabel:
-            indices, images, labels, meta = self._without_unlabelled(indices, images, labels, meta, skipped)
+            kept = self._without_unlabelled((indices, images, labels, meta), skipped)
+            indices, images, labels, meta = kept
         if images is not None and config.correct_only:
-            indices, images, labels, meta = self._correct(
-                label, indices, images, labels, meta, skipped, clean
-            )
+            kept = self._correct(label, (indices, images, labels, meta), skipped, clean)
+            indices, images, labels, meta = kept
         if images is None:
             host.submit(partial(self.store.append, name, {"images": [], "skipped": skipped}))
             return
