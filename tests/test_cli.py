@@ -166,6 +166,16 @@ def test_explain_takes_a_model_factory_and_explicit_statistics(tmp_path, capsys)
     assert (tmp_path / "o" / "a_gradcam.png").is_file()
     assert main([*args, "--mean", "0.5", "--out", str(tmp_path / "p")]) == 2
     assert "--mean and --std go together" in capsys.readouterr().err
+    # a method variant: its inline options reach the method (an unknown one is named), safe file names
+    stats = ["--mean", "0.5", "0.5", "0.5", "--std", "0.5", "0.5", "0.5", "--out", str(tmp_path / "o")]
+    assert main([*args, *stats, "--method", "gradcam[layer=layer3]"]) == 0
+    capsys.readouterr()
+    import numpy as np
+
+    layer3, layer4 = (np.load(tmp_path / "o" / f"a_{t}.npy") for t in ("gradcam_layer_layer3", "gradcam"))
+    assert layer3.shape == layer4.shape and not np.allclose(layer3, layer4)
+    assert main([*args, *stats, "--method", "gradcam[colour=red]"]) == 1
+    assert "has no option ['colour']" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -924,3 +924,91 @@ def test_correct_predictions_only(artifacts, tmp_path):
     assert f"the {len(runner.indices) - len(expected)} image(s) the GAP classifier misclassifies" in markdown
     with pytest.raises(ValueError, match="needs targets='labels'"):
         config(artifacts, tmp_path / "x", correct_only=True, targets="predicted")
+
+
+# --- variants side by side (issue 30 item 7) ------------------------------------------------------------
+
+
+def test_stream_variants_and_method_variants_are_cells_of_their_own(artifacts, tmp_path):
+    """Several labelled streams of one classifier (CA cells each, no repeated GAP) and labelled method
+    variants (``opticam[objective=diff]``) are cells of their own; the claims of the seeds' ablation
+    tables pair them by their settings, and their numbers are the per-image differences of those cells."""
+    import json
+
+    from castream.evaluate.results import read_cell
+    from castream.evaluate.store import cell_name
+
+    classifier = castream.models.load_weights(
+        build_model("resnet10_os16", num_classes=3), artifacts["checkpoint"]
+    )
+    streams = {}
+    for label, kw in (("s4", {"start": 4}), ("proj", {"block": "proj"})):
+        torch.manual_seed(1)
+        stream = castream.attach_stream(classifier, probe_size=32, **kw)
+        streams[label] = str(castream.save_stream(stream, tmp_path / f"{label}.safetensors"))
+    methods = ("gradcam", "opticam", "opticam[objective=diff]")
+    steps = {"opticam": {"max_iter": 2}, "opticam[objective=diff]": {"max_iter": 2}}
+    cfg = config(
+        artifacts,
+        tmp_path / "run",
+        methods=methods,
+        metrics=("recognition", "insertion"),
+        streams=streams,
+        method_options=steps,
+        baselines=(),
+    )
+    Runner(cfg, progress=False).run()
+    out = tmp_path / "run"
+    rows = {(r["model"], r["pooling"], r["method"]) for r in read_csv(out / "results.csv")}
+    assert ("s4", "ca", "opticam[objective=diff]") in rows and ("proj", "ca", "gradcam") in rows
+    assert not any(m in streams and p == "gap" for m, p, _ in rows)  # their GAP is the classifier's
+    assert len({cell_name(*cell) for cell in rows}) == len(rows)
+    found = {(e["id"], e["model"]): e for e in json.loads((out / "results.json").read_text())["claims"]}
+    main = "resnet10_os16"
+    objective = found[("opti-cam/objective/range", main)]
+    placement = found[("ca-stream/placement/gradcam", f"{main} vs s4")]
+    assert ("ca-stream/block", f"{main} vs proj") in found
+    assert ("ca-stream/placement/gradcam", f"{main} vs proj") not in found  # they differ in two settings
+    assert objective["verdict"] == "inconclusive" and objective["images_to_decide"] == 30  # 9 images
+    for entry, (a, b), key in (
+        (objective, ((main, "gap", "opticam[objective=diff]"), (main, "gap", "opticam")), "ag"),
+        (placement, (("s4", "ca", "gradcam"), (main, "ca", "gradcam")), "ai"),
+    ):
+        first, second = (read_cell(out, cell_name(*c)).rows for c in (a, b))
+        by_hand = sum(second[i][key] - first[i][key] for i in first) / len(first)
+        assert entry["metrics"][key]["mean"] == pytest.approx(by_hand, abs=1e-9)
+
+
+def test_method_variant_names_are_checked():
+    from castream import saliency
+
+    assert saliency.split_spec("opticam[objective=diff,max_iter=3]") == (
+        "opticam",
+        {"objective": "diff", "max_iter": 3},
+    )
+    assert saliency.split_spec("sacam[perturbations=[1,2]]") == ("sacam", {"perturbations": [1, 2]})
+    assert saliency.canonical("GradCAMpp") == saliency.canonical("gradcam++")
+    for bad, fragment in (
+        ("opticam[objective]", "key=value"),
+        ("opticam[objective=diff", "NAME\\[key=value"),
+        ("opticam[objective=a,objective=b]", "twice"),
+        ("opticam[colour=red]", "has no option \\['colour'\\]"),
+    ):
+        with pytest.raises(ValueError, match=fragment):
+            saliency.spec(bad)
+
+
+def test_variant_configs_are_refused_when_ambiguous(artifacts, tmp_path):
+    with pytest.raises(ValueError, match="are the same method"):
+        config(artifacts, tmp_path, methods=("gradcam++", "gradcampp"))
+    with pytest.raises(ValueError, match="inline and again"):
+        config(
+            artifacts,
+            tmp_path,
+            methods=("opticam[max_iter=2]",),
+            method_options={"opticam[max_iter=2]": {"max_iter": 3}},
+        )
+    with pytest.raises(ValueError, match="used twice"):
+        Runner(
+            config(artifacts, tmp_path, streams={"resnet10_os16": str(artifacts["stream"])}), progress=False
+        )

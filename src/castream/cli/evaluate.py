@@ -19,17 +19,14 @@ from ._options import (
 def _dotted_options(items: list[str], option: str, form: str) -> dict:
     """``NAME.KEY=VALUE`` pairs -> {name: {key: value}}: values parsed as JSON when possible (numbers,
     true/false/null, lists), True/False/None as booleans and None, anything else a string."""
-    import json
+    from ..saliency import parse_value
 
     options: dict = {}
     for key, value in _pairs(items, option, form).items():
         method, dot, name = key.partition(".")
         if not dot or not method or not name:
             raise UsageError(f"{option} takes {form}, got {key!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:  # Python's spelling of the JSON constants too (jitter=False)
-            parsed = {"True": True, "False": False, "None": None}.get(value, value)
+        parsed = parse_value(value)
         options.setdefault(method, {})[name] = parsed
     return options
 
@@ -64,7 +61,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     Resumable: re-running the same command skips finished images. Runs unchanged under torchrun."""
     from castream.evaluate import EvalConfig, Runner
 
-    poolings = args.poolings or (["gap", "ca"] if args.stream else ["gap"])
+    poolings = args.poolings or (["gap", "ca"] if args.stream or args.streams else ["gap"])
     size, normalization, mean, std = _inputs(args)
     config = EvalConfig(
         model=args.model,
@@ -73,6 +70,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         weights=args.weights,
         checkpoint=args.checkpoint,
         stream=args.stream,
+        streams=_pairs(args.streams, "--streams"),
         poolings=tuple(poolings),
         methods=tuple(args.methods),
         metrics=tuple(args.metrics),
@@ -131,13 +129,26 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--checkpoint", default=None, help="local classifier weights (.safetensors or .pt)")
     p.add_argument("--stream", default=None, help="CA-Stream checkpoint (enables pooling ca)")
     p.add_argument(
+        "--streams",
+        action="append",
+        default=[],
+        metavar="LABEL=STREAM",
+        help="more CA-Stream checkpoints of the same classifier, side by side (CA cells of their own: "
+        "block, placement or class-specific variants, paper Tables 4-6)",
+    )
+    p.add_argument(
         "--poolings",
         nargs="+",
         choices=["gap", "ca"],
         default=None,
         help="default: gap, and ca with --stream",
     )
-    p.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "scorecam"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["gradcam", "gradcam++", "scorecam"],
+        help="method names, or variants with inline options as cells of their own: opticam[objective=diff]",
+    )
     p.add_argument(
         "--metrics", nargs="+", choices=list(groups.group_names()), default=list(groups.default_groups())
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import castream
 
@@ -69,12 +70,13 @@ def _explain(args: argparse.Namespace) -> int:
     output = (
         int(args.output) if args.output is not None and args.output.lstrip("-").isdigit() else args.output
     )
-    cls = saliency.get(args.method)
-    options = {"preprocess": preprocess} if cls.masks_input else {}
+    cls, inline = saliency.spec(args.method)  # a method, or a variant: opticam[objective=diff]
+    options = {"preprocess": preprocess, **inline} if cls.masks_input else dict(inline)
     if args.layer is not None:
         options["layer"] = args.layer
     method = cls(model, forward_kwargs=kwargs, output=output, **options)
-    stems = [f"{stem}_{args.method.replace('+', 'p')}" for stem in _stems(args.images, paths)]
+    tag = re.sub(r"[^A-Za-z0-9]+", "_", args.method.replace("+", "p")).strip("_")
+    stems = [f"{stem}_{tag}" for stem in _stems(args.images, paths)]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:
         raise UsageError(f"images with the same file name would write the same files: {repeated}")
@@ -214,7 +216,11 @@ def _add_explain(sub) -> None:
     p.add_argument("--num-classes", type=int, default=1000, help="classes of a random-weight model")
     p.add_argument("--stream", default=None, help="CA-Stream checkpoint")
     p.add_argument("--pooling", choices=["ca", "gap"], default="ca", help="with --stream")
-    p.add_argument("--method", default="gradcam", help=f"one of {castream.saliency.available()}")
+    p.add_argument(
+        "--method",
+        default="gradcam",
+        help=f"one of {castream.saliency.available()}, or a variant with options: opticam[objective=diff]",
+    )
     p.add_argument("--target", type=int, default=None, help="class to explain (default: the prediction)")
     p.add_argument(
         "--layer", default=None, help="module name of the layer to explain (default: the last stage)"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 from .. import metrics
 
@@ -79,8 +80,12 @@ class Claim:
     """One testable claim. ``kind``: ``"pooling"`` (B = CA, A = GAP for ``method``), ``"methods"`` (B =
     ``method``, A = ``other``, under the scope's poolings), ``"columns"`` (B and A are two metrics of one
     cell of ``method``: ``columns`` maps each evidence column to its (key of A, key of B)), or
-    ``"accuracy"`` (CA vs GAP top-1 accuracy, an equivalence). ``via``: evidence columns checked through
-    another metric, ``(column, metric, factor)`` (the fading rate through Acc_adv, factor -1)."""
+    ``"accuracy"`` (CA vs GAP top-1 accuracy, an equivalence), or ``"streams"`` (two streams of one
+    classifier through CA: B's and A's settings in ``streams``, ``method``'s cells, or the accuracy cells
+    when ``method`` is None). ``method`` and ``other`` may name a variant (``"opticam[objective=diff]"``,
+    matched by :func:`matches`). ``via``: evidence columns checked through another metric, ``(column,
+    metric, factor)`` (the fading rate through Acc_adv, factor -1). ``equivalence``: the accuracy claim
+    is "B within ±margin of A" rather than a direction."""
 
     id: str
     document: str
@@ -92,8 +97,14 @@ class Claim:
     other: str | None = None
     columns: tuple[tuple[str, str, str], ...] = ()
     via: tuple[tuple[str, str, int], ...] = ()
+    streams: tuple[dict, dict] | None = None
+    equivalence: bool = False
     scope: Scope = Scope()
     note: str = ""
+
+    @property
+    def equivalent(self) -> bool:
+        return self.kind == "accuracy" or self.equivalence
 
     @property
     def table(self) -> str:
@@ -108,14 +119,14 @@ class Claim:
 
     def mixed(self) -> list[str]:
         """Evidence columns left out because their cells disagree (or tie); none for an equivalence."""
-        if self.kind == "accuracy":
+        if self.equivalent:
             return []
         return [k for k in dict.fromkeys(c.column for c in self.evidence) if k not in self.directions()]
 
     @property
     def expected(self) -> tuple[tuple[str, int], ...]:
         """(tested metric, sign of B − A) pairs, from :meth:`directions` (0: the accuracy equivalence)."""
-        if self.kind == "accuracy":
+        if self.equivalent:
             return (("accuracy", 0),)
         via = {column: (key, factor) for column, key, factor in self.via}
         out = []
@@ -246,6 +257,58 @@ def _opti_vs_gradcam(table: str, columns: tuple[str, ...], opti: dict, grad: dic
         other="gradcam",
         **fields,
     )
+
+
+# thesis Table 2.8 (VGG16, 1,000 ImageNet images): Opti-CAM's AD, AG, AI per (objective, normalization)
+_T28 = {
+    ("mask", "range"): (1.4, 66.3, 92.5),
+    ("diff", "range"): (7.1, 18.5, 54.9),
+    ("mask", "max"): (1.6, 66.2, 90.3),
+    ("diff", "max"): (6.8, 17.8, 54.5),
+    ("mask", "sigmoid"): (5.0, 18.3, 57.5),
+    ("diff", "sigmoid"): (6.5, 10.0, 45.3),
+}
+_NORMS = {"range": "Range (2.9)", "max": "Max (2.10)", "sigmoid": "Sigmoid (2.11)"}
+
+
+def _opticam(objective: str, normalization: str) -> str:
+    """The variant name of Opti-CAM with these options (the defaults, mask and range, left out)."""
+    options = [
+        f"{k}={v}"
+        for k, v, d in (("objective", objective, "mask"), ("normalization", normalization, "range"))
+        if v != d
+    ]
+    return f"opticam[{','.join(options)}]" if options else "opticam"
+
+
+def _objective_claim(norm: str) -> Claim:
+    a, b = _T28[("diff", norm)], _T28[("mask", norm)]
+    return _claim(
+        f"Opti-CAM's Mask objective (2.6) with {_NORMS[norm]} normalization",
+        "the Diff objective (2.12)",
+        id=f"opti-cam/objective/{norm}",
+        document=THESIS,
+        section="2.8 Ablation study",
+        kind="methods",
+        evidence=_cells("Table 2.8", ("ad", "ag", "ai"), {f"Mask vs Diff, {_NORMS[norm]}": tuple(zip(a, b))}),
+        method=_opticam("mask", norm),
+        other=_opticam("diff", norm),
+    )
+
+
+# CA-Stream paper Table 5 (ResNet-50, ImageNet): AG, AI, I of S0-S4 and S4-S4 per method
+_T5 = {
+    "gradcam": ((22.67, 20.65), (48.56, 47.14), (75.53, 74.32)),
+    "gradcam++": ((19.29, 18.36), (44.60, 44.40), (75.21, 74.19)),
+    "scorecam": ((23.65, 19.45), (54.20, 50.45), (74.91, 74.19)),
+}
+_PLACEMENT_NOTE = (
+    "the placements' claim is the paper's 'S4–S4 is inferior': AG, AI and I; AD is left out (its cells "
+    "disagree: Grad-CAM 12.54 → 12.77, Grad-CAM++ 13.99 → 13.67), and so is D, lower with S4–S4 in every "
+    "row (13.50 → 13.37, 13.78 → 13.30, 14.68 → 14.46), which the paper's sentence does not discuss"
+)
+# stream settings of the variants (run.json "streams"): start "last" = the last tap alone (S_L - S_L)
+_S0, _SL = {"start": 0}, {"start": "last"}
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -446,6 +509,69 @@ CLAIMS: tuple[Claim, ...] = (
         note="deletion is not claimed: Table 2's SA-CAM total (0.301) is above Score-CAM's (0.269), "
         "which the paper calls very close",
     ),
+    *(_objective_claim(norm) for norm in _NORMS),
+    _claim(
+        "Opti-CAM with the Mask objective and Sigmoid normalization (2.11)",
+        "with Range (2.9)",
+        id="opti-cam/normalization",
+        document=THESIS,
+        section="2.8 Ablation study",
+        kind="methods",
+        evidence=_cells(
+            "Table 2.8",
+            ("ad", "ag", "ai"),
+            {"Mask, Sigmoid vs Range": tuple(zip(_T28[("mask", "range")], _T28[("mask", "sigmoid")]))},
+        ),
+        method=_opticam("mask", "sigmoid"),
+        other=_opticam("mask", "range"),
+        note="the Diff objective's row is not claimed: with Sigmoid its AD improves (7.1 → 6.5) while AG "
+        "and AI worsen, so the tables give AD no direction across objectives",
+    ),
+    _claim(
+        "The CA block (6) (B)",
+        "PROJ→CA (11) (A)",
+        id="ca-stream/block",
+        document=CA_PAPER,
+        section="E. Ablation Experiments",
+        kind="streams",
+        evidence=(Cell("Table 4", "ResNet-50", "accuracy", 74.41, 74.70),),
+        streams=({"block": "proj"}, {"block": "ca"}),
+        scope=Scope(poolings=("ca",)),
+    ),
+    *(
+        _claim(
+            f"{_NAMES[method]} on a stream from the first stage (S0–S4)",
+            "on the last stage alone (S4–S4)",
+            id=f"ca-stream/placement/{method}",
+            document=CA_PAPER,
+            section="E. Ablation Experiments",
+            kind="streams",
+            evidence=_cells(
+                "Table 5",
+                ("ag", "ai", "insertion"),
+                {f"{_NAMES[method]} S4–S4 vs S0–S4": tuple((b, a) for a, b in _T5[method])},
+            ),
+            method=method,
+            streams=(_SL, _S0),
+            scope=Scope(poolings=("ca",)),
+            note=_PLACEMENT_NOTE,
+        )
+        for method in _T5
+    ),
+    Claim(
+        id="ca-stream/class-specific",
+        document=CA_PAPER,
+        section="E. Ablation Experiments",
+        text="A class-specific query (B) keeps the class-agnostic stream's (A) accuracy: B − A within "
+        "±margin (Table 6: 74.68 vs 74.70); it brings no improvement.",
+        kind="streams",
+        evidence=(Cell("Table 6", "ResNet-50", "accuracy", 74.70, 74.68),),
+        streams=({"class_specific": False}, {"class_specific": True}),
+        equivalence=True,
+        scope=Scope(poolings=("ca",)),
+        note="an equivalence on accuracy: Table 6's interpretability differences (≤ 0.15 points) have no "
+        "margin in the paper to test them against",
+    ),
 )
 
 UNTESTABLE: tuple[tuple[str, str], ...] = (
@@ -455,10 +581,9 @@ UNTESTABLE: tuple[tuple[str, str], ...] = (
         "(compare them with --compare and read the models table)",
     ),
     (
-        "CA-Stream paper Tables 4-6 / thesis Tables 3.4-3.6: CA vs PROJ→CA, stream placements, "
-        "class-specific vs agnostic; thesis Table 2.8: Opti-CAM's objective and normalization",
-        "need several streams, or several variants of one method, side by side in one run; a run holds one "
-        "stream and one configuration per method (not built yet)",
+        "Thesis Table 2.8: Opti-CAM's normalization 'has little effect overall' (Range vs Max)",
+        "'little effect' names no margin to test an equivalence against; Sigmoid's lower performance is "
+        "registered (opti-cam/normalization)",
     ),
     (
         "Thesis §2.7 (Table 2.1): Opti-CAM is on par with or faster than the gradient-free methods",
@@ -556,42 +681,120 @@ def _in_scope(claim: Claim, run, label: str) -> bool:
     return kind in claim.scope.datasets and (family is None or family in claim.scope.families)
 
 
+@cache
+def _defining() -> dict[str, frozenset[str]]:
+    """Per method, the options some claim's variant names: they tell the variants apart in a run."""
+    from ..saliency import canonical, split_spec
+
+    out: dict[str, set[str]] = {}
+    for claim in CLAIMS:
+        for name in (claim.method, claim.other):
+            if name:
+                out.setdefault(canonical(split_spec(name)[0]), set()).update(split_spec(name)[1])
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def _resolved(name: str, options: dict) -> tuple[str, dict]:
+    """(registry name, every option with its default) of a method variant given ``options`` besides."""
+    from ..saliency import canonical, method_defaults, spec
+
+    cls, inline = spec(name)
+    return canonical(name.partition("[")[0]), {**method_defaults(cls), **options, **inline}
+
+
+def matches(run_method: str, claimed: str, options: dict | None = None) -> bool:
+    """Whether a run's method (``options``: its ``method_options``) is the variant a claim names: the same
+    method, and the same value of every option that tells that method's claimed variants apart (a plain
+    name in a claim means those options' defaults: ``opticam`` is Mask with Range normalization)."""
+    base, have = _resolved(run_method, options or {})
+    claimed_base, want = _resolved(claimed, {})
+    keys = _defining().get(base, frozenset())
+    return base == claimed_base and all(have.get(k) == want.get(k) for k in keys)
+
+
+def _stream_value(settings: dict, key: str, value):
+    return settings.get("taps", 0) - 1 if (key, value) == ("start", "last") else value
+
+
+def _stream_pairs(claim: Claim, streams: dict[str, dict]) -> list[tuple[str, str]]:
+    """(label of A, label of B) of the run's streams that differ as the claim's variants do and agree on
+    every other setting (block, placement, class-specific query)."""
+    spec_a, spec_b = claim.streams
+    keys = ("block", "start", "class_specific")
+
+    def fits(settings: dict, spec: dict) -> bool:
+        return all(settings.get(k) == _stream_value(settings, k, v) for k, v in spec.items())
+
+    return [
+        (a, b)
+        for a, sa in streams.items()
+        for b, sb in streams.items()
+        if a != b
+        and fits(sa, spec_a)
+        and fits(sb, spec_b)
+        and all(sa.get(k) == sb.get(k) for k in keys if k not in spec_a and k not in spec_b)
+    ]
+
+
+def _cell_pairs(claim: Claim, run, label: str, methods: list[str]) -> list[tuple[tuple, tuple]]:
+    """The (A cell, B cell) pairs of model ``label`` a claim compares; cells are (label, pooling, method)."""
+    poolings = run.plan.poolings[label]
+    options = run.config.method_options
+
+    def found(claimed: str) -> list[str]:
+        return [m for m in methods if matches(m, claimed, options.get(m))]
+
+    if claim.kind in ("accuracy", "pooling"):
+        if set(poolings) != {"gap", "ca"} or (claim.kind == "accuracy" and run.multilabel):
+            return []
+        names = ["accuracy"] if claim.kind == "accuracy" else found(claim.method)
+        return [((label, "gap", m), (label, "ca", m)) for m in names]
+    scoped = [p for p in poolings if p in claim.scope.poolings]
+    if claim.kind == "columns":
+        return [((label, p, m), (label, p, m)) for p in scoped for m in found(claim.method)]
+    return [
+        ((label, p, a), (label, p, b))
+        for p in scoped
+        for a in found(claim.other)
+        for b in found(claim.method)
+    ]
+
+
 def check_claims(runner, tables: dict, seed: int, margin: float = ACCURACY_MARGIN) -> list[dict]:
     """Every claim the evaluation covers, with its measured differences and verdict. ``tables``: the
     per-image columns (``results.Columns``) of each (model label, pooling, method) cell, the accuracy
     cells as method ``"accuracy"``; ``margin``: the accuracy equivalence margin."""
     out = []
-    methods, kind = set(runner.config.methods), runner.config.data.partition(":")[0]
-    for label in runner.plan.poolings:
-        poolings = runner.plan.poolings[label]
-        both = set(poolings) == {"gap", "ca"}
-        for claim in (c for c in CLAIMS if _applies(c, kind)):
-            if claim.kind == "accuracy":
-                pairs = [("gap", "ca", "accuracy", "accuracy")] if both and not runner.multilabel else []
-            elif claim.kind == "pooling":
-                pairs = (
-                    [("gap", "ca", claim.method, claim.method)] if both and claim.method in methods else []
+    methods, kind = list(runner.config.methods), runner.config.data.partition(":")[0]
+    streams = runner.info.get("streams", {}) if hasattr(runner, "info") else {}
+    for claim in (c for c in CLAIMS if _applies(c, kind)):
+        if claim.kind == "streams":
+            if claim.method is None and runner.multilabel:
+                continue
+            names = (
+                ["accuracy"]
+                if claim.method is None
+                else [m for m in methods if matches(m, claim.method, runner.config.method_options.get(m))]
+            )
+            pairs = [((a, "ca", m), (b, "ca", m)) for a, b in _stream_pairs(claim, streams) for m in names]
+        else:
+            pairs = [
+                pair for label in runner.plan.poolings for pair in _cell_pairs(claim, runner, label, methods)
+            ]
+        for cell_a, cell_b in pairs:
+            entry = _check(tables, claim, cell_a, cell_b, seed, margin)
+            if entry is not None:
+                entry["scope"] = (
+                    "in scope"
+                    if _in_scope(claim, runner, cell_b[0])
+                    else (f"extrapolated (measured on {claim.scope.describe()})")
                 )
-            elif claim.kind == "columns":
-                pairs = [(p, p, claim.method, claim.method) for p in poolings if p in claim.scope.poolings]
-                pairs = pairs if claim.method in methods else []
-            else:
-                pairs = [(p, p, claim.other, claim.method) for p in poolings if p in claim.scope.poolings]
-                pairs = pairs if {claim.method, claim.other} <= methods else []
-            for pool_a, pool_b, method_a, method_b in pairs:
-                entry = _check(tables, claim, label, (pool_a, method_a), (pool_b, method_b), seed, margin)
-                if entry is not None:
-                    entry["scope"] = (
-                        "in scope"
-                        if _in_scope(claim, runner, label)
-                        else (f"extrapolated (measured on {claim.scope.describe()})")
-                    )
-                    out.append(entry)
+                out.append(entry)
     return out
 
 
-def _check(tables, claim: Claim, label: str, a: tuple, b: tuple, seed: int, margin: float) -> dict | None:
-    first, second = (tables.get((label, pooling, method)) for pooling, method in (a, b))
+def _check(tables, claim: Claim, a: tuple, b: tuple, seed: int, margin: float) -> dict | None:
+    first, second = tables.get(a), tables.get(b)
     expected = dict(claim.expected)
     if first is None or second is None or not first.common(second):
         return None
@@ -599,16 +802,16 @@ def _check(tables, claim: Claim, label: str, a: tuple, b: tuple, seed: int, marg
     if any(pair is None for pair in pairs.values()):
         return None
     tests = {key: metrics.paired_test(*pair, seed=seed) for key, pair in pairs.items()}
-    if claim.kind == "accuracy":
-        verdict = judge_equivalence(tests["accuracy"], margin)
-    else:
-        verdict = judge(tests, expected)
+    verdict = judge_equivalence(tests["accuracy"], margin) if claim.equivalent else judge(tests, expected)
     if claim.kind == "columns":
-        comparison = f"{b[1]} {b[0].upper()}: " + ", ".join(
+        comparison = f"{b[2]} {b[1].upper()}: " + ", ".join(
             f"{_metric_title(kb)} − {_metric_title(ka)}" for ka, kb in map(claim.keys, expected)
         )
+    elif claim.kind == "streams":
+        comparison = f"{b[2]} CA: {b[0]} − {a[0]}"
     else:
-        comparison = f"{b[1]} {b[0].upper()} − {a[1]} {a[0].upper()}"
+        comparison = f"{b[2]} {b[1].upper()} − {a[2]} {a[1].upper()}"
+    label = b[0] if a[0] == b[0] else f"{b[0]} vs {a[0]}"
     return {
         "id": claim.id,
         "source": f"{claim.document} {claim.section}, {claim.table}",

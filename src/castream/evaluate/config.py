@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from .. import metrics
 from .._precision import check_amp
 from ..preprocess import Preprocess
-from ..saliency import get as get_method
+from ..saliency import canonical, spec
 from ..utils import check_int
 from . import groups
 from .claims import ACCURACY_MARGIN
@@ -30,7 +30,11 @@ class EvalConfig:
     weights: str | None = None
     checkpoint: str | None = None
     stream: str | None = None
+    # more streams on the same classifier, side by side: label -> stream checkpoint; each is a model of
+    # its own with pooling "ca" only (its GAP is the classifier's, already evaluated)
+    streams: dict = field(default_factory=dict)
     poolings: tuple[str, ...] = ("gap", "ca")
+    # method names, or labelled variants with inline options: "opticam[objective=diff]"
     methods: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam")
     metrics: tuple[str, ...] = DEFAULT_METRICS
     protocol: str = "thesis"
@@ -112,17 +116,31 @@ class EvalConfig:
             raise ValueError(
                 f"multilabel_targets must be one of {MULTILABEL_TARGETS}, got {self.multilabel_targets!r}"
             )
-        if "ca" in self.poolings and not self.stream:
-            raise ValueError("pooling 'ca' needs a trained stream checkpoint (stream=...)")
+        if "ca" in self.poolings and not (self.stream or self.streams):
+            raise ValueError("pooling 'ca' needs a trained stream checkpoint (stream=... or streams=...)")
+        if self.streams and "ca" not in self.poolings:
+            raise ValueError("streams= are evaluated through their CA pooling: add 'ca' to the poolings")
         if self.protocol not in metrics.PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {list(metrics.PROTOCOLS)}")
-        for method in self.methods:
-            get_method(method)
+        self._check_methods()
         self.poolings, self.metrics, self.baselines = (
             tuple(self.poolings),
             tuple(self.metrics),
             tuple(self.baselines),
         )
+
+    def _check_methods(self) -> None:
+        """Every method name or variant resolves; no two name the same variant; an option is set once."""
+        seen: dict[str, str] = {}
+        for method in self.methods:
+            _, inline = spec(method)
+            key = canonical(method)
+            if key in seen:
+                raise ValueError(f"methods {seen[key]!r} and {method!r} are the same method: list it once")
+            seen[key] = method
+            twice = sorted(set(inline) & set(self.method_options.get(method, {})))
+            if twice:
+                raise ValueError(f"{method!r} sets {twice} inline and again in method_options: set it once")
 
     def _check_metric_options(self) -> None:
         for group, options in self.metric_options.items():

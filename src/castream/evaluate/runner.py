@@ -31,7 +31,7 @@ from ..data import collate, eval_transform
 from ..data.classes import label_map, model_class_names, read_class_map
 from ..data.registry import is_multilabel, open_dataset
 from ..models import build_model, is_factory, load_weights, output_classes
-from ..saliency import get as get_method
+from ..saliency import spec
 from ..stream import StreamModel, load_stream
 from ..train.loop import distributed
 from ..utils import atomic_write, count_flops, count_parameters, state_digest
@@ -117,16 +117,21 @@ class Runner:
             )
         model = load_stream(backbone, config.stream) if config.stream else backbone
         self.models = {config.model: model}
+        for label, path in config.streams.items():  # more streams on the same frozen classifier
+            self._add_model(label, load_stream(backbone, path))
         for label, checkpoint in config.compare.items():
-            if label in self.models:
-                raise ValueError(f"model label {label!r} is used twice")
-            self.models[label] = load_classifier(config.model, classes, None, checkpoint)
+            self._add_model(label, load_classifier(config.model, classes, None, checkpoint))
         # what the results are computed with: the weights' content, not the paths they were read from
         self.weights = {label: state_digest(m) for label, m in self.models.items()}
         self.plan = Plan(
             indices=self.indices,
             poolings={
-                label: [p for p in config.poolings if p == "gap" or isinstance(m, StreamModel)]
+                label: [
+                    p
+                    for p in config.poolings
+                    if (p == "gap" and label not in config.streams)
+                    or (p == "ca" and isinstance(m, StreamModel))
+                ]
                 for label, m in self.models.items()
             },
             methods=list(config.methods),
@@ -148,6 +153,11 @@ class Runner:
                 f"size {config.size} is smaller than {config.model} accepts: its last stage has stride "
                 f"{minimum}, so images must be at least {minimum} pixels"
             )
+
+    def _add_model(self, label: str, model: nn.Module) -> None:
+        if label in self.models:
+            raise ValueError(f"model label {label!r} is used twice (the model's name, streams= and compare=)")
+        self.models[label] = model
 
     def _label_map(self, model: nn.Module) -> tuple[Tensor | None, bool]:
         """(dataset label -> model class, or None when they agree; whether labels are known to the model).
@@ -192,7 +202,7 @@ class Runner:
 
         label = next(iter(self.models))
         for method in self.config.methods:
-            if get_method(method).uses_layer:
+            if spec(method)[0].uses_layer:
                 pooling = self.plan.poolings[label][0]
                 name = self.build_method(method, label, pooling).layers[0][0]
                 try:
@@ -265,8 +275,8 @@ class Runner:
 
     def build_method(self, name: str, label: str, pooling: str):
         """The saliency method ``name`` explaining model ``label`` through ``pooling``, with its options."""
-        options = dict(self.config.method_options.get(name, {}))
-        cls = get_method(name)
+        cls, inline = spec(name)
+        options = {**self.config.method_options.get(name, {}), **inline}
         if cls.masks_input:
             options.setdefault("preprocess", self.preprocess)
         return cls(self.models[label], forward_kwargs=self.forward_kwargs(label, pooling), **options)
@@ -327,8 +337,9 @@ class Runner:
 
     def _correct(self, label: str, batch: tuple, skipped: list, clean: dict) -> tuple:
         """The images the GAP model ``label`` classifies correctly (``correct_only``); the others are
-        recorded as skipped."""
+        recorded as skipped; a stream of ``streams=`` is judged by the classifier it runs on."""
         indices, images, labels, _ = batch
+        label = self.config.model if label in self.config.streams else label
         with torch.no_grad(), autocast(self.device, self.config.amp):
             wrong = (self._clean(clean, label, "gap", indices, images).argmax(1) != labels).tolist()
         reason = "misclassified by the GAP model (correct predictions only)"
@@ -613,6 +624,17 @@ class Runner:
             "preprocess": {"mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
             # the claims' scope: CNN or ViT per model
             "families": {label: "vit" if is_vit(m) else "cnn" for label, m in self.models.items()},
+            # the stream variants' claims (block, placement, class-specific query) read their settings
+            "streams": {
+                label: {
+                    "block": m.config.block,
+                    "start": m.config.start,
+                    "taps": len(m.config.taps),
+                    "class_specific": m.config.class_specific,
+                }
+                for label, m in self.models.items()
+                if isinstance(m, StreamModel)
+            },
         }
 
     def run(self) -> dict | None:

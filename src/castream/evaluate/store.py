@@ -32,9 +32,17 @@ SYNC_SECONDS = 5.0
 
 
 def cell_name(label: str, pooling: str, method: str) -> str:
-    """The file-name-safe name of a cell: ``<model label>-<pooling>-<method>``."""
-    safe = "".join(c if c.isalnum() or c in "_." else "_" for c in label)
-    return f"{safe}-{pooling}-{method.replace('+', 'p')}"
+    """The file-name-safe name of a cell, ``<model label>-<pooling>-<method>``, one per cell: a label of
+    letters, digits, ``_`` and ``.`` and a method of letters, digits and ``+`` (as ``p``) are kept as
+    they are; any other name is made safe and gets a digest of the exact names (``r-1`` and ``r_1``,
+    ``opticam[objective=diff]``), so that two cells never share a file."""
+    label_safe = "".join(c if c.isalnum() or c in "_." else "_" for c in label)
+    method_safe = "".join(c if c.isalnum() else "p" if c == "+" else "_" for c in method)
+    name = f"{label_safe}-{pooling}-{method_safe}"
+    if label_safe == label and method.replace("+", "").isalnum():
+        return name
+    digest = hashlib.sha256(json.dumps([label, pooling, method]).encode()).hexdigest()[:8]
+    return f"{name}~{digest}"
 
 
 def run_id(fingerprint: dict) -> str:
