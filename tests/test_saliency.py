@@ -389,6 +389,8 @@ def _options(name):
     options = {"preprocess": IMAGENET} if saliency.get(name).masks_input else {}
     if name in ("opticam", "extremalperturbation"):
         return {**options, "max_iter": 3}
+    if name in ("sscam", "iscam"):  # 512 channels x samples: two samples show the mechanism
+        return {**options, "batch_size": 512, "num_samples": 2}
     return {**options, "batch_size": 512} if name in ("scorecam", "ablationcam", "sacam") else options
 
 
@@ -577,8 +579,8 @@ def test_bad_input():
         saliency.GradCAM(model, "features")(x, 5)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         saliency.GradCAM(model, "features")(x[0])
-    with pytest.raises(ValueError, match="takes exactly one layer"):
-        saliency.GradCAM(model, ["features", "features.1"])
+    with pytest.raises(ValueError, match="takes exactly one layer"):  # the gradient methods fuse several
+        saliency.ScoreCAM(model, ["features", "features.1"])
     assert saliency.GradCAM(TinyNet()).layers[0][0] == "features"  # the rule: the map its pooling reads
     grid = torch.nn.AdaptiveAvgPool2d(4)  # the classifier reads a 4 x 4 grid, as VGG's does
     flat = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), grid, torch.nn.Flatten(), torch.nn.Linear(64, 5))

@@ -36,3 +36,61 @@ def finalize_maps(maps: Tensor, size: tuple[int, int] | None, normalize: bool) -
     if size is not None:
         maps = upsample_maps(maps, size)
     return normalize_maps(maps) if normalize else maps
+
+
+def _oriented(projection: Tensor, centered: Tensor) -> Tensor:
+    """A principal component's projection (B, N) with the sign of its correlation with the channel sum of
+    the centered terms (B, N, K): SVD and eigen solvers fix no sign, and a flipped map would be removed by
+    the methods' ReLU. pytorch-grad-cam keeps whatever sign LAPACK returns."""
+    sign = torch.sign((projection * centered.sum(dim=2)).sum(dim=1, keepdim=True))
+    return projection * torch.where(sign == 0, torch.ones_like(sign), sign)
+
+
+def _positions(terms: Tensor) -> Tensor:
+    """(B, K, h, w) -> (B, h*w, K) in at least float32, each channel centered over the positions."""
+    if terms.dim() != 4:
+        raise ValueError(f"expected (B, K, h, w) per-channel terms, got shape {tuple(terms.shape)}")
+    x = terms.flatten(2).transpose(1, 2)
+    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return x - x.mean(dim=1, keepdim=True)
+
+
+def eigen_projection(terms: Tensor) -> Tensor:
+    """(B, K, h, w) -> (B, h, w): each position's K-vector, centered over the positions, projected on the
+    first principal component (EigenCAM, Muhammad & Yeasin 2020; pytorch-grad-cam's ``eigen_smooth``),
+    oriented to correlate positively with the channel sum."""
+    x = _positions(terms)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    projection = (x @ vh[:, 0, :, None]).squeeze(-1)
+    return _oriented(projection, x).view(terms.shape[0], *terms.shape[-2:])
+
+
+KERNELS = ("linear", "poly", "rbf", "sigmoid", "cosine")
+
+
+def kernel_projection(terms: Tensor, kernel: str = "sigmoid", gamma: float | None = None) -> Tensor:
+    """(B, K, h, w) -> (B, h, w): kernel PCA of the centered positions (KPCA-CAM, Karmani et al. 2024, as
+    pytorch-grad-cam computes it with scikit-learn's ``KernelPCA(n_components=1)``): the first eigenvector
+    of the doubly-centered kernel matrix times the square root of its eigenvalue. Kernels and defaults
+    are scikit-learn's: ``gamma`` = 1 / K, ``coef0`` = 1, degree 3; oriented as :func:`eigen_projection`."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    x = _positions(terms)
+    gamma = 1.0 / x.shape[-1] if gamma is None else float(gamma)
+    dot = x @ x.transpose(1, 2)
+    if kernel == "linear":
+        k = dot
+    elif kernel == "poly":
+        k = (gamma * dot + 1) ** 3
+    elif kernel == "sigmoid":
+        k = torch.tanh(gamma * dot + 1)
+    elif kernel == "rbf":
+        squared = dot.diagonal(dim1=1, dim2=2)
+        k = torch.exp(-gamma * (squared[:, :, None] + squared[:, None, :] - 2 * dot).clamp(min=0))
+    else:
+        norms = x.norm(dim=2).clamp(min=torch.finfo(x.dtype).tiny)
+        k = dot / (norms[:, :, None] * norms[:, None, :])
+    k = k - k.mean(dim=1, keepdim=True) - k.mean(dim=2, keepdim=True) + k.mean(dim=(1, 2), keepdim=True)
+    values, vectors = torch.linalg.eigh(k)
+    projection = vectors[..., -1] * values[..., -1:].clamp(min=0).sqrt()
+    return _oriented(projection, x).view(terms.shape[0], *terms.shape[-2:])

@@ -9,10 +9,26 @@ import json
 from .attention import RawAttention, Rollout
 from .base import ChannelsLastReshape, SaliencyMethod, TokenReshape
 from .baselines import CAM, FakeCAM, RandomMap
-from .gradient import GradCAM, GradCAMPlusPlus, GradientMethod, GuidedBackprop, HiResCAM, LayerCAM, XGradCAM
+from .gradient import (
+    FEM,
+    KPCACAM,
+    EigenCAM,
+    EigenGradCAM,
+    FinerCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    GradientMethod,
+    GuidedBackprop,
+    HiResCAM,
+    LayerCAM,
+    ShapleyCAM,
+    SmoothGradCAMPlusPlus,
+    XGradCAM,
+)
 from .opticam import OptiCAM
 from .perturbation import ExtremalPerturbation
-from .score import SACAM, AblationCAM, ScoreCAM
+from .score import ISCAM, SACAM, SSCAM, AblationCAM, ScoreCAM
 from .transformer import TransformerAttribution
 
 _METHODS: dict[str, type[SaliencyMethod]] = {
@@ -24,7 +40,17 @@ _METHODS: dict[str, type[SaliencyMethod]] = {
         XGradCAM,
         HiResCAM,
         LayerCAM,
+        GradCAMElementWise,
+        EigenCAM,
+        EigenGradCAM,
+        KPCACAM,
+        FEM,
+        ShapleyCAM,
+        FinerCAM,
+        SmoothGradCAMPlusPlus,
         ScoreCAM,
+        SSCAM,
+        ISCAM,
         AblationCAM,
         OptiCAM,
         ExtremalPerturbation,
@@ -154,12 +180,20 @@ def canonical(name: str) -> str:
 
 __all__ = [
     "CAM",
+    "FEM",
+    "ISCAM",
+    "KPCACAM",
     "SACAM",
+    "SSCAM",
     "AblationCAM",
     "ChannelsLastReshape",
+    "EigenCAM",
+    "EigenGradCAM",
     "ExtremalPerturbation",
     "FakeCAM",
+    "FinerCAM",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GradientMethod",
     "GuidedBackprop",
@@ -171,6 +205,8 @@ __all__ = [
     "Rollout",
     "SaliencyMethod",
     "ScoreCAM",
+    "ShapleyCAM",
+    "SmoothGradCAMPlusPlus",
     "TokenReshape",
     "TransformerAttribution",
     "XGradCAM",

@@ -35,7 +35,7 @@ from ..backbones import (
     prefix_tokens,
     resolve_module,
 )
-from ..maps import finalize_maps
+from ..maps import eigen_projection, finalize_maps, normalize_maps
 from ..utils import uncompiled
 
 
@@ -92,12 +92,28 @@ class SaliencyMethod:
       ``progress``: a tqdm bar over the call's forwards (or iterations), for the methods that run many:
       Score-CAM, Ablation-CAM, SA-CAM, Opti-CAM and Extremal Perturbation; the others run one or two
       passes and show none.
+      ``aug_smooth``: the mean of the maps of 6 augmented inputs, horizontal flip x intensity factors 0.9,
+      1, 1.1, each flipped back (pytorch-grad-cam's test-time augmentation); the class explained is the
+      one of the original images (pytorch-grad-cam re-predicts it per augmentation when no target is
+      given); the mean is min-max normalized like every map.
+      ``eigen_smooth`` (CAM methods, whose map sums per-channel terms ``C_k`` of a layer): the first
+      principal component of the ``C_k`` over the positions instead of their sum (pytorch-grad-cam's
+      option; :func:`castream.maps.eigen_projection`).
+      ``fusion`` (several layers, ``layer=[...]``): ``"input"``, pytorch-grad-cam's: each layer's map
+      min-max normalized and resized to the output size, then their mean; ``"finest"``, castream's Layer-CAM
+      convention (thesis §1.3.2): resized to the finest layer's resolution instead, then averaged.
     """
 
     name: ClassVar[str] = ""
     uses_layer: ClassVar[bool] = True
     multi_layer: ClassVar[bool] = False
     masks_input: ClassVar[bool] = False  # forwards masked images: takes preprocess=
+    cam_family: ClassVar[bool] = False  # the map sums per-channel terms of a layer: eigen_smooth applies
+    default_fusion: ClassVar[str] = "input"
+    FUSIONS: ClassVar[tuple[str, ...]] = ("input", "finest")
+    AUGMENTATIONS: ClassVar[tuple[tuple[bool, float], ...]] = tuple(
+        (flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1)
+    )
 
     def __init__(
         self,
@@ -108,7 +124,22 @@ class SaliencyMethod:
         reshape: bool | Callable[[Tensor], Tensor] | None = None,
         forward_kwargs: dict | None = None,
         progress: bool = False,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        fusion: str | None = None,
     ) -> None:
+        for option, value in (("aug_smooth", aug_smooth), ("eigen_smooth", eigen_smooth)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{option} must be True or False, got {value!r}")
+        if eigen_smooth and not self.cam_family:
+            raise ValueError(
+                f"{type(self).__name__} has no per-channel sum for eigen_smooth to replace; it applies to "
+                "the CAM methods (a weighted sum of a layer's channels)"
+            )
+        fusion = self.default_fusion if fusion is None else fusion
+        if fusion not in self.FUSIONS:
+            raise ValueError(f"fusion must be one of {self.FUSIONS}, got {fusion!r}")
+        self.aug_smooth, self.eigen_smooth, self.fusion = aug_smooth, eigen_smooth, fusion
         if isinstance(model, Scorer):  # a Scorer fixes the output selection and the forward kwargs
             scorer = Scorer.of(model, output=output, forward_kwargs=forward_kwargs)
             model, output, forward_kwargs = scorer.model, scorer.output, scorer.forward_kwargs
@@ -171,12 +202,45 @@ class SaliencyMethod:
         normalize: bool = True,
     ) -> Tensor:
         images = check_images(images)
-        with self.session():
-            maps = self.compute(images.clone() if images.is_inference() else images, targets)
         size = tuple(images.shape[-2:]) if upsample else None
+        with self.session():
+            images = images.clone() if images.is_inference() else images
+            maps = (
+                self._augmented(images, targets, size)
+                if self.aug_smooth
+                else self._maps(images, targets, size)
+            )
         out = finalize_maps(maps.to(images.dtype), size, normalize)
         self._warn_if_empty(maps, out)
         return out
+
+    def _maps(self, images: Tensor, targets, size: tuple[int, int] | None) -> Tensor:
+        """:meth:`compute`'s map, several layers' maps fused (``fusion``, see the class docstring)."""
+        maps = self.compute(images, targets)
+        if isinstance(maps, Tensor):
+            return maps
+        if len(maps) == 1:
+            return maps[0]
+        finest = tuple(max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1]))
+        if self.fusion == "input":  # pytorch-grad-cam: min-max at each layer's resolution, then resized
+            target = size or finest
+            return torch.stack(
+                [finalize_maps(normalize_maps(m), target, normalize=False) for m in maps]
+            ).mean(0)
+        return torch.stack([finalize_maps(m, finest, normalize=True) for m in maps]).mean(dim=0)
+
+    def _augmented(self, images: Tensor, targets, size: tuple[int, int] | None) -> Tensor:
+        """``aug_smooth``: the mean normalized map over :data:`AUGMENTATIONS`, each flipped back."""
+        if targets is None:
+            with torch.no_grad():
+                targets = self.logits(images).argmax(dim=1)
+        total = None
+        for flip, factor in self.AUGMENTATIONS:
+            x = images * factor
+            m = finalize_maps(self._maps(x.flip(-1) if flip else x, targets, size), size, normalize=True)
+            m = m.flip(-1) if flip else m
+            total = m if total is None else total + m
+        return total / len(self.AUGMENTATIONS)
 
     def _warn_if_empty(self, raw: Tensor, maps: Tensor) -> None:
         """An all-zero map says nothing about the image: warn, naming the method, the layer and why."""
@@ -205,9 +269,29 @@ class SaliencyMethod:
         with torch.inference_mode(False), frozen_eval(self.model):
             yield
 
-    def compute(self, images: Tensor, targets) -> Tensor:
-        """The method's formula: ``(B, h, w)`` maps after its activation ``h``, at native resolution."""
+    def compute(self, images: Tensor, targets) -> Tensor | list[Tensor]:
+        """The method's formula: ``(B, h, w)`` maps after its activation ``h``, at native resolution (or
+        one per layer, fused by :meth:`_maps`)."""
         raise NotImplementedError
+
+    def objective(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The per-image score ``y`` the gradient methods differentiate: the target logit (FinerCAM's
+        differs)."""
+        return target_score(logits, targets)
+
+    def channel_sum(self, terms: Tensor) -> Tensor:
+        """``sum_k C_k`` of per-channel terms (B, K, h, w), or their first principal component with
+        ``eigen_smooth``."""
+        if self.eigen_smooth:
+            return eigen_projection(terms)
+        return at_least_float32(terms).sum(dim=1)
+
+    def weighted_sum(self, weights: Tensor, activations: Tensor) -> Tensor:
+        """``sum_k w_k A^k`` (thesis (1.3), :func:`combine`), or with ``eigen_smooth`` the first principal
+        component of the ``w_k A^k``."""
+        if self.eigen_smooth:
+            return eigen_projection(weights[:, :, None, None].to(activations.dtype) * activations)
+        return combine(weights, activations)
 
     # -- shared helpers ------------------------------------------------------------------------------
     def _select(self, out: Any) -> Tensor:
@@ -287,17 +371,35 @@ class SaliencyMethod:
 
     def activations_and_gradients(self, images: Tensor, targets) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """Feature maps ``A`` and ``g = d y_c / d A`` of each layer; one forward and one backward."""
+        acts, grads, _, t = self._backward(images, targets, second_order=False)
+        return acts, grads, t
+
+    def _hvp(self, name: str, leaf: Tensor, grad: Tensor) -> Tensor:
+        """``(d g / d A) A`` of one layer as a map (0 where ``g`` does not depend on ``A``)."""
+        h = (
+            torch.autograd.grad(grad, leaf, leaf.detach(), allow_unused=True)[0]
+            if grad.requires_grad
+            else None
+        )
+        return self._as_map(name, torch.zeros_like(leaf) if h is None else h.detach())
+
+    def _backward(self, images: Tensor, targets, second_order: bool) -> tuple:
+        """(A, g, Hessian-vector products ``(d g / d A) A`` or None, targets) of each layer: the
+        :meth:`objective` differentiated once, or twice with ``second_order`` (ShapleyCAM)."""
         with torch.enable_grad():
             store, logits = self._run(images, track_grad=True)
             t = self.targets(targets, logits)
             leaves = [store[name] for name, _ in self.layers]
-            grads = torch.autograd.grad(target_score(logits, t).sum(), leaves, allow_unused=True)
-        acts, gs = [], []
-        for (name, _), leaf, grad in zip(self.layers, leaves, grads):
-            grad = torch.zeros_like(leaf) if grad is None else grad
-            acts.append(self._as_map(name, self._pooled(name, leaf.detach())))
-            gs.append(self._as_map(name, grad))
-        return acts, gs, t
+            grads = torch.autograd.grad(
+                self.objective(logits, t).sum(), leaves, allow_unused=True, create_graph=second_order
+            )
+            grads = [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads)]
+            hvps = None
+            if second_order:  # zero where the gradient does not depend on A (a linear head after it)
+                hvps = [self._hvp(name, leaf, g) for (name, _), leaf, g in zip(self.layers, leaves, grads)]
+        acts = [self._as_map(n, self._pooled(n, leaf.detach())) for (n, _), leaf in zip(self.layers, leaves)]
+        gs = [self._as_map(n, g.detach()) for (n, _), g in zip(self.layers, grads)]
+        return acts, gs, hvps, t
 
 
 def combine(weights: Tensor, activations: Tensor) -> Tensor:
@@ -312,3 +414,12 @@ def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` with 0 where ``den`` is 0 (never NaN or Inf)."""
     nonzero = den != 0
     return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def check_noise(num_samples: int, std: float) -> tuple[int, float]:
+    """The sample count (an int >= 1) and noise standard deviation (a number >= 0) of a smoothed method."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if isinstance(std, bool) or not isinstance(std, int | float) or not std >= 0:
+        raise ValueError(f"std must be a number >= 0, got {std!r}")
+    return num_samples, float(std)

@@ -11,7 +11,7 @@ from .._hooks import forward_hooks
 from ..backbones import default_layer, describe, is_vit, prefix_tokens, resolve_module
 from ..stream import StreamModel
 from ..utils import meta_call
-from .base import SaliencyMethod, combine
+from .base import SaliencyMethod
 
 
 class CAM(SaliencyMethod):
@@ -24,6 +24,7 @@ class CAM(SaliencyMethod):
     """
 
     name = "cam"
+    cam_family = True
 
     def __init__(
         self, model: nn.Module, layer=None, *, classifier: str | nn.Module | None = None, **options
@@ -60,7 +61,7 @@ class CAM(SaliencyMethod):
                 f"layer {self.layers[0][0]!r} has {acts[0].shape[1]} channels but the classifier reads "
                 f"{self.classifier.in_features}; CAM is defined for the last stage only"
             )
-        return combine(self.classifier.weight[t], acts[0])
+        return self.weighted_sum(self.classifier.weight[t], acts[0])
 
 
 class FakeCAM(SaliencyMethod):

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from ..guided import guided_gradient
-from ..maps import finalize_maps
-from .base import SaliencyMethod, combine, safe_divide
+from ..maps import KERNELS, eigen_projection, kernel_projection
+from .base import SaliencyMethod, check_noise, safe_divide
 
 
 def gradcam_weights(grads: Tensor) -> Tensor:
@@ -29,18 +29,28 @@ def gradcampp_weights(activations: Tensor, grads: Tensor, eps: float = 0.0) -> T
     ``g^2`` is not far above ``eps`` (issue 30 measured map changes of up to 0.157 on EfficientNet-Lite0's
     last layer, where 96% of the ``g^2`` are below 1e-6).
     """
-    g2 = grads.pow(2)
-    denominator = 2 * g2 + activations.sum(dim=(2, 3), keepdim=True) * grads.pow(3)
-    alpha = torch.where(grads != 0, g2 / (denominator + eps), 0.0) if eps else safe_divide(g2, denominator)
-    return (alpha * grads.clamp(min=0)).sum(dim=(2, 3))
+    return moments_weights(activations, grads, grads.pow(2), grads.pow(3), eps)
+
+
+def moments_weights(activations: Tensor, g1: Tensor, g2: Tensor, g3: Tensor, eps: float = 0.0) -> Tensor:
+    """Grad-CAM++'s weights from the first three derivative estimates (powers of ``g`` for Grad-CAM++;
+    their means over noisy inputs for Smooth Grad-CAM++): ``alpha = g2 / (2 g2 + sum_ab A_ab g3)`` and
+    ``w_k = sum_ij alpha_ij ReLU(g1_ij)`` (see :func:`gradcampp_weights` for ``eps``)."""
+    denominator = 2 * g2 + activations.sum(dim=(2, 3), keepdim=True) * g3
+    alpha = torch.where(g1 != 0, g2 / (denominator + eps), 0.0) if eps else safe_divide(g2, denominator)
+    return (alpha * g1.clamp(min=0)).sum(dim=(2, 3))
 
 
 class GradientMethod(SaliencyMethod):
-    """Base of the methods computed from one layer's activations and gradients."""
+    """Base of the methods computed from a layer's activations and gradients: one map per layer, several
+    layers fused (``fusion``)."""
 
-    def compute(self, images: Tensor, targets) -> Tensor:
+    multi_layer = True
+    cam_family = True
+
+    def compute(self, images: Tensor, targets) -> list[Tensor]:
         acts, grads, _ = self.activations_and_gradients(images, targets)
-        return self.formula(acts[0], grads[0])
+        return [self.formula(a, g) for a, g in zip(acts, grads)]
 
     def formula(self, activations: Tensor, grads: Tensor) -> Tensor:
         raise NotImplementedError
@@ -52,7 +62,7 @@ class GradCAM(GradientMethod):
     name = "gradcam"
 
     def formula(self, activations: Tensor, grads: Tensor) -> Tensor:
-        return combine(gradcam_weights(grads), activations).clamp(min=0)
+        return self.weighted_sum(gradcam_weights(grads), activations).clamp(min=0)
 
 
 class GradCAMPlusPlus(GradientMethod):
@@ -69,7 +79,41 @@ class GradCAMPlusPlus(GradientMethod):
         self.eps = float(eps)
 
     def formula(self, activations: Tensor, grads: Tensor) -> Tensor:
-        return combine(gradcampp_weights(activations, grads, self.eps), activations).clamp(min=0)
+        return self.weighted_sum(gradcampp_weights(activations, grads, self.eps), activations).clamp(min=0)
+
+
+class SmoothGradCAMPlusPlus(GradientMethod):
+    """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ (:func:`moments_weights`) with the derivatives
+    ``g``, ``g^2``, ``g^3`` averaged over ``num_samples`` inputs with Gaussian noise of standard deviation
+    ``std`` added to the model input (seeded by ``seed``), on the clean image's activations and target.
+
+    TorchCAM 0.5 computes it otherwise in three places (its docstring notes the first): alpha's numerator,
+    ``sum_ab A_ab g3_ab`` in place of ``g3_ij sum_ab A_ab``, and ReLU of the last sample's gradient and its
+    activations in place of the mean gradient and the clean ones; castream follows the paper."""
+
+    name = "smoothgradcampp"
+
+    def __init__(
+        self, model, layer=None, *, num_samples: int = 4, std: float = 0.3, seed: int = 0, **options
+    ):
+        super().__init__(model, layer, **options)
+        self.num_samples, self.std = check_noise(num_samples, std)
+        self.seed = seed
+
+    def compute(self, images: Tensor, targets) -> list[Tensor]:
+        acts, _, t = self.activations_and_gradients(images, targets)
+        generator = torch.Generator(device=images.device).manual_seed(self.seed)
+        moments = [[torch.zeros_like(a) for _ in range(3)] for a in acts]
+        for _ in range(self.num_samples):
+            noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+            _, grads, _ = self.activations_and_gradients(images + self.std * noise, t)
+            for sums, g in zip(moments, grads):
+                for power, total in enumerate(sums, start=1):
+                    total += g.pow(power)
+        return [
+            self.weighted_sum(moments_weights(a, *(m / self.num_samples for m in sums)), a).clamp(min=0)
+            for a, sums in zip(acts, moments)
+        ]
 
 
 class XGradCAM(GradientMethod):
@@ -80,7 +124,7 @@ class XGradCAM(GradientMethod):
 
     def formula(self, activations: Tensor, grads: Tensor) -> Tensor:
         weights = safe_divide((activations * grads).sum(dim=(2, 3)), activations.sum(dim=(2, 3)))
-        return combine(weights, activations).clamp(min=0)
+        return self.weighted_sum(weights, activations).clamp(min=0)
 
 
 class HiResCAM(GradientMethod):
@@ -89,27 +133,155 @@ class HiResCAM(GradientMethod):
     name = "hirescam"
 
     def formula(self, activations: Tensor, grads: Tensor) -> Tensor:
-        return (grads * activations).sum(dim=1).clamp(min=0)
+        return self.channel_sum(grads * activations).clamp(min=0)
 
 
-class LayerCAM(SaliencyMethod):
+class GradCAMElementWise(GradientMethod):
+    """Grad-CAM element-wise (pytorch-grad-cam): ``ReLU(sum_k ReLU(g^k * A^k))``, HiRes-CAM with the ReLU
+    inside the sum."""
+
+    name = "gradcamelementwise"
+
+    def formula(self, activations: Tensor, grads: Tensor) -> Tensor:
+        return self.channel_sum((grads * activations).clamp(min=0)).clamp(min=0)
+
+
+class EigenGradCAM(GradientMethod):
+    """Eigen-Grad-CAM (pytorch-grad-cam): EigenCAM of ``g * A``, ``ReLU`` of the first principal component
+    of the per-channel products (:func:`castream.maps.eigen_projection`, oriented)."""
+
+    name = "eigengradcam"
+    cam_family = False  # already a principal component
+
+    def formula(self, activations: Tensor, grads: Tensor) -> Tensor:
+        return eigen_projection(grads * activations).clamp(min=0)
+
+
+class ShapleyCAM(GradientMethod):
+    """ShapleyCAM (Cai et al. 2025, arXiv 2501.06261): Grad-CAM's weights with a second-order term,
+    ``w_k = GAP(g^k - 1/2 (H A)^k)``, ``H A`` the Hessian of ``y_c`` w.r.t. the layer times ``A``; it is 0
+    (Grad-CAM) where the network after the layer is piecewise linear, e.g. a ResNet's last stage."""
+
+    name = "shapleycam"
+
+    def compute(self, images: Tensor, targets) -> list[Tensor]:
+        acts, grads, hvps, _ = self._backward(images, targets, second_order=True)
+        return [
+            self.weighted_sum((g - 0.5 * h).mean(dim=(2, 3)), a).clamp(min=0)
+            for a, g, h in zip(acts, grads, hvps)
+        ]
+
+
+class FinerCAM(GradientMethod):
+    """Finer-CAM (Zhang et al. 2025, as pytorch-grad-cam 1.5 computes it): ``base``'s map of a contrastive
+    score, ``sum_j p_j (y_c - alpha y_j) / (sum_j p_j + 1e-9)`` over the classes ``j`` whose logits are
+    nearest the target's (``comparisons``: their ranks, 1 = the nearest), ``p`` the softmax probabilities.
+    It explains what sets class c apart from the classes it is most confused with."""
+
+    name = "finercam"
+    BASES = ("gradcam", "hirescam", "xgradcam", "gradcamelementwise")
+
+    def __init__(
+        self,
+        model,
+        layer=None,
+        *,
+        alpha: float = 1.0,
+        comparisons: tuple[int, ...] = (1, 2, 3),
+        base: str = "gradcam",
+        **options,
+    ) -> None:
+        if base not in self.BASES:
+            raise ValueError(f"base must be one of {self.BASES}, got {base!r}")
+        ranks = list(comparisons)
+        if not ranks or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks):
+            raise ValueError(f"comparisons must be ranks >= 1 of the nearest classes, got {comparisons!r}")
+        super().__init__(model, layer, **options)
+        self.alpha, self.comparisons, self.base = float(alpha), tuple(ranks), base
+
+    def formula(self, activations: Tensor, grads: Tensor) -> Tensor:
+        return _BASES[self.base].formula(self, activations, grads)
+
+    def objective(self, logits: Tensor, targets: Tensor) -> Tensor:
+        logits = logits.float()
+        own = logits.gather(1, targets[:, None])
+        distance = (logits - own).abs().scatter(1, targets[:, None], -1.0)  # the target ranks first
+        ranks = [r for r in self.comparisons if r < logits.shape[1]]
+        if not ranks:
+            raise ValueError(f"FinerCAM needs a class to compare with; the model has {logits.shape[1]}")
+        others = distance.argsort(dim=1)[:, ranks]
+        p = logits.softmax(dim=1).gather(1, others)
+        return (p * (own - self.alpha * logits.gather(1, others))).sum(1) / (p.sum(1) + 1e-9)
+
+
+class LayerCAM(GradientMethod):
     """Layer-CAM (Jiang et al.): ``ReLU(sum_k ReLU(g^k) * A^k)`` per layer.
 
     With several layers (``layer=[...]``) each layer's map is min-max normalized, brought to the finest
     layer's resolution and the maps are averaged (thesis §1.3.2: "averaging the up-sampled attribution
-    maps obtained at different depths").
+    maps obtained at different depths"): ``fusion="finest"`` by default, ``"input"`` as pytorch-grad-cam.
     """
 
     name = "layercam"
+    default_fusion = "finest"
+
+    def formula(self, activations: Tensor, grads: Tensor) -> Tensor:
+        return self.channel_sum(grads.clamp(min=0) * activations).clamp(min=0)
+
+
+class EigenCAM(SaliencyMethod):
+    """EigenCAM (Muhammad & Yeasin 2020): ``ReLU`` of the first principal component of the layer's
+    activations (no gradient, no class: the same map for every target), oriented as
+    :func:`castream.maps.eigen_projection`."""
+
+    name = "eigencam"
     multi_layer = True
 
-    def compute(self, images: Tensor, targets) -> Tensor:
-        acts, grads, _ = self.activations_and_gradients(images, targets)
-        maps = [(g.clamp(min=0) * a).sum(dim=1).clamp(min=0) for a, g in zip(acts, grads)]
-        if len(maps) == 1:
-            return maps[0]
-        size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-        return torch.stack([finalize_maps(m, tuple(size), normalize=True) for m in maps]).mean(dim=0)
+    def compute(self, images: Tensor, targets) -> list[Tensor]:
+        acts, _, _ = self.activations(images, targets)
+        return [eigen_projection(a).clamp(min=0) for a in acts]
+
+
+class KPCACAM(SaliencyMethod):
+    """KPCA-CAM (Karmani et al. 2024): EigenCAM with kernel PCA (:func:`castream.maps.kernel_projection`:
+    ``kernel`` among linear, poly, rbf, sigmoid (default), cosine; ``gamma`` default 1 / channels)."""
+
+    name = "kpcacam"
+    multi_layer = True
+
+    def __init__(self, model, layer=None, *, kernel: str = "sigmoid", gamma: float | None = None, **options):
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        super().__init__(model, layer, **options)
+        self.kernel, self.gamma = kernel, gamma
+
+    def compute(self, images: Tensor, targets) -> list[Tensor]:
+        acts, _, _ = self.activations(images, targets)
+        return [kernel_projection(a, self.kernel, self.gamma).clamp(min=0) for a in acts]
+
+
+class FEM(SaliencyMethod):
+    """FEM, the feature explanation method (Fuad et al. 2020): ``w_k`` = the fraction of positions where
+    ``A^k`` exceeds its mean plus ``k`` standard deviations (population std over the positions), then
+    ``ReLU(sum_k w_k A^k)``; no gradient, no class."""
+
+    name = "fem"
+    multi_layer = True
+    cam_family = True
+
+    def __init__(self, model, layer=None, *, k: float = 2.0, **options) -> None:
+        super().__init__(model, layer, **options)
+        self.k = float(k)
+
+    def compute(self, images: Tensor, targets) -> list[Tensor]:
+        acts, _, _ = self.activations(images, targets)
+        out = []
+        for a in acts:
+            flat = a.flatten(2)
+            threshold = flat.mean(-1) + self.k * flat.std(-1, unbiased=False)
+            weights = (flat > threshold[..., None]).to(a.dtype).mean(-1)
+            out.append(self.weighted_sum(weights, a).clamp(min=0))
+        return out
 
 
 class GuidedBackprop(SaliencyMethod):
@@ -144,3 +316,6 @@ class GuidedBackprop(SaliencyMethod):
         if self.reduce == "abs-sum":
             return grad.abs().sum(dim=1)
         return grad.norm(dim=1)
+
+
+_BASES = {cls.name: cls for cls in (GradCAM, HiResCAM, XGradCAM, GradCAMElementWise)}

@@ -51,6 +51,7 @@ class OptiCAM(SaliencyMethod):
     """
 
     name = "opticam"
+    cam_family = True
     masks_input = True
     OBJECTIVES = ("mask", "diff")
 
@@ -128,4 +129,4 @@ class OptiCAM(SaliencyMethod):
                 denom = (m2[active] / (1 - beta2**step)).sqrt() + self.eps
                 u[active] -= self.lr * (m1[active] / (1 - beta1**step)) / denom
                 self.iterations[active] += 1
-        return combine(u.softmax(dim=1), a)
+        return self.weighted_sum(u.softmax(dim=1), a)

@@ -16,10 +16,11 @@ import torch
 from torch import Tensor
 
 from .._scorer import target_score
-from ..maps import finalize_maps
+from ..maps import finalize_maps, normalize_maps
 from ..preprocess import Preprocess, resolve_preprocess
 from ..utils import check_int
-from .base import SaliencyMethod, combine, safe_divide
+from ._suffix import reproduces, split_after
+from .base import SaliencyMethod, check_noise, safe_divide
 from .gradient import gradcam_weights, gradcampp_weights
 
 
@@ -37,16 +38,29 @@ class MaskingMethod(SaliencyMethod):
     """A method that forwards masked copies of the images (pixel-space masking, PROTOCOL.md)."""
 
     masks_input = True
-
+    cam_family = True
     inputs_per_pair = 1
 
     def __init__(
-        self, model, layer=None, *, preprocess: Preprocess | None = None, batch_size: int = 128, **options
+        self,
+        model,
+        layer=None,
+        *,
+        preprocess: Preprocess | None = None,
+        batch_size: int = 128,
+        normalize_first: bool = False,
+        **options,
     ) -> None:
+        """``normalize_first``: each channel's mask is min-max normalized at feature resolution and then
+        upsampled, ``up(n(A^k))`` as TorchCAM does, instead of thesis (1.7)'s ``n(up(A^k))`` (also
+        pytorch-grad-cam's); bilinear upsampling does not keep a map's extremes, so the two differ by up
+        to ~1e-3 in the final map."""
         check_int("batch_size", batch_size)
+        if not isinstance(normalize_first, bool):
+            raise TypeError(f"normalize_first must be True or False, got {normalize_first!r}")
         super().__init__(model, layer, **options)
         self.preprocess = resolve_preprocess(model, preprocess, type(self).__name__)
-        self.batch_size = batch_size
+        self.batch_size, self.normalize_first = batch_size, normalize_first
 
     def masked_scores(
         self,
@@ -78,7 +92,12 @@ class MaskingMethod(SaliencyMethod):
         total = int((~constant).sum()) + int(images_with_constant.sum())
         with torch.no_grad(), self._bar(total * kinds, "image") as bar:
             for flat, b, _ in pair_chunks(~constant, max(1, self.batch_size // kinds)):
-                masks = finalize_maps(flat_maps[flat], size, normalize=True)
+                chosen = flat_maps[flat]
+                masks = (
+                    finalize_maps(normalize_maps(chosen), size, normalize=False)
+                    if self.normalize_first
+                    else finalize_maps(chosen, size, normalize=True)
+                )
                 for o, values in zip(out, evaluate(b, masks)):
                     o[flat] = values
                 bar.update(len(flat) * kinds)
@@ -152,33 +171,118 @@ class ScoreCAM(MaskingMethod):
     def compute(self, images: Tensor, targets) -> Tensor:
         acts, t, _ = self.activations(images, targets)
         base = self.preprocess.baseline(images, self.baseline)
-        (scores,) = self.masked_scores(
-            images,
-            acts[0],
-            t,
-            lambda b, m: [self.preprocess.mask(images[b], m, base[b])],
-            self.SCORES[self.score],
-        )
+        samples = [
+            self.masked_scores(
+                images,
+                acts[0],
+                t,
+                lambda b, m, change=change: [self.preprocess.mask(images[b], change(m), base[b])],
+                self.SCORES[self.score],
+            )[0]
+            for change in self.mask_samples(images.device)
+        ]
+        scores = samples[0] if len(samples) == 1 else torch.stack(samples).mean(dim=0)
         weights = scores if self.score == "raw-probability" else scores.softmax(dim=1)
-        return combine(weights, acts[0]).clamp(min=0)
+        return self.weighted_sum(weights, acts[0]).clamp(min=0)
+
+    def mask_samples(self, device: torch.device) -> list[Callable[[Tensor], Tensor]]:
+        """The changes of each channel's mask whose scores are averaged: Score-CAM's one is none."""
+        return [lambda masks: masks]
+
+
+class SSCAM(ScoreCAM):
+    """SS-CAM (Wang et al. 2020, arXiv 2006.14255): Score-CAM whose channel scores are the mean over
+    ``num_samples`` masks with Gaussian noise of standard deviation ``std`` added to the normalized,
+    upsampled mask, ``n(up(A^k)) + delta`` (TorchCAM's defaults: 35 samples, std 2.0; seeded by ``seed``).
+
+    The noise is drawn chunk by chunk from castream's generator (memory stays one chunk, where TorchCAM
+    draws (B, K, H, W) at once), so the draws are not TorchCAM's; the channels with a constant map share
+    one noisy all-zero mask per image and sample. Score-CAM's options (``score``, ``baseline``) apply."""
+
+    name = "sscam"
+
+    def __init__(
+        self, model, layer=None, *, num_samples: int = 35, std: float = 2.0, seed: int = 0, **options
+    ):
+        super().__init__(model, layer, **options)
+        self.num_samples, self.std = check_noise(num_samples, std)
+        self.seed = seed
+
+    def mask_samples(self, device: torch.device) -> list[Callable[[Tensor], Tensor]]:
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+
+        def noisy(masks: Tensor) -> Tensor:
+            noise = torch.randn(masks.shape, generator=generator, device=masks.device, dtype=masks.dtype)
+            return masks + self.std * noise
+
+        return [noisy] * self.num_samples
+
+
+class ISCAM(ScoreCAM):
+    """IS-CAM (Naidu et al. 2020, arXiv 2010.03023): Score-CAM whose channel scores are the mean over
+    ``num_samples`` steps of the masks scaled by ``c_i = sum_{j<=i} j / N`` (i = 1..N), as TorchCAM 0.5
+    integrates them. Score-CAM's options (``score``, ``baseline``) apply."""
+
+    name = "iscam"
+
+    def __init__(self, model, layer=None, *, num_samples: int = 10, **options) -> None:
+        check_int("num_samples", num_samples)
+        super().__init__(model, layer, **options)
+        self.num_samples = num_samples
+
+    def mask_samples(self, device: torch.device) -> list[Callable[[Tensor], Tensor]]:
+        n = self.num_samples
+        coefficients = [sum(j / n for j in range(1, i + 1)) for i in range(1, n + 1)]
+        return [lambda masks, c=c: c * masks for c in coefficients]
 
 
 class AblationCAM(SaliencyMethod):
     """Ablation-CAM (Desai & Ramaswamy), thesis (1.9): ``w_k = (y_c - y_c^k) / y_c`` where ``y_c^k`` is the
     class logit with channel k of the layer set to zero, then ``ReLU(sum_k w_k A^k)`` (0 when y_c = 0).
 
-    Ablations run ``batch_size`` at a time: the layer's output is replaced by the ablated activations in one
-    batched forward (the network before the layer is recomputed, which keeps this exact for any model).
+    Ablating a channel changes nothing before the layer, so only the part of the model after it runs on the
+    ablated copies, ``batch_size`` at a time: the model is cut after the layer with ``torch.fx``
+    (:mod:`castream.saliency._suffix`; for a ResNet's last stage, the pooling and the head), once per
+    method, and the cut is used only when it reproduces the clean logits. A model that does not trace
+    (or ``suffix=False``) runs the whole network per ablated copy with the layer's output replaced, which
+    is exact for any model; both give the same maps (to float rounding).
     """
 
     name = "ablationcam"
+    cam_family = True
 
-    def __init__(self, model, layer=None, *, batch_size: int = 128, **options) -> None:
+    def __init__(self, model, layer=None, *, batch_size: int = 128, suffix: bool = True, **options) -> None:
         check_int("batch_size", batch_size)
+        if not isinstance(suffix, bool):
+            raise TypeError(f"suffix must be True or False, got {suffix!r}")
         super().__init__(model, layer, **options)
-        self.batch_size = batch_size
+        self.batch_size, self.use_suffix = batch_size, suffix
+        self._split: list = []  # the traced suffix, built on first use (None: the model does not trace)
         if self.reshape is not None and not hasattr(self.reshape, "inverse"):
             raise ValueError("Ablation-CAM on a token layer needs reshape=True (or a reshape with .inverse)")
+
+    def _suffix(self, images: Tensor, maps: Tensor, logits: Tensor):
+        """The traced part after the layer, primed with ``images``, or None (see the class docstring)."""
+        if not self.use_suffix:
+            return None
+        if not self._split:
+            self._split.append(split_after(self.model, self.layers[0][0], self.forward_kwargs))
+        suffix = self._split[0]
+        if suffix is None:
+            return None
+        with torch.no_grad():
+            raw, _ = suffix.record(images)
+            if not suffix.batch_values_only():
+                return None
+            index = torch.arange(len(images), device=images.device)
+            found = self._select(suffix(self._replacement(maps, raw), index))
+        return suffix if reproduces(logits, found) else None
+
+    def _replacement(self, ablated: Tensor, raw: Tensor) -> Tensor:
+        """The layer's output carrying the (ablated) maps, in the layer's own layout."""
+        if self.reshape is not None:
+            return self.reshape.inverse(ablated, raw).to(raw.dtype)
+        return ablated.to(raw.dtype)
 
     def compute(self, images: Tensor, targets) -> Tensor:
         acts, t, logits = self.activations(images, targets)
@@ -186,19 +290,22 @@ class AblationCAM(SaliencyMethod):
         y = target_logit(logits, t).float()
         drop = torch.zeros(maps.shape[:2], device=maps.device)
         name = self.layers[0][0]
+        suffix = self._suffix(images, maps, logits)
         selected = maps.flatten(2).ne(0).any(-1)
         with torch.no_grad(), self._bar(int(selected.sum()), "image") as bar:
             for flat, b, k in pair_chunks(selected, self.batch_size):
                 ablated = maps[b].clone()
                 ablated[torch.arange(len(b)), k] = 0
-                if self.reshape is not None:
-                    replace = {name: lambda out, a=ablated: self.reshape.inverse(a, out).to(out.dtype)}
+                if suffix is not None:
+                    ablated_logits = self._select(
+                        suffix(self._replacement(ablated, suffix.layer_output(b)), b)
+                    )
                 else:
-                    replace = {name: lambda out, a=ablated: a.to(out.dtype)}
-                _, ablated_logits = self._run(images[b], track_grad=False, replace=replace)
+                    replace = {name: lambda out, a=ablated: self._replacement(a, out)}
+                    _, ablated_logits = self._run(images[b], track_grad=False, replace=replace)
                 drop.view(-1)[flat] = y[b] - target_logit(ablated_logits, t[b]).float()
                 bar.update(len(flat))
-        return combine(safe_divide(drop, y[:, None]), maps).clamp(min=0)
+        return self.weighted_sum(safe_divide(drop, y[:, None]), maps).clamp(min=0)
 
 
 class SACAM(MaskingMethod):
@@ -282,4 +389,4 @@ class SACAM(MaskingMethod):
             + self.lambda1 * gradcam_weights(g).float()
             + self.lambda2 * gradcampp_weights(a, g).float()
         )
-        return combine(sa.softmax(dim=1), a).clamp(min=0)
+        return self.weighted_sum(sa.softmax(dim=1), a).clamp(min=0)
