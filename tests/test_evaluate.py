@@ -1012,3 +1012,28 @@ def test_variant_configs_are_refused_when_ambiguous(artifacts, tmp_path):
         Runner(
             config(artifacts, tmp_path, streams={"resnet10_os16": str(artifacts["stream"])}), progress=False
         )
+
+
+def test_road_group_in_the_runner(artifacts, tmp_path):
+    """The ``road`` group (issue 31): MoRF, LeRF and their combination per image, through the registry."""
+    from castream.evaluate.results import read_cell
+
+    cfg = config(
+        artifacts,
+        tmp_path,
+        methods=("gradcam",),
+        metrics=("road",),
+        images=3,
+        baselines=(),
+        poolings=("gap",),
+        stream=None,
+        metric_options={"road": {"percentiles": [30, 70]}},
+    )
+    Runner(cfg, progress=False).run()
+    rows = read_cell(tmp_path, "resnet10_os16-gap-gradcam").rows
+    assert len(rows) == 3
+    for row in rows.values():
+        assert row["road_combined"] == pytest.approx((row["road_lerf"] - row["road_morf"]) / 2, abs=1e-6)
+    assert "ROAD MoRF" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="order"):
+        config(artifacts, tmp_path / "x", metrics=("road",), metric_options={"road": {"order": "lerf"}})

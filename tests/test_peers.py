@@ -334,3 +334,95 @@ def test_ablation_cam_agrees_with_pytorch_grad_cam(resnet):
     x = torch.randn(2, 3, 64, 64)
     ours = saliency.AblationCAM(resnet)(x, TARGETS)
     _close(ours, _theirs(peer.AblationCAM, resnet, [resnet.layer4], x))
+
+
+def test_fullgrad_agrees_with_pytorch_grad_cam(monkeypatch):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    for m in model.modules():  # a fresh batch norm has no effective bias: give them one
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.bias.data.normal_(0, 0.5)
+            m.running_mean.normal_(0, 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    ours = saliency.FullGrad(model)(x, TARGETS)
+    cam = peer.FullGrad(model=model, target_layers=[])
+    try:
+        theirs = torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(t) for t in TARGETS]))
+    finally:
+        cam.activations_and_grads.release()
+    # pytorch-grad-cam normalizes each channel by (1e-7 + max), which shrinks the channels whose range is
+    # near 1e-7 (castream divides by the range itself): 9e-4 here; with its epsilon the maps are the same
+    assert (ours - theirs).abs().max() < 2e-3
+    import castream.saliency.gradient as gradient
+
+    def peer_normalize(t):
+        flat = t.flatten(-2) - t.flatten(-2).amin(-1, keepdim=True)
+        return (flat / (1e-7 + flat.amax(-1, keepdim=True))).view_as(t)
+
+    monkeypatch.setattr(gradient, "normalize_maps", peer_normalize)
+    _close(saliency.FullGrad(model)(x, TARGETS), theirs, atol=1e-5)
+    with pytest.raises(ValueError, match="takes no layer"):
+        saliency.FullGrad(model, "layer4")
+
+
+# --- ROAD -----------------------------------------------------------------------------------------------
+
+
+def test_road_agrees_with_pytorch_grad_cam(resnet):
+    from pytorch_grad_cam.metrics.perturbation_confidence import (
+        PerturbationConfidenceMetric,
+        RemoveLeastRelevantFirst,
+        RemoveMostRelevantFirst,
+    )
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    from castream import metrics
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 48, 48)
+    maps = finalize_maps(torch.rand(2, 6, 6), (48, 48), normalize=True)
+    targets = [ClassifierOutputSoftmaxTarget(t) for t in TARGETS]
+    percentiles = (20, 50, 80)
+    for order, removal in (("morf", RemoveMostRelevantFirst), ("lerf", RemoveLeastRelevantFirst)):
+        ours = metrics.road(resnet, x, maps, TARGETS, order=order, noise=0.0, percentiles=percentiles)
+        theirs = np.mean(  # pytorch-grad-cam's ROAD at the same percentiles, its imputer without noise
+            [
+                PerturbationConfidenceMetric(removal(p, NoisyLinearImputer(noise=0.0)))(
+                    x, maps.numpy(), targets, resnet
+                )
+                for p in percentiles
+            ],
+            axis=0,
+        )
+        _close(ours, torch.from_numpy(theirs), atol=1e-5)
+    combined = metrics.road(resnet, x, maps, TARGETS, order="combined", noise=0.0, percentiles=percentiles)
+    lerf = metrics.road(resnet, x, maps, TARGETS, order="lerf", noise=0.0, percentiles=percentiles)
+    morf = metrics.road(resnet, x, maps, TARGETS, order="morf", noise=0.0, percentiles=percentiles)
+    _close(combined, (lerf - morf) / 2, atol=1e-7)
+    noisy = metrics.road(resnet, x, maps, TARGETS, percentiles=percentiles)
+    torch.testing.assert_close(noisy, metrics.road(resnet, x, maps, TARGETS, percentiles=percentiles))
+    assert (noisy - morf).abs().max() > 0  # the noise is there, seeded
+    with pytest.raises(ValueError, match="order must be one of"):
+        metrics.road(resnet, x, maps, TARGETS, order="both")
+    with pytest.raises(ValueError, match="percentiles must be numbers"):
+        metrics.road(resnet, x, maps, TARGETS, percentiles=(0, 50))
+
+
+def test_imputation_is_the_weighted_mean_of_the_neighbours():
+    """A closed-form case: one removed pixel in a constant-gradient image is the mean of its neighbours,
+    and a removed block is filled with a harmonic (here linear) function of its border."""
+    from castream.metrics import impute
+
+    ramp = np.broadcast_to(np.arange(8.0)[None, None, :], (1, 8, 8)).copy()
+    keep = np.ones((8, 8), dtype=bool)
+    keep[2:6, 2:6] = False
+    np.testing.assert_allclose(impute(ramp, keep), ramp, atol=1e-12)  # linear functions are harmonic
+    single = np.random.default_rng(0).normal(size=(2, 5, 5))
+    keep = np.ones((5, 5), dtype=bool)
+    keep[2, 2] = False
+    found = impute(single, keep)[:, 2, 2]
+    w = np.array([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
+    np.testing.assert_allclose(found, (single[:, 1:4, 1:4] * w).sum(axis=(1, 2)), atol=1e-12)
+    with pytest.raises(ValueError, match="every pixel is removed"):
+        impute(single, np.zeros((5, 5), dtype=bool))

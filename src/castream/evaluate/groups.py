@@ -41,6 +41,7 @@ RESERVED_OPTIONS = (
     "normalize",
     "scores",
     "logits",
+    "order",  # ROAD's: the group computes MoRF, LeRF and their combination
 )
 
 
@@ -275,6 +276,11 @@ for _table in (
     ),
     Table("more", "More metrics (thesis Table 2.3 layout)"),
     Table(
+        "road",
+        "ROAD (Rong et al. 2022: the most / least relevant pixels removed by noisy linear imputation, "
+        "score change averaged over the percentiles)",
+    ),
+    Table(
         "adversarial",
         "Adversarial verification (SA-CAM §4.6, Tables 4–5: the key area pasted into images of other "
         "classes)",
@@ -402,6 +408,24 @@ def _localization(ctx: Context) -> dict[str, Tensor]:
     return out
 
 
+def _road(ctx: Context) -> dict[str, Tensor]:
+    """ROAD's MoRF and LeRF (Rong et al.; metrics.road) on the model's input tensor, as pytorch-grad-cam."""
+    out = {
+        f"road_{order}": metrics.road(
+            ctx.scorer,
+            ctx.images,
+            ctx.maps,
+            ctx.targets,
+            order=order,
+            seed=ctx.seed,
+            logits=ctx.logits,
+            **ctx.options,
+        )
+        for order in ("morf", "lerf")
+    }
+    return {**out, "road_combined": (out["road_lerf"] - out["road_morf"]) / 2}
+
+
 _BOX_REGIONS = (("box", "S:=B"), ("complement", "S:=I∖B"), ("inside", "B∩S"), ("outside", "S∖B"))
 
 for _group in (
@@ -488,6 +512,16 @@ for _group in (
             for region, name in _BOX_REGIONS
         ),
         _box_study,
+    ),
+    MetricGroup(
+        "road",
+        (
+            Column("road_morf", "ROAD MoRF", lower_is_better=True, compared=True, table="road"),
+            Column("road_lerf", "ROAD LeRF", compared=True, table="road"),
+            Column("road_combined", "ROAD", compared=True, table="road"),
+        ),
+        _road,
+        options_of=metrics.road,
     ),
     MetricGroup(
         "localization",

@@ -19,6 +19,7 @@ from .causal import (
     step_rule,
 )
 from .discrimination import class_discrimination
+from .imputation import ROAD_ORDERS, ROAD_PERCENTILES, impute, road, road_keep
 from .localization import (
     box_accuracy,
     box_accuracy_from_ious,
@@ -44,6 +45,8 @@ from .sanity import sanity_check, spearman
 __all__ = [
     "BOX_STUDY",
     "PROTOCOLS",
+    "ROAD_ORDERS",
+    "ROAD_PERCENTILES",
     "SCORES",
     "Aggregator",
     "Curves",
@@ -61,6 +64,7 @@ __all__ = [
     "deletion",
     "drop_gain_increase",
     "fading_rate",
+    "impute",
     "insertion",
     "localization",
     "max_sensitivity",
@@ -74,6 +78,8 @@ __all__ = [
     "protocol_step",
     "recognition",
     "region_masks",
+    "road",
+    "road_keep",
     "saliency_rank",
     "sanity_check",
     "sm_probabilities",

@@ -62,6 +62,7 @@ class Suffix:
 def split_after(model: nn.Module, layer: str, forward_kwargs: dict | None = None) -> Suffix | None:
     """The :class:`Suffix` of ``model`` after module ``layer``, or None when the model does not trace with
     ``torch.fx``, calls ``layer`` other than once, or takes keyword arguments it cannot fix."""
+
     class Tracer(fx.Tracer):  # the layer stays one call, whatever it holds
         def is_leaf_module(self, module: nn.Module, name: str) -> bool:
             return name == layer or super().is_leaf_module(module, name)

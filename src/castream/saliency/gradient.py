@@ -7,10 +7,12 @@ functions so other methods (SA-CAM) reuse them.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .._scorer import Scorer
 from ..guided import guided_gradient
-from ..maps import KERNELS, eigen_projection, kernel_projection
+from ..maps import KERNELS, eigen_projection, finalize_maps, kernel_projection, normalize_maps
+from ..utils import uncompiled
 from .base import SaliencyMethod, check_noise, safe_divide
 
 
@@ -319,3 +321,54 @@ class GuidedBackprop(SaliencyMethod):
 
 
 _BASES = {cls.name: cls for cls in (GradCAM, HiResCAM, XGradCAM, GradCAMElementWise)}
+
+
+class FullGrad(SaliencyMethod):
+    """FullGrad (Srinivas & Fleuret 2019), as pytorch-grad-cam computes it: the input-gradient term
+    ``|x * d y / d x|`` plus, for every ``nn.Conv2d`` and ``nn.BatchNorm2d`` with a bias, the bias-gradient
+    term ``|b * d y / d z|`` at its output ``z`` (a batch norm's effective bias ``beta - mu gamma /
+    sqrt(var + eps)``); each channel of each term min-max normalized at its own resolution, resized to
+    the input and summed. It uses every such layer, so it takes no ``layer``; its map is at input
+    resolution whatever ``upsample`` says."""
+
+    name = "fullgrad"
+    multi_layer = True
+    uses_layer = False  # no layer of the user's: its own, every biased convolution and batch norm
+
+    def __init__(self, model, layer=None, **options) -> None:
+        if layer is not None:
+            raise ValueError("FullGrad reads every convolution and batch norm with a bias; it takes no layer")
+        found = [
+            name
+            for name, m in uncompiled(model.model if isinstance(model, Scorer) else model).named_modules()
+            if type(m) in (nn.Conv2d, nn.BatchNorm2d) and m.bias is not None
+        ]
+        if not found:
+            raise ValueError(
+                "FullGrad needs nn.Conv2d or nn.BatchNorm2d layers with a bias; the model has none"
+            )
+        super().__init__(model, **options)
+        self.layers = self._resolve_layers(found)
+
+    @staticmethod
+    def _bias(module: nn.Module) -> Tensor:
+        if isinstance(module, nn.BatchNorm2d):
+            scale = module.weight / torch.sqrt(module.running_var + module.eps)
+            return (module.bias - module.running_mean * scale).detach()
+        return module.bias.detach()
+
+    def compute(self, images: Tensor, targets) -> Tensor:
+        size = tuple(images.shape[-2:])
+        with torch.enable_grad():
+            x = images.detach().requires_grad_(True)
+            store, logits = self._run(x, track_grad=True)
+            t = self.targets(targets, logits)
+            leaves = [store[name] for name, _ in self.layers]
+            grads = torch.autograd.grad(self.objective(logits, t).sum(), [x, *leaves], allow_unused=True)
+        total = normalize_maps((x.detach() * grads[0]).abs()).sum(dim=1)
+        for (_, module), grad in zip(self.layers, grads[1:]):
+            if grad is not None:
+                term = normalize_maps((self._bias(module)[None, :, None, None] * grad).abs())
+                resized = finalize_maps(term.flatten(0, 1), size, normalize=False)
+                total = total + resized.view(*term.shape[:2], *size).sum(dim=1)
+        return total
