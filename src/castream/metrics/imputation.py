@@ -46,14 +46,18 @@ NEIGHBOURS = (
 
 def impute(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Linear imputation (no noise) of the pixels where ``keep`` (H, W) is False in ``image`` (C, H, W),
-    float64: each removed pixel the weighted mean of its valid neighbours, solved as one sparse system."""
+    float64: each removed pixel the weighted mean of its valid neighbours, solved as one sparse system.
+    With every pixel removed (a constant map: ROAD's thresholds remove ties together, as pytorch-grad-cam's
+    do) nothing is known to impute from, and every pixel becomes 0 of the model's input, the mean colour
+    of normalized inputs; with any pixel known, every removed region borders one, so the system is
+    regular."""
     h, w = keep.shape
     flat_keep = keep.reshape(-1)
     missing = np.flatnonzero(~flat_keep)
     if missing.size == 0:
         return image.astype(np.float64)
-    if missing.size == flat_keep.size:
-        raise ValueError("ROAD cannot impute an image whose every pixel is removed (no known neighbour)")
+    if missing.size == flat_keep.size:  # no known neighbour anywhere: 0, the normalized inputs' mean colour
+        return np.zeros(image.shape)
     variable = np.full(flat_keep.size, -1)
     variable[missing] = np.arange(missing.size)
     rows0, cols0 = np.divmod(missing, w)
