@@ -114,3 +114,75 @@ def test_noise_tunnel_wraps_an_attribution():
     torch.testing.assert_close(found, direct.abs().amax(1))
     inner = saliency.get("captum:NoiseTunnel")(model, inner="IntegratedGradients", nt_samples=2, n_steps=4)
     assert inner(x).shape == (2, 16, 16)
+
+
+# --- Quantus metrics inside the runner (issue 31) --------------------------------------------------------
+
+
+def test_quantus_metrics_run_inside_the_runner_on_castreams_maps(tmp_path):
+    quantus = pytest.importorskip("quantus")
+    import json
+    import shutil
+
+    import numpy as np
+
+    from castream.data.synthetic import generate
+    from castream.evaluate import EvalConfig, Runner
+    from castream.evaluate.results import read_cell
+    from castream.interop.quantus import batch_seed, explain, seeded
+
+    root = generate(tmp_path / "synth", classes=3, train=4, val=6, size=64, workers=1)
+    options = {"quantus:FaithfulnessCorrelation": {"nr_runs": 5, "subset_size": 16}}
+    cfg = EvalConfig(
+        model="resnet18",
+        data=f"synthetic:{root}",
+        out=str(tmp_path / "run"),
+        methods=("gradcam",),
+        metrics=("recognition", "quantus:FaithfulnessCorrelation"),
+        metric_options=options,
+        images=4,
+        batch_size=2,
+        size=64,
+        resize=64,
+        baselines=(),
+        poolings=("gap",),
+        seed=0,
+    )
+    runner = Runner(cfg, progress=False)
+    runner.run()
+    rows = read_cell(tmp_path / "run", "resnet18-gap-gradcam").rows
+    assert len(rows) == 4 and all(np.isfinite(r["quantus_faithfulnesscorrelation"]) for r in rows.values())
+    # the same numbers as Quantus called directly on the same maps, batch by batch
+    model = runner.models["resnet18"]
+    order = sorted(rows)
+    for batch in (order[:2], order[2:]):
+        x = torch.stack([runner.dataset[i][0] for i in batch])
+        y = np.array([runner.dataset[i][1] for i in batch])
+        a = explain(model, x.numpy(), y, method="gradcam")[:, None]
+        metric = quantus.FaithfulnessCorrelation(
+            nr_runs=5,
+            subset_size=16,
+            disable_warnings=True,
+            display_progressbar=False,
+            return_aggregate=False,
+        )
+        with seeded(batch_seed(0, batch)):  # the runner's seed of this batch
+            direct = metric(model=model, x_batch=x.numpy(), y_batch=y, a_batch=a, device="cpu")
+        found = [rows[i]["quantus_faithfulnesscorrelation"] for i in batch]
+        np.testing.assert_allclose(found, direct, atol=1e-5)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "Quantus FaithfulnessCorrelation" in (tmp_path / "run" / "results.md").read_text()
+    assert results
+    for metric, options, message in (
+        ("quantus:PixelFlipping", {"features_in_step": 1024}, "not one score per image"),  # a curve each
+        ("quantus:PointingGame", {}, "needs segmentation masks"),
+    ):
+        fields = {"metrics": (metric,), "metric_options": {metric: options}, "out": str(tmp_path / "b")}
+        bad = EvalConfig(**{**cfg.to_dict(), **fields})
+        with pytest.raises(ValueError, match=message):
+            Runner(bad, progress=False).run()
+        shutil.rmtree(tmp_path / "b")
+    with pytest.raises(ValueError, match="quantus has no metric 'NoSuchMetric'"):
+        EvalConfig(**{**cfg.to_dict(), "metrics": ("quantus:NoSuchMetric",), "metric_options": {}})
+    with pytest.raises(ValueError, match="has no option 'colour'"):
+        EvalConfig(**{**cfg.to_dict(), "metric_options": {"quantus:FaithfulnessCorrelation": {"colour": 1}}})

@@ -150,7 +150,12 @@ def _add_evaluate(sub) -> None:
         help="method names, or variants with inline options as cells of their own: opticam[objective=diff]",
     )
     p.add_argument(
-        "--metrics", nargs="+", choices=list(groups.group_names()), default=list(groups.default_groups())
+        "--metrics",
+        nargs="+",
+        default=list(groups.default_groups()),
+        metavar="GROUP",
+        help=f"metric groups: {', '.join(groups.group_names())}; or quantus:NAME, any per-image Quantus "
+        "metric (e.g. quantus:FaithfulnessCorrelation; its options with --metric-option quantus:NAME.KEY=V)",
     )
     p.add_argument("--protocol", choices=list(PROTOCOLS), default="thesis", help="causal-metric preset")
     p.add_argument("--images", type=int, default=None, help="number of evaluation images (seeded selection)")

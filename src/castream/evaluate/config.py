@@ -95,13 +95,11 @@ class EvalConfig:
                     f"method_images names {method!r}, which is not among the methods {self.methods}"
                 )
             check_int(f"method_images[{method!r}]", count)
-        for name, allowed, values in (
-            ("pooling", ("gap", "ca"), self.poolings),
-            ("metric", groups.group_names(), self.metrics),
-        ):
-            unknown = sorted(set(values) - set(allowed))
-            if unknown:
-                raise ValueError(f"unknown {name} {unknown}; expected a subset of {list(allowed)}")
+        unknown = sorted(set(self.poolings) - {"gap", "ca"})
+        if unknown:
+            raise ValueError(f"unknown pooling {unknown}; expected a subset of ['gap', 'ca']")
+        for metric in self.metrics:  # registered groups, or quantus:NAME (registered on first use)
+            groups.resolve(metric)
         self._check_metric_options()
         Preprocess.named(self.normalization)
         if (self.mean is None) != (self.std is None):

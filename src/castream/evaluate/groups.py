@@ -89,6 +89,7 @@ class Context:
     seed: int
     options: dict  # the group's options: the user's, over the group's own defaults
     hosts: Callable[[int], Tensor] | None = None  # cases -> (B, cases, C, H, W) host images
+    rebuild: Callable | None = None  # model -> the cell's method on that model (a randomized copy, ...)
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,18 @@ def group_names() -> tuple[str, ...]:
     return tuple(GROUPS)
 
 
+def resolve(name: str) -> MetricGroup:
+    """The group ``name``: a registered one, or ``"quantus:NAME"``, Quantus' metric NAME as a group of one
+    column, registered on first use (castream.interop.quantus.metric_group)."""
+    if name not in GROUPS and isinstance(name, str) and name.startswith("quantus:"):
+        from ..interop.quantus import metric_group
+
+        register_group(metric_group(name.split(":", 1)[1]))
+    if name not in GROUPS:
+        raise ValueError(f"unknown metric {name!r}; expected one of {list(GROUPS)} or quantus:NAME")
+    return GROUPS[name]
+
+
 def default_groups() -> tuple[str, ...]:
     return tuple(g.name for g in GROUPS.values() if g.default)
 
@@ -275,6 +288,7 @@ for _table in (
         ),
     ),
     Table("more", "More metrics (thesis Table 2.3 layout)"),
+    Table("quantus", "Quantus metrics (run by Quantus on castream's maps, aggregated by castream)"),
     Table(
         "road",
         "ROAD (Rong et al. 2022: the most / least relevant pixels removed by noisy linear imputation, "

@@ -273,13 +273,15 @@ class Runner:
             )
         self.store.identity = run_id(stored)
 
-    def build_method(self, name: str, label: str, pooling: str):
-        """The saliency method ``name`` explaining model ``label`` through ``pooling``, with its options."""
+    def build_method(self, name: str, label: str, pooling: str, model: nn.Module | None = None):
+        """The saliency method ``name`` explaining model ``label`` through ``pooling``, with its options
+        (on ``model`` instead when given: a copy of it, e.g. the randomized model of a Quantus metric)."""
         cls, inline = spec(name)
         options = {**self.config.method_options.get(name, {}), **inline}
         if cls.masks_input:
             options.setdefault("preprocess", self.preprocess)
-        return cls(self.models[label], forward_kwargs=self.forward_kwargs(label, pooling), **options)
+        model = self.models[label] if model is None else model
+        return cls(model, forward_kwargs=self.forward_kwargs(label, pooling), **options)
 
     # -- work ----------------------------------------------------------------------------------------------
     def _read(self, indices: list[int]) -> tuple:
@@ -518,7 +520,10 @@ class Runner:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
-            values = self._metrics("device", scorer, method, maps, images, indices, targets, logits, meta)
+            rebuild = partial(self.build_method, cell[2], label, pooling)
+            values = self._metrics(
+                "device", scorer, method, maps, images, indices, targets, logits, meta, rebuild
+            )
         values = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in values.items()}
         host_side = {"maps": maps.cpu(), "targets": targets.cpu(), "logits": logits.cpu(), "scorer": scorer}
         record = {"skipped": skipped, "seconds": seconds}
@@ -570,7 +575,9 @@ class Runner:
             )
         return self._scorers[label, pooling]
 
-    def _context(self, scorer, method, images, maps, indices, targets, logits, meta, group) -> groups.Context:
+    def _context(
+        self, scorer, method, images, maps, indices, targets, logits, meta, group, rebuild=None
+    ) -> groups.Context:
         return groups.Context(
             scorer=scorer,
             method=method,
@@ -585,14 +592,19 @@ class Runner:
             seed=self.config.seed,
             options=group.options(self.config.metric_options.get(group.name, {})),
             hosts=lambda cases: self._hosts(indices, targets, cases),
+            rebuild=rebuild,
         )
 
-    def _metrics(self, side: str, scorer, method, maps, images, indices, targets, logits, meta) -> dict:
+    def _metrics(
+        self, side: str, scorer, method, maps, images, indices, targets, logits, meta, rebuild=None
+    ) -> dict:
         """Every configured group of ``side`` on one batch, in registry order: {key: per-image values}."""
         out = {}
         for group in groups.ordered(self.config.metrics):
             if group.side == side:
-                ctx = self._context(scorer, method, images, maps, indices, targets, logits, meta, group)
+                ctx = self._context(
+                    scorer, method, images, maps, indices, targets, logits, meta, group, rebuild
+                )
                 out.update(group.run(ctx))
         return out
 
