@@ -293,6 +293,22 @@ def test_evaluation_config_errors(artifacts, tmp_path):
         ),
         ("causal", ["--model", "resnet18", "--size", "32", "--images", "1", "--batch-sizes", "64"]),
         (
+            "peers",
+            [
+                "--model",
+                "resnet18",
+                "--size",
+                "64",
+                "--batch",
+                "1",
+                "--repeats",
+                "1",
+                "--only",
+                "gradcam",
+                "road morf",
+            ],
+        ),
+        (
             "train",
             [
                 "--model",

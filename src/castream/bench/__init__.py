@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 QUICK = {
+    "peers": ["--model", "resnet18", "--size", "112", "--batch", "2", "--repeats", "1"],
     "saliency": [
         "--models",
         "resnet18",
@@ -45,6 +46,7 @@ QUICK = {
     "claims": ["--claims", "300"],
 }
 FULL = {
+    "peers": ["--model", "resnet50", "--size", "224", "--batch", "2", "--repeats", "1"],
     "saliency": ["--models", "resnet18", "resnet50", "--size", "224", "--batch", "8"],
     "causal": ["--model", "resnet50", "--size", "224", "--images", "2"],
     "train": ["--model", "resnet50", "--size", "224", "--batch", "128"],

@@ -1,0 +1,173 @@
+"""castream against the peer libraries, side by side: for every method and metric a peer also implements,
+castream and the peer on the same model, images and targets; the agreement (max |difference| of the maps,
+or of the per-image scores) and the time ratio peer / castream (> 1: castream is faster).
+
+Rows whose peer differs by a documented convention say so (``note``): the sign of a principal component
+(EigenCAM), pytorch-grad-cam's 1e-7 in its normalization (FullGrad), its ``align_corners=True`` masks
+(Score-CAM), the random draws (SS-CAM's noise: compared at std ~ 0). Prints one JSON record per row.
+    python benchmarks/peers.py --model resnet18 --size 112 --batch 2
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision
+
+from .. import Preprocess, metrics, saliency
+from ..maps import finalize_maps
+from ._timing import base_parser, emit, environment, timed
+
+
+def _rows(model, x, targets):
+    """(name, peer, castream call, peer call, note) of every comparison the installed peers allow."""
+    rows = []
+    try:
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+    except ImportError:
+        pgc = None
+    if pgc is not None:
+        layer = [model.layer4]
+        t = [ClassifierOutputTarget(int(c)) for c in targets]
+
+        def peer(cls, **call):
+            def run():
+                with cls(model=model, target_layers=layer) as cam:
+                    return torch.from_numpy(cam(x, targets=t, **call))
+
+            return run
+
+        for name, cls, options, note in (
+            ("gradcam", pgc.GradCAM, {}, ""),
+            ("gradcam++", pgc.GradCAMPlusPlus, {"eps": 1e-6}, "eps=1e-6, pytorch-grad-cam's"),
+            ("xgradcam", pgc.XGradCAM, {}, ""),
+            ("hirescam", pgc.HiResCAM, {}, ""),
+            ("layercam", pgc.LayerCAM, {}, ""),
+            ("gradcamelementwise", pgc.GradCAMElementWise, {}, ""),
+            ("fem", pgc.FEM, {}, ""),
+            ("shapleycam", pgc.ShapleyCAM, {}, ""),
+            ("eigencam", pgc.EigenCAM, {}, "sign of the component: castream orients it, LAPACK does not"),
+            ("eigengradcam", pgc.EigenGradCAM, {}, "sign of the component, as EigenCAM"),
+            ("kpcacam", pgc.KPCA_CAM, {}, "sign of the component, as EigenCAM"),
+            ("ablationcam", pgc.AblationCAM, {}, "castream evaluates only the part after the layer"),
+        ):
+            method = saliency.get(name)(model, "layer4", **options)
+            rows.append((name, "pytorch-grad-cam", lambda m=method: m(x, targets), peer(cls), note))
+        for option in ("aug_smooth", "eigen_smooth"):
+            method = saliency.GradCAM(model, "layer4", **{option: True})
+            note = "the peer's mean min-max normalized" if option == "aug_smooth" else "sign of the component"
+            theirs = peer(pgc.GradCAM, **{option: True})
+            if option == "aug_smooth":  # castream's maps are in [0, 1]: compare with the normalized mean
+                theirs = lambda run=theirs: finalize_maps(run(), None, normalize=True)  # noqa: E731
+            rows.append(
+                (f"gradcam {option}", "pytorch-grad-cam", lambda m=method: m(x, targets), theirs, note)
+            )
+        fullgrad = saliency.FullGrad(model)
+
+        def peer_fullgrad():
+            cam = pgc.FullGrad(model=model, target_layers=[])
+            try:
+                return torch.from_numpy(cam(x, targets=t))
+            finally:
+                cam.activations_and_grads.release()
+
+        rows.append(
+            (
+                "fullgrad",
+                "pytorch-grad-cam",
+                lambda: fullgrad(x, targets),
+                peer_fullgrad,
+                "its 1e-7 in each channel's normalization",
+            )
+        )
+        rows += _road_rows(model, x, targets, ClassifierOutputSoftmaxTarget)
+    try:
+        import torchcam.methods as tc
+    except ImportError:
+        tc = None
+    if tc is not None:
+        stats = {"baseline": "mean", "preprocess": Preprocess(), "normalize_first": True}
+        for name, cls, options in (
+            ("scorecam", tc.ScoreCAM, {}),
+            ("iscam", tc.ISCAM, {"num_samples": 4}),
+            ("sscam", tc.SSCAM, {"num_samples": 2, "std": 1e-9}),
+        ):
+            method = saliency.get(name)(model, "layer4", **stats, **options)
+
+            def run_peer(cls=cls, options=options):
+                with cls(model, "layer4", input_shape=tuple(x.shape[1:]), **options) as cam:
+                    with torch.no_grad():
+                        scores = model(x)
+                    return cam(class_idx=[int(c) for c in targets], scores=scores)[0]
+
+            note = "normalize_first=True, TorchCAM's mask order" + (", std ~ 0" if name == "sscam" else "")
+            rows.append((name, "TorchCAM", lambda m=method: m(x, targets, upsample=False), run_peer, note))
+    return rows
+
+
+def _road_rows(model, x, targets, target_cls):
+    from pytorch_grad_cam.metrics.perturbation_confidence import (
+        PerturbationConfidenceMetric,
+        RemoveLeastRelevantFirst,
+        RemoveMostRelevantFirst,
+    )
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    maps = saliency.GradCAM(model)(x, targets)
+    t = [target_cls(int(c)) for c in targets]
+    rows = []
+    for order, removal in (("morf", RemoveMostRelevantFirst), ("lerf", RemoveLeastRelevantFirst)):
+
+        def peer(removal=removal):
+            per = [
+                PerturbationConfidenceMetric(removal(p, NoisyLinearImputer(noise=0.0)))(
+                    x, maps.numpy(), t, model
+                )
+                for p in metrics.ROAD_PERCENTILES
+            ]
+            return torch.from_numpy(np.mean(per, axis=0))
+
+        ours = lambda order=order: metrics.road(model, x, maps, targets, order=order, noise=0.0)  # noqa: E731
+        rows.append((f"road {order}", "pytorch-grad-cam", ours, peer, "9 percentiles, noise 0 in both"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None, help="row names to run (default: every row)")
+    args = parser.parse_args(argv)
+    if args.device != "cpu":
+        parser.error("the peers run on the CPU here (pytorch-grad-cam's numpy steps); pass --device cpu")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, args.model)(num_classes=10).eval()
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    targets = torch.arange(args.batch) % 10
+    device = torch.device("cpu")
+    base = {"model": args.model, "size": args.size, "batch": args.batch, **environment(device)}
+    for name, peer_name, ours, theirs, note in _rows(model, x, targets):
+        if args.only and name not in args.only:
+            continue
+        a, b = ours().float(), theirs().float()
+        difference = float((a - b).abs().max()) if a.shape == b.shape else None
+        t_ours = timed(ours, device, args.repeats, warmup=0)
+        t_peer = timed(theirs, device, args.repeats, warmup=0)
+        emit(
+            {
+                **base,
+                "row": name,
+                "peer": peer_name,
+                "max_abs_difference": difference,
+                "castream_s": t_ours,
+                "peer_s": t_peer,
+                "speedup": t_peer / t_ours,
+                "note": note,
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()
