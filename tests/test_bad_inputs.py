@@ -420,3 +420,57 @@ def test_strides_are_measured_not_read_from_a_small_probe():
     model = castream.attach_stream(torchvision.models.resnet18(), probe_size=56)
     with pytest.raises(ValueError, match="at least 32 pixels"):
         model(torch.randn(1, 3, 28, 28))
+
+
+# --- reliability round 3 (issue 32): the regressions ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["explain", "x.png", "--size", "0"],
+        ["evaluate", "--model", "m", "--data", "synthetic:x", "--out", "o", "--size", "0"],
+        ["evaluate", "--model", "m", "--data", "synthetic:x", "--out", "o", "--images", "0"],
+        ["evaluate", "--model", "m", "--data", "synthetic:x", "--out", "o", "--metric-batch", "-3"],
+        ["explain", "x.png", "--batch-size", "0"],
+        ["synth", "out", "--train", "0"],
+        ["train", "classifier", "--model", "m", "--data", "synthetic:x", "--out", "o", "--epochs", "0"],
+        ["train", "classifier", "--model", "m", "--data", "synthetic:x", "--out", "o", "--seed", "-1"],
+    ],
+)
+def test_zero_and_negative_counts_are_refused_not_defaulted(argv, capsys):
+    """``--size 0`` once ran at 224 px (``size or 224``): every count and size is checked as given."""
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error
+        main(argv)
+    assert stop.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+def test_describe_on_the_meta_device_and_nan_weights():
+    import torchvision
+
+    import castream
+
+    plain = castream.describe(torchvision.models.resnet18())
+    with torch.device("meta"):
+        meta = torchvision.models.resnet18()
+    found = castream.describe(meta)  # no values to verify: the layout only
+    assert (found.taps, found.dims, found.strides) == (plain.taps, plain.dims, plain.strides)
+    broken = torchvision.models.resnet18()
+    broken.fc.weight.data[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite logits .*\['fc.weight'\]"):
+        castream.describe(broken)
+    with pytest.raises(ValueError, match="NaN or infinite logits"):
+        castream.attach_stream(broken)
+
+
+def test_extremal_perturbation_with_a_step_above_the_image_size():
+    import torchvision
+
+    import castream
+    from castream import saliency
+
+    model = castream.Preprocess().declare(torchvision.models.resnet18(num_classes=5).eval())
+    x = torch.randn(1, 3, 32, 32)
+    for step in (1000, 33):
+        maps = saliency.ExtremalPerturbation(model, step=step, max_iter=2)(x)
+        assert maps.shape == (1, 32, 32) and torch.isfinite(maps).all()

@@ -503,6 +503,17 @@ def _verify(model: nn.Module, spec: BackboneSpec) -> None:
             ) from None
     if logits is None or logits.dim() != 2:
         return  # a tuple/dict output: the logits cannot be told apart here; methods take output=
+    if not torch.isfinite(logits).all():
+        bad = [
+            n
+            for n, t in [*model.named_parameters(), *model.named_buffers()]
+            if t.is_floating_point() and not torch.isfinite(t).all()
+        ]
+        where = f"non-finite values in {bad[:5]}{' ...' if len(bad) > 5 else ''}" if bad else "its weights are finite"
+        raise ValueError(
+            f"{type(model).__name__} gives NaN or infinite logits on a random input ({where}); check its "
+            "weights (a diverged training run, a corrupt checkpoint) before explaining or evaluating it"
+        )
     scale = logits.abs().max().item() + 1e-6
     if found.shape != logits.shape or not torch.allclose(found, logits, rtol=1e-3, atol=1e-4 * scale):
         difference = (
@@ -613,7 +624,8 @@ def describe(
         pre_pool=pre_pool,
         how=how,
     )
-    if verify:
+    reference = next(model.parameters(), None)
+    if verify and not (reference is not None and reference.is_meta):  # meta tensors hold no values to check
         _verify(model, spec)
     return spec
 

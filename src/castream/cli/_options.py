@@ -46,7 +46,9 @@ MODEL_HELP = (
 def _add_input_options(p: argparse.ArgumentParser) -> None:
     """--size and the input statistics: a named normalization or explicit --mean/--std (timm models
     default to their pretrained_cfg)."""
-    p.add_argument("--size", type=int, default=None, help="input size (default 224, or a timm model's own)")
+    p.add_argument(
+        "--size", type=positive_int, default=None, help="input size (default 224, or a timm model's own)"
+    )
     p.add_argument(
         "--normalization",
         choices=["imagenet", "cifar100"],
@@ -55,6 +57,26 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="input mean per channel")
     p.add_argument("--std", type=float, nargs="+", default=None, metavar="S", help="input std per channel")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a count or a size, an integer >= 1 (0 is refused, never read as "default")."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (a seed, warm-up epochs)."""
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def _int_at_least(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+    return value
 
 
 def _inputs(args: argparse.Namespace) -> tuple[int, str, tuple | None, tuple | None]:
@@ -80,7 +102,7 @@ def _inputs(args: argparse.Namespace) -> tuple[int, str, tuple | None, tuple | N
             _log(args)(
                 f"{args.model}: {', '.join(taken)} from its pretrained_cfg (--mean/--std, --size override)"
             )
-    return size or 224, normalization, mean, std
+    return 224 if size is None else size, normalization, mean, std
 
 
 def _timm_cfg(name: str) -> dict | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import COMMANDS, SUBCOMMAND, UsageError, _add_speed_options
+from ._options import COMMANDS, SUBCOMMAND, UsageError, _add_speed_options, positive_int
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -32,6 +32,8 @@ def _add_bench(sub) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help=f"among {list(QUICK)} (default: all)")
     p.add_argument("--full", action="store_true", help="224 x 224, ResNet-18/50 (slow on a CPU)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda when present)")
-    p.add_argument("--images", type=int, default=None, help="images of the named benchmarks (bench report)")
+    p.add_argument(
+        "--images", type=positive_int, default=None, help="images of the named benchmarks (bench report)"
+    )
     _add_speed_options(p)
     p.set_defaults(func=_bench)

@@ -13,6 +13,8 @@ from ._options import (
     _add_speed_options,
     _inputs,
     _log,
+    nonnegative_int,
+    positive_int,
 )
 
 
@@ -158,7 +160,9 @@ def _add_evaluate(sub) -> None:
         "metric (e.g. quantus:FaithfulnessCorrelation; its options with --metric-option quantus:NAME.KEY=V)",
     )
     p.add_argument("--protocol", choices=list(PROTOCOLS), default="thesis", help="causal-metric preset")
-    p.add_argument("--images", type=int, default=None, help="number of evaluation images (seeded selection)")
+    p.add_argument(
+        "--images", type=positive_int, default=None, help="number of evaluation images (seeded selection)"
+    )
     p.add_argument(
         "--method-images",
         action="append",
@@ -173,10 +177,15 @@ def _add_evaluate(sub) -> None:
         default=list(BASELINES),
         help="baseline maps added to every evaluation (none: --baselines with no value)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="images per saliency batch")
-    p.add_argument("--metric-batch", type=int, default=64, help="perturbed images per forward in metrics")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per saliency batch")
     p.add_argument(
-        "--resize", type=int, default=None, help="resize before the centre crop (default size*256/224)"
+        "--metric-batch", type=positive_int, default=64, help="perturbed images per forward in metrics"
+    )
+    p.add_argument(
+        "--resize",
+        type=positive_int,
+        default=None,
+        help="resize before the centre crop (default size*256/224)",
     )
     p.add_argument("--boxes", default=None, help="ImageNet: folder of the official bounding-box XML files")
     _add_input_options(p)
@@ -223,7 +232,7 @@ def _add_evaluate(sub) -> None:
         metavar="LABEL=CHECKPOINT",
         help="more checkpoints of the same model, evaluated side by side (e.g. a regularized one)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument(
         "--correct-only",
         action="store_true",

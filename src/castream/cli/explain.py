@@ -15,6 +15,7 @@ from ._options import (
     _add_input_options,
     _add_speed_options,
     _inputs,
+    positive_int,
 )
 
 
@@ -213,7 +214,7 @@ def _add_explain(sub) -> None:
     p.add_argument("--model", default="resnet50", help=MODEL_HELP)
     p.add_argument("--weights", default=None, help="pretrained weights to download (e.g. IMAGENET1K_V1)")
     p.add_argument("--checkpoint", default=None, help="local weights (.safetensors or .pt)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classes of a random-weight model")
+    p.add_argument("--num-classes", type=positive_int, default=1000, help="classes of a random-weight model")
     p.add_argument("--stream", default=None, help="CA-Stream checkpoint")
     p.add_argument("--pooling", choices=["ca", "gap"], default="ca", help="with --stream")
     p.add_argument(
@@ -230,9 +231,12 @@ def _add_explain(sub) -> None:
         default=None,
         help="the logits of a model returning a tuple or dict: an index or key (Hugging Face outputs: as is)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (bounds the memory)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (bounds the memory)")
     p.add_argument(
-        "--resize", type=int, default=None, help="resize before the centre crop (default size*256/224)"
+        "--resize",
+        type=positive_int,
+        default=None,
+        help="resize before the centre crop (default size*256/224)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a line")
     _add_input_options(p)

@@ -6,7 +6,7 @@ import argparse
 
 import castream
 
-from ._options import COMMANDS, MODEL_HELP, SUBCOMMAND, UsageError, _log
+from ._options import COMMANDS, MODEL_HELP, SUBCOMMAND, UsageError, _log, nonnegative_int, positive_int
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -19,10 +19,10 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="pretrained weights to download (e.g. IMAGENET1K_V1)")
     p.add_argument("--checkpoint", default=None, help="local weights (.safetensors or .pt) to start from")
     p.add_argument("--out", required=True, help="folder for checkpoints and logs")
-    p.add_argument("--size", type=int, default=224, help="training crop size")
+    p.add_argument("--size", type=positive_int, default=224, help="training crop size")
     p.add_argument(
         "--resize",
-        type=int,
+        type=positive_int,
         default=None,
         help="validation: resize before the centre crop (default size*256/224; = --size for no crop)",
     )
@@ -40,17 +40,19 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rotation", type=float, default=0.0, help="cifar augmentation: random rotation ± degrees"
     )
-    p.add_argument("--warmup-epochs", type=int, default=0, help="linear lr warm-up over the first N epochs")
+    p.add_argument(
+        "--warmup-epochs", type=nonnegative_int, default=0, help="linear lr warm-up over the first N epochs"
+    )
     p.add_argument(
         "--augment",
         choices=["reference", "cifar"],
         default="reference",
         help="reference: RandomResizedCrop + flip (torchvision recipe); cifar: pad-4 random crop + flip",
     )
-    p.add_argument("--epochs", type=int, default=90)
-    p.add_argument("--batch-size", type=int, default=256, help="global batch (all processes)")
+    p.add_argument("--epochs", type=positive_int, default=90)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="global batch (all processes)")
     p.add_argument(
-        "--device-batch", type=int, default=None, help="per process and step (accumulate the rest)"
+        "--device-batch", type=positive_int, default=None, help="per process and step (accumulate the rest)"
     )
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
@@ -74,7 +76,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument(
         "--workers",
         type=_workers,

@@ -85,7 +85,13 @@ class SmoothMask:
         self.padding = self.radius if margin == 0 else 1 + math.ceil((margin + sigma) / step)
         self.grid = tuple(math.ceil(s / step) for s in size)
         self.mid = tuple(g + 2 * (self.padding - self.radius) for g in self.grid)
-        self.full = size if margin == 0 else tuple(step * m - step + 1 for m in self.mid)
+        # TorchRay's extent, step (mid - 1) + 1, at least the margin plus the image (a step above the
+        # image's size leaves one node, whose extent would otherwise be one pixel)
+        self.full = (
+            size
+            if margin == 0
+            else tuple(max(step * m - step + 1, round(margin) + s) for m, s in zip(self.mid, size))
+        )
         window = 2 * self.radius + 1
         offsets = torch.arange(window, device=device, dtype=dtype) - self.padding
 
