@@ -425,3 +425,56 @@ def test_imputation_is_the_weighted_mean_of_the_neighbours():
     w = np.array([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
     np.testing.assert_allclose(found, (single[:, 1:4, 1:4] * w).sum(axis=(1, 2)), atol=1e-12)
     assert (impute(single, np.zeros((5, 5), dtype=bool)) == 0).all()  # nothing known: the mean colour
+
+
+# --- targets: callables of the output ------------------------------------------------------------------
+
+
+def test_callable_targets_agree_with_pytorch_grad_cam(resnet, images):
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, SemanticSegmentationTarget
+
+    from castream import targets as T
+
+    # a list of class targets is the class indices; the softmax one is pytorch-grad-cam's
+    logit = saliency.GradCAM(resnet, "layer3")(images, [T.ClassifierOutputTarget(t) for t in TARGETS])
+    torch.testing.assert_close(logit, saliency.GradCAM(resnet, "layer3")(images, TARGETS))
+    ours = saliency.GradCAM(resnet, "layer3")(images, [T.ClassifierOutputSoftmaxTarget(t) for t in TARGETS])
+    with peer.GradCAM(model=resnet, target_layers=[resnet.layer3]) as cam:
+        theirs = torch.from_numpy(cam(images, targets=[ClassifierOutputSoftmaxTarget(t) for t in TARGETS]))
+    _close(ours, theirs)
+    # a segmentation model: the class's score summed over a mask of its output
+    torch.manual_seed(0)
+    seg = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=3
+    ).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = seg(x)["out"]
+    masks = [(o.argmax(0) == 0).float() * (torch.arange(64) < 32).float() for o in out]  # left half
+    ours = saliency.GradCAM(seg, "backbone.12", output="out")(
+        x, [T.SemanticSegmentationTarget(0, m) for m in masks]
+    )
+
+    class Out(torch.nn.Module):  # pytorch-grad-cam reads a tensor output
+        def __init__(self):
+            super().__init__()
+            self.seg = seg
+
+        def forward(self, x):
+            return self.seg(x)["out"]
+
+    with peer.GradCAM(model=Out().eval(), target_layers=[seg.backbone["12"]]) as cam:
+        theirs = torch.from_numpy(cam(x, targets=[SemanticSegmentationTarget(0, m.numpy()) for m in masks]))
+    assert ours.amax() > 0
+    _close(ours, theirs)
+    # one callable for every image; methods that score masked inputs refuse callables
+    summed = saliency.GradCAM(resnet, "layer3")(images, lambda o: o[1] + o[3])
+    assert summed.shape == (2, 128, 128)
+    import castream
+
+    with pytest.raises(TypeError, match="takes class indices"):
+        saliency.ScoreCAM(resnet, preprocess=castream.Preprocess())(images, [T.ClassifierOutputTarget(1)] * 2)
+    with pytest.raises(TypeError, match="takes class indices"):
+        saliency.FinerCAM(resnet)(images, [T.ClassifierOutputTarget(1)] * 2)
+    with pytest.raises(ValueError, match="1 or 2 callables"):
+        saliency.GradCAM(resnet)(images, [T.ClassifierOutputTarget(1)] * 3)

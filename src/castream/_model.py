@@ -36,7 +36,7 @@ class Logits:
         self.forward_kwargs = dict(forward_kwargs or {})
         self.min_size = min_size  # backbones.min_input_size(model), computed by the caller
 
-    def select(self, out: Any) -> Tensor:
+    def select(self, out: Any, any_shape: bool = False) -> Tensor:
         if self.output is not None and not callable(self.output):
             if (isinstance(out, Mapping) and self.output in out) or (
                 isinstance(out, tuple | list)
@@ -65,11 +65,13 @@ class Logits:
                 f"{type(self.model).__name__} returned a {type(out).__name__}; pass output= (an index, a key "
                 "or a callable) to select the logits"
             )
-        if out.dim() != 2:
+        if out.dim() != 2 and not any_shape:
             raise ValueError(f"expected logits of shape (B, num_classes), got {tuple(out.shape)}")
         return out
 
-    def __call__(self, x: Tensor, **extra: Any) -> Tensor:
+    def __call__(self, x: Tensor, *, any_shape: bool = False, **extra: Any) -> Tensor:
+        """Checked logits; ``any_shape``: an output of another shape is accepted (a segmentation model's
+        (B, C, H, W) scores, read by callable targets)."""
         parameter = next(self.model.parameters(), None)
         if parameter is not None and parameter.is_meta:
             raise ValueError(
@@ -102,7 +104,7 @@ class Logits:
                 f"images of {x.shape[-2]}x{x.shape[-1]} pixels are smaller than {type(self.model).__name__} "
                 f"accepts ({str(err).splitlines()[0]}); use larger images"
             ) from None
-        logits = self.select(out)
+        logits = self.select(out, any_shape)
         if not torch.isfinite(logits).all():
             raise ValueError(f"{type(self.model).__name__} produced NaN or Inf logits")
         return logits

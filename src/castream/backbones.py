@@ -509,7 +509,11 @@ def _verify(model: nn.Module, spec: BackboneSpec) -> None:
             for n, t in [*model.named_parameters(), *model.named_buffers()]
             if t.is_floating_point() and not torch.isfinite(t).all()
         ]
-        where = f"non-finite values in {bad[:5]}{' ...' if len(bad) > 5 else ''}" if bad else "its weights are finite"
+        where = (
+            f"non-finite values in {bad[:5]}{' ...' if len(bad) > 5 else ''}"
+            if bad
+            else "its weights are finite"
+        )
         raise ValueError(
             f"{type(model).__name__} gives NaN or infinite logits on a random input ({where}); check its "
             "weights (a diverged training run, a corrupt checkpoint) before explaining or evaluating it"

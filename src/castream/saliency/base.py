@@ -36,6 +36,7 @@ from ..backbones import (
     resolve_module,
 )
 from ..maps import eigen_projection, finalize_maps, normalize_maps
+from ..targets import Scores, as_scores, is_callable_targets
 from ..utils import uncompiled
 
 
@@ -108,6 +109,7 @@ class SaliencyMethod:
     uses_layer: ClassVar[bool] = True
     multi_layer: ClassVar[bool] = False
     masks_input: ClassVar[bool] = False  # forwards masked images: takes preprocess=
+    callable_targets: ClassVar[bool] = False  # takes callables of the output as targets (castream.targets)
     cam_family: ClassVar[bool] = False  # the map sums per-channel terms of a layer: eigen_smooth applies
     default_fusion: ClassVar[str] = "input"
     FUSIONS: ClassVar[tuple[str, ...]] = ("input", "finest")
@@ -234,6 +236,10 @@ class SaliencyMethod:
         if targets is None:
             with torch.no_grad():
                 targets = self.logits(images).argmax(dim=1)
+        elif is_callable_targets(targets):
+            raise ValueError(
+                "aug_smooth flips the images, which callable targets (an output mask) do not follow"
+            )
         total = None
         for flip, factor in self.AUGMENTATIONS:
             x = images * factor
@@ -274,9 +280,11 @@ class SaliencyMethod:
         one per layer, fused by :meth:`_maps`)."""
         raise NotImplementedError
 
-    def objective(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """The per-image score ``y`` the gradient methods differentiate: the target logit (FinerCAM's
-        differs)."""
+    def objective(self, logits: Tensor, targets) -> Tensor:
+        """The per-image score ``y`` the gradient methods differentiate: the target logit, or the callable
+        targets' scores (FinerCAM's differs)."""
+        if isinstance(targets, Scores):
+            return targets(logits)
         return target_score(logits, targets)
 
     def channel_sum(self, terms: Tensor) -> Tensor:
@@ -297,13 +305,21 @@ class SaliencyMethod:
     def _select(self, out: Any) -> Tensor:
         return self._logits.select(out)
 
-    def logits(self, x: Tensor) -> Tensor:
-        """Forward pass -> ``(B, num_classes)`` logits; NaN/Inf logits are an error, not NaN maps."""
-        return self._logits(x)
+    def logits(self, x: Tensor, any_shape: bool = False) -> Tensor:
+        """Forward pass -> ``(B, num_classes)`` logits (any shape with ``any_shape``, for callable targets);
+        NaN/Inf logits are an error, not NaN maps."""
+        return self._logits(x, any_shape=any_shape)
 
-    @staticmethod
-    def targets(targets: int | Sequence[int] | Tensor | None, logits: Tensor) -> Tensor:
-        """Class indices ``(B,)``: given ones (validated) or the predicted class."""
+    def targets(self, targets, logits: Tensor):
+        """Class indices ``(B,)``: given ones (validated) or the predicted class; or, for the methods that
+        take them (``callable_targets``), callables of each image's output (:mod:`castream.targets`)."""
+        if is_callable_targets(targets):
+            if not self.callable_targets:
+                raise TypeError(
+                    f"{type(self).__name__} takes class indices as targets; callables of the output "
+                    "(castream.targets) work with the gradient methods (Grad-CAM and its family)"
+                )
+            return as_scores(targets, len(logits))
         return check_targets(targets, logits)
 
     def _as_map(self, name: str, activation: Tensor) -> Tensor:
@@ -346,10 +362,12 @@ class SaliencyMethod:
 
         return [(module, make(name)) for name, module in self.layers]
 
-    def _run(self, images: Tensor, track_grad: bool, replace: dict | None = None) -> tuple[dict, Tensor]:
+    def _run(
+        self, images: Tensor, track_grad: bool, replace: dict | None = None, any_shape: bool = False
+    ) -> tuple[dict, Tensor]:
         store: dict[str, Tensor] = {}
         with forward_hooks(self._hooks(store, track_grad, replace)):
-            logits = self.logits(images)
+            logits = self.logits(images, any_shape)
         missing = [name for name, _ in self.layers if name not in store]
         if missing:
             raise RuntimeError(f"layers {missing} did not run in the forward pass")
@@ -387,7 +405,7 @@ class SaliencyMethod:
         """(A, g, Hessian-vector products ``(d g / d A) A`` or None, targets) of each layer: the
         :meth:`objective` differentiated once, or twice with ``second_order`` (ShapleyCAM)."""
         with torch.enable_grad():
-            store, logits = self._run(images, track_grad=True)
+            store, logits = self._run(images, track_grad=True, any_shape=is_callable_targets(targets))
             t = self.targets(targets, logits)
             leaves = [store[name] for name, _ in self.layers]
             grads = torch.autograd.grad(

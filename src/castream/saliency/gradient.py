@@ -49,6 +49,7 @@ class GradientMethod(SaliencyMethod):
 
     multi_layer = True
     cam_family = True
+    callable_targets = True
 
     def compute(self, images: Tensor, targets) -> list[Tensor]:
         acts, grads, _ = self.activations_and_gradients(images, targets)
@@ -181,6 +182,7 @@ class FinerCAM(GradientMethod):
     It explains what sets class c apart from the classes it is most confused with."""
 
     name = "finercam"
+    callable_targets = False  # its score compares class logits
     BASES = ("gradcam", "hirescam", "xgradcam", "gradcamelementwise")
 
     def __init__(
