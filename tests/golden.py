@@ -23,7 +23,7 @@ import torch
 
 import castream
 from castream.evaluate import EvalConfig, Runner
-from castream.evaluate.groups import group_names
+from castream.evaluate.config import METRIC_GROUPS  # the built-in groups (not quantus:NAME ones)
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 WEIGHTS = Path(castream.demo.__file__).parent / "demo_weights"
@@ -50,7 +50,7 @@ def evaluate(folder: Path) -> Path:
         checkpoint=str(WEIGHTS / "classifier.safetensors"),
         stream=str(WEIGHTS / "stream.safetensors"),
         methods=("gradcam",),
-        metrics=group_names(),
+        metrics=METRIC_GROUPS,
         protocol="coarse",
         images=32,
         batch_size=8,

@@ -231,21 +231,6 @@ CLI_CASES = [
         2,
         "LABEL=PATH",
     ),
-    (
-        ["evaluate", "--model", "resnet18", "--data", "synthetic:x", "--out", "o", "--images", "-3"],
-        1,
-        "images must be an integer >= 1, got -3",
-    ),
-    (
-        ["evaluate", "--model", "resnet18", "--data", "synthetic:x", "--out", "o", "--batch-size", "0"],
-        1,
-        "batch_size must be an integer >= 1, got 0",
-    ),
-    (
-        ["evaluate", "--model", "resnet18", "--data", "synthetic:x", "--out", "o", "--metric-batch", "0"],
-        1,
-        "metric_batch must be an integer >= 1, got 0",
-    ),
     (["synth", "--out", "SYNTH", "--classes", "3", "--size", "8"], 1, "size must be an integer >= 32, got 8"),
     (["synth", "--out", "SYNTH", "--classes", "30"], 1, "classes must lie in [2, 12]"),
 ]
@@ -432,6 +417,7 @@ def test_strides_are_measured_not_read_from_a_small_probe():
         ["evaluate", "--model", "m", "--data", "synthetic:x", "--out", "o", "--size", "0"],
         ["evaluate", "--model", "m", "--data", "synthetic:x", "--out", "o", "--images", "0"],
         ["evaluate", "--model", "m", "--data", "synthetic:x", "--out", "o", "--metric-batch", "-3"],
+        ["evaluate", "--model", "m", "--data", "synthetic:x", "--out", "o", "--batch-size", "0"],
         ["explain", "x.png", "--batch-size", "0"],
         ["synth", "out", "--train", "0"],
         ["train", "classifier", "--model", "m", "--data", "synthetic:x", "--out", "o", "--epochs", "0"],
@@ -440,9 +426,8 @@ def test_strides_are_measured_not_read_from_a_small_probe():
 )
 def test_zero_and_negative_counts_are_refused_not_defaulted(argv, capsys):
     """``--size 0`` once ran at 224 px (``size or 224``): every count and size is checked as given."""
-    with pytest.raises(SystemExit) as stop:  # argparse's usage error
-        main(argv)
-    assert stop.value.code == 2 and "must be" in capsys.readouterr().err
+    assert main(argv) == 2  # argparse's usage error, returned as a code
+    assert "must be" in capsys.readouterr().err
 
 
 def test_describe_on_the_meta_device_and_nan_weights():

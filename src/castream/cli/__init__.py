@@ -45,7 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
         command = any(arg in COMMANDS for arg in argv)
         parser = build_parser(full=command)  # a subcommand imports torch: Ctrl-C here is one line too
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as stop:  # argparse's usage errors (2) and --help (0): returned, as every code
+            return stop.code if isinstance(stop.code, int) else 2
         if not getattr(args, "func", None):
             parser.print_help()
             return 0

@@ -214,7 +214,7 @@ def _add_explain(sub) -> None:
     p.add_argument("--model", default="resnet50", help=MODEL_HELP)
     p.add_argument("--weights", default=None, help="pretrained weights to download (e.g. IMAGENET1K_V1)")
     p.add_argument("--checkpoint", default=None, help="local weights (.safetensors or .pt)")
-    p.add_argument("--num-classes", type=positive_int, default=1000, help="classes of a random-weight model")
+    p.add_argument("--num-classes", type=int, default=1000, help="classes of a random-weight model")
     p.add_argument("--stream", default=None, help="CA-Stream checkpoint")
     p.add_argument("--pooling", choices=["ca", "gap"], default="ca", help="with --stream")
     p.add_argument(

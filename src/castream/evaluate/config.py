@@ -99,6 +99,10 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown pooling {unknown}; expected a subset of ['gap', 'ca']")
         for metric in self.metrics:  # registered groups, or quantus:NAME (registered on first use)
+            if isinstance(metric, str) and metric.startswith("quantus:"):
+                from .quantus import register
+
+                register(metric)
             groups.resolve(metric)
         self._check_metric_options()
         Preprocess.named(self.normalization)

@@ -192,12 +192,8 @@ def group_names() -> tuple[str, ...]:
 
 
 def resolve(name: str) -> MetricGroup:
-    """The group ``name``: a registered one, or ``"quantus:NAME"``, Quantus' metric NAME as a group of one
-    column, registered on first use (castream.interop.quantus.metric_group)."""
-    if name not in GROUPS and isinstance(name, str) and name.startswith("quantus:"):
-        from ..interop.quantus import metric_group
-
-        register_group(metric_group(name.split(":", 1)[1]))
+    """The registered group ``name`` (``quantus:NAME`` groups are registered by the configuration:
+    castream.evaluate.quantus.register), or a clear error."""
     if name not in GROUPS:
         raise ValueError(f"unknown metric {name!r}; expected one of {list(GROUPS)} or quantus:NAME")
     return GROUPS[name]
