@@ -11,7 +11,9 @@ byte for byte on a machine kind with a record, and to float noise elsewhere (sam
 CPU) and ``avx2`` (the pre-rewrite engine, commit 2b7cddd) were reproduced byte for byte by the
 rewritten engine of issue 29; issue 30 then changed SM (the crop's probability), the claims registry and
 the verdict rule, so both were replaced by ``avx512``, written on the machine of that change (an AMD EPYC
-that torch reports as AVX512), on 32 images (30 are needed for a verdict).
+that torch reports as AVX512), on 32 images (30 are needed for a verdict). Issue 32 rewrote its
+``*_low``/``*_high`` columns only (every mean and the claims table unchanged): a cell's per-image
+metrics now share one bootstrap resampling (and the fading rate and BoxAcc draw after them).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ API cases assert the exception type and a message fragment; CLI cases assert the
 1 runtime) and one stderr line without a traceback."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -459,3 +460,385 @@ def test_extremal_perturbation_with_a_step_above_the_image_size():
     for step in (1000, 33):
         maps = saliency.ExtremalPerturbation(model, step=step, max_iter=2)(x)
         assert maps.shape == (1, 32, 32) and torch.isfinite(maps).all()
+
+
+# --- reliability round 3 (issue 32): silent or destructive, by class ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "mean,std,error,fragment",
+    [
+        ((124, 116, 104), (58, 57, 57), ValueError, r"0-255 statistics\? divided by 255 .*0\.4863"),
+        ((0.5,) * 3, (255,) * 3, ValueError, "each std at most 1"),
+        ((-0.1, 0.5, 0.5), (0.2,) * 3, ValueError, r"each mean in \[0, 1\]"),
+        ((float("nan"), 0.5, 0.5), (0.2,) * 3, ValueError, "must be finite"),
+        ((0.5,) * 3, (float("inf"), 0.2, 0.2), ValueError, "must be finite"),
+        ((0.5,) * 3, (1e-30,) * 3, ValueError, "below 0.001"),
+        ((0.5,) * 3, (0.0, 0.2, 0.2), ValueError, "std must be positive"),
+        ((True, False, True), (0.2,) * 3, TypeError, "real numbers"),
+        (("0.5", "0.5", "0.5"), (0.2,) * 3, TypeError, "real numbers"),
+        ("0.5", (0.2,), TypeError, "sequence of numbers"),
+    ],
+)
+def test_impossible_input_statistics_are_refused(mean, std, error, fragment):
+    with pytest.raises(error, match=fragment):
+        castream.Preprocess(mean, std)
+
+
+def test_possible_input_statistics_are_kept():
+    """Raw pixels (0, 1), [-1, 1] inputs (0.5, 0.5) and a model of 0-255 pixels (0, 1/255) stay legal."""
+    for mean, std in (((0.0,) * 3, (1.0,) * 3), ((0.5,) * 3, (0.5,) * 3), ((0.0,) * 3, (1 / 255,) * 3)):
+        assert castream.Preprocess(mean, std).std == std
+    assert castream.Preprocess(torch.tensor([0.5]), np.array([0.25])).mean == (0.5,)
+
+
+@pytest.mark.parametrize("stats", [["124", "116", "104", "--std", "58", "57", "57"], ["0.5", "--std", "nan"]])
+def test_cli_refuses_impossible_statistics_before_any_work(tmp_path, capsys, stats):
+    argv = ["evaluate", "--model", "resnet18", "--data", "synthetic:x", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--mean", *stats]) == 2
+    err = capsys.readouterr().err
+    assert "statistics" in err or "finite" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_training_statistics_are_recorded_with_the_weights_and_reused(tmp_path, capsys):
+    """One rule for train and evaluate: the statistics of training travel in model.safetensors, evaluate
+    and explain use them when none are given, and refuse other explicit ones naming both."""
+    from castream.models import load_weights
+
+    root = castream.data.synthetic.generate(tmp_path / "s", classes=3, train=6, val=4, size=32, workers=1)
+    stats = ["--mean", "0.4", "0.5", "0.6", "--std", "0.2", "0.25", "0.3"]
+    train = ["train", "classifier", "--model", "resnet10_os16", "--data", f"synthetic:{root}"]
+    train += ["--out", str(tmp_path / "t"), "--epochs", "1", "--batch-size", "4", "--size", "32"]
+    assert main([*train, "--resize", "32", "--workers", "0", "--quiet", *stats]) == 0
+    weights = tmp_path / "t" / "model.safetensors"
+    loaded = load_weights(build_model("resnet10_os16", num_classes=3), weights)
+    assert loaded.castream_preprocess == castream.Preprocess((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    evaluate = ["evaluate", "--model", "resnet10_os16", "--data", f"synthetic:{root}", "--checkpoint"]
+    evaluate += [str(weights), "--methods", "gradcam", "--baselines", "--metrics", "recognition"]
+    evaluate += ["--images", "2", "--size", "32", "--resize", "32"]
+    assert main([*evaluate, "--out", str(tmp_path / "e")]) == 0
+    assert "recorded with" in capsys.readouterr().out
+    config = json.loads((tmp_path / "e" / "config.json").read_text())
+    assert (config["mean"], config["std"]) == ([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
+    assert main([*evaluate, "--out", str(tmp_path / "f"), "--normalization", "imagenet", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with input statistics mean (0.4, 0.5, 0.6)" in err and "0.485" in err, err
+    from castream.evaluate import EvalConfig
+
+    with pytest.raises(ValueError, match="was trained with input statistics"):
+        EvalConfig(
+            model="resnet10_os16",
+            data="x",
+            out="o",
+            checkpoint=str(weights),
+            mean=(0.5,) * 3,
+            std=(0.2,) * 3,
+            poolings=("gap",),
+        )
+    assert (
+        EvalConfig(
+            model="resnet10_os16", data="x", out="o", checkpoint=str(weights), poolings=("gap",)
+        ).preprocess()
+        == loaded.castream_preprocess
+    )
+
+
+def test_a_timm_model_gets_the_same_default_statistics_in_train_and_evaluate():
+    pytest.importorskip("timm")
+    from castream.cli._options import _inputs
+    from castream.cli.train import _training_stats
+    from castream.preprocess import input_statistics
+
+    expected, source = input_statistics(model="timm:vit_small_patch16_224")
+    assert expected.mean == (0.5, 0.5, 0.5) and "pretrained_cfg" in source
+    args = __import__("argparse").Namespace(
+        model="timm:vit_small_patch16_224",
+        mean=None,
+        std=None,
+        normalization=None,
+        checkpoint=None,
+        size=224,
+        quiet=True,
+    )
+    assert _inputs(args)[1] == expected
+    assert _training_stats(args)[0] == {"mean": expected.mean, "std": expected.std}
+
+
+def _tiny_evaluation(tmp_path, out="o"):
+    """A 2-image GAP-only evaluation of a random resnet10_os16 (seconds): its argv and the folder."""
+    from castream.models import save_weights
+
+    root = castream.data.synthetic.generate(tmp_path / "s", classes=3, train=0, val=4, size=32, workers=1)
+    weights = tmp_path / "w.safetensors"
+    if not weights.exists():
+        torch.manual_seed(0)
+        save_weights(build_model("resnet10_os16", num_classes=3), weights)
+    argv = ["evaluate", "--model", "resnet10_os16", "--data", f"synthetic:{root}", "--checkpoint"]
+    argv += [str(weights), "--methods", "gradcam", "--baselines", "--metrics", "recognition", "--images", "2"]
+    argv += ["--size", "32", "--resize", "32", "--out", str(tmp_path / out), "--quiet"]
+    return argv, tmp_path / out
+
+
+def test_evaluate_never_writes_through_a_symlink_or_over_a_foreign_file(tmp_path, capsys):
+    """Issue 32 item 7: the report wrote results.md/.json/.csv and the figures through symlinks."""
+    argv, out = _tiny_evaluation(tmp_path)
+    assert main(argv) == 0
+    outside = tmp_path / "precious.txt"
+    outside.write_text("mine")
+    for name in ("results.md", "results.json", "results.csv", "per_image.csv", "curves.png"):
+        if not (out / name).exists() and name == "curves.png":
+            continue
+        (out / name).unlink()
+        (out / name).symlink_to(outside)
+        assert main(["report", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert name in err and "castream report OUT --overwrite" in err, err
+        assert outside.read_text() == "mine"
+        assert main(["report", str(out), "--overwrite"]) == 0  # replaces the link, not its target
+        assert not (out / name).is_symlink() and outside.read_text() == "mine"
+    (out / "results.md").write_text("my own notes")  # a file castream did not write, whatever its name
+    assert main(argv) == 1 and "results.md" in capsys.readouterr().err
+    assert (out / "results.md").read_text() == "my own notes"
+
+
+def test_run_records_are_never_appended_through_a_symlink(tmp_path, capsys):
+    argv, out = _tiny_evaluation(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    out.mkdir()
+    argv += ["--batch-size", "1"]  # a record per image
+    assert main(argv) == 0
+    shard = next((out / "shards").glob("*.jsonl"))
+    first = shard.read_bytes().splitlines(keepends=True)[0]  # the second image is left to compute
+    (outside / shard.name).write_bytes(first)
+    shard.unlink()
+    shard.symlink_to(outside / shard.name)
+    assert main(argv) == 1
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert (outside / shard.name).read_bytes() == first
+    second, folder = _tiny_evaluation(tmp_path, "p")
+    assert main(second) == 0
+    (folder / "maps").rename(tmp_path / "maps")
+    (tmp_path / "maps" / "grid.json").unlink()  # the grid's files are written again
+    (folder / "maps").symlink_to(tmp_path / "maps", target_is_directory=True)
+    assert main(second) == 1 and "maps is a symbolic link" in capsys.readouterr().err
+    assert not (tmp_path / "maps" / "grid.json").exists()
+
+
+def test_non_finite_and_foreign_records_are_listed_and_never_averaged(tmp_path, capsys):
+    """Issue 32 item 8: an Infinity metric value, or a record of an image outside the selection, was
+    averaged into the report's means and intervals."""
+    argv, out = _tiny_evaluation(tmp_path)
+    assert main([*argv, "--batch-size", "1"]) == 0
+    shard = next((out / "shards").glob("*-gap-gradcam.rank0.jsonl"))
+    first, second = (json.loads(line) for line in shard.read_text().splitlines())
+    clean = next(
+        c for c in json.loads((out / "results.json").read_text())["cells"] if c["method"] == "gradcam"
+    )
+    second["images"][0]["ad"] = float("inf")
+    foreign = {**first, "images": [{**first["images"][0], "index": 99, "ad": 100.0}]}
+    shard.write_text("".join(json.dumps(r) + "\n" for r in (first, second, foreign)))
+    assert main(["report", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    cell = next(c for c in results["cells"] if c["method"] == "gradcam")
+    ad = cell["metrics"]["ad"]
+    assert (
+        ad["n"] == 1 and math.isfinite(ad["mean"]) and ad["mean"] == pytest.approx(first["images"][0]["ad"])
+    )
+    assert clean["metrics"]["ad"]["n"] == 2
+    ignored = " ".join(results["ignored_records"])
+    assert "non-finite values (ad)" in ignored and "outside the run's selection [99]" in ignored, ignored
+
+
+def test_no_test_of_infinite_values_and_no_significance_on_too_few_images():
+    """Issue 32 items 8-9: paired_bootstrap of an infinite value was "significant", judge of infinite
+    bounds "reproduced"; the GAP-vs-CA table called one pair of 10 images significant."""
+    from castream.evaluate import claims
+
+    a, b = torch.zeros(40), torch.ones(40)
+    b[3] = float("inf")
+    for test in (metrics.paired_bootstrap, metrics.paired_test):
+        with pytest.raises(ValueError, match="must be finite"):
+            test(a, b)
+    entry = {
+        "n": 40,
+        "mean": 1.0,
+        "low": -float("inf"),
+        "high": float("inf"),
+        "p_greater": 0.001,
+        "p_less": 1.0,
+    }
+    with pytest.raises(ValueError, match="non-finite"):
+        claims.judge({"ad": entry}, {"ad": 1})
+    with pytest.raises(ValueError, match="non-finite"):
+        claims.judge_equivalence({**entry, "low": 0.0, "high": float("inf")}, 0.005)
+    ten = metrics.paired_test(torch.zeros(10), torch.arange(10.0) + 1)
+    assert ten["p_greater"] <= claims.ALPHA and not claims.significant(ten)  # clear, but on 10 images
+    many = metrics.paired_test(torch.zeros(30), torch.arange(30.0) + 1)
+    assert claims.significant(many)
+    # the batched tests equal one call each (the same draws of the seed; a batched std may differ in
+    # the last bit)
+    pairs = {"x": (torch.rand(50), torch.rand(50)), "y": (torch.rand(50), torch.rand(50))}
+    together = metrics.paired_tests(pairs, seed=4)
+    for key, pair in pairs.items():
+        alone = metrics.paired_test(*pair, seed=4)
+        assert together[key] == pytest.approx(alone, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        ("import sys\nsys.exit(0)\n", "it called sys.exit(0)"),
+        ("raise KeyboardInterrupt\n", "KeyboardInterrupt"),
+        ("def net():\n    raise SystemExit(3)\n", "net() raised SystemExit (it called sys.exit(3))"),
+    ],
+)
+def test_a_factory_that_exits_is_an_error_not_a_silent_success(tmp_path, capsys, body, fragment):
+    (tmp_path / "net.py").write_text(body)
+    root = castream.data.synthetic.generate(tmp_path / "s", classes=3, train=0, val=2, size=32, workers=1)
+    argv = ["evaluate", "--model", f"{tmp_path / 'net.py'}:net", "--data", f"synthetic:{root}"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert fragment in err and "model factory" in err, err
+
+
+def test_a_factory_head_is_replaced_only_when_asked(tmp_path, capsys):
+    root = castream.data.synthetic.generate(tmp_path / "s", classes=3, train=4, val=2, size=32, workers=1)
+    (tmp_path / "net.py").write_text(
+        "from castream.models import build_model\n\n\n"
+        "def net():\n    return build_model('resnet10_os16', num_classes=5)\n"
+    )
+    argv = ["train", "classifier", "--model", f"{tmp_path / 'net.py'}:net", "--data", f"synthetic:{root}"]
+    argv += ["--epochs", "1", "--batch-size", "4", "--size", "32", "--resize", "32", "--workers", "0"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "has 5 outputs but" in err and "--new-head" in err, err
+    assert main([*argv, "--out", str(tmp_path / "b"), "--new-head"]) == 0
+    assert "5-class head is replaced" in capsys.readouterr().out
+
+
+def test_an_interrupted_owned_write_never_locks_its_folder(tmp_path, monkeypatch):
+    """Issue 32 item 11: a write killed between a file's rename and the manifest's update left a file
+    the next run called "not castream's"; an unreadable manifest gave the same false reason."""
+    import os
+    from pathlib import Path
+
+    from castream import utils
+
+    def text(value):
+        return lambda tmp: tmp.write_text(value)
+
+    utils.write_owned(tmp_path, {"a.txt": text("1"), "b.txt": text("1")}, overwrite=False)
+    real = os.replace
+
+    def dies_after_first_rename(src, dst):
+        if Path(dst).name == "b.txt":
+            raise KeyboardInterrupt  # a kill after a.txt was replaced, before b.txt and the manifest
+        return real(src, dst)
+
+    monkeypatch.setattr(utils.os, "replace", dies_after_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        utils.write_owned(tmp_path, {"a.txt": text("2"), "b.txt": text("2")}, overwrite=False)
+    monkeypatch.setattr(utils.os, "replace", real)
+    assert (tmp_path / "a.txt").read_text() == "2" and (tmp_path / "b.txt").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [utils.MANIFEST, "a.txt", "b.txt"]  # no temp file
+    utils.write_owned(tmp_path, {"a.txt": text("3"), "b.txt": text("3")}, overwrite=False)  # both castream's
+    (tmp_path / utils.MANIFEST).write_text("{broken")
+    with pytest.raises(FileExistsError, match=r"cannot read castream's record .* cannot tell its a.txt"):
+        utils.write_owned(tmp_path, {"a.txt": text("4")}, overwrite=False)
+    utils.write_owned(tmp_path, {"a.txt": text("4")}, overwrite=True)
+    utils.write_owned(tmp_path, {"a.txt": text("5")}, overwrite=False)  # the manifest is whole again
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        lambda: __import__("safetensors").SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        ),
+        lambda: OSError("100000 requested and 8176 written"),  # numpy's short write
+        lambda: RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"),
+    ],
+)
+def test_a_full_disk_is_reported_as_one_whichever_library_writes(tmp_path, raised):
+    from castream import utils
+
+    def write(tmp):
+        tmp.write_text("partial")
+        raise raised()
+
+    (tmp_path / "w.safetensors").write_text("previous")
+    with pytest.raises(
+        OSError, match=r"No space left on the disk while writing .* previous w\.safetensors is intact"
+    ):
+        utils.atomic_write(tmp_path / "w.safetensors", write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+    assert (tmp_path / "w.safetensors").read_text() == "previous"
+
+
+def test_a_full_disk_for_real_when_a_small_filesystem_can_be_mounted(tmp_path):
+    import subprocess
+
+    from castream.models import save_weights
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root)")
+    try:
+        with pytest.raises(OSError, match="No space left on the disk"):
+            save_weights(build_model("resnet10_os16", num_classes=3), folder / "m.safetensors")
+        with pytest.raises(OSError, match="No space left on the disk"):
+            castream.evaluate.store.Store(folder).save_array(folder / "x.npy", np.zeros(100_000))
+        assert list(folder.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_kill_during_the_first_checkpoint_write_does_not_block_the_folder(tmp_path):
+    from castream.train import ClassifierRecipe, TrainConfig, Trainer
+
+    root = castream.data.synthetic.generate(tmp_path / "s", classes=3, train=4, val=0, size=32, workers=1)
+    train = castream.data.SyntheticShapes(
+        root, "train", transform=castream.data.eval_transform(32, resize=32)
+    )
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".checkpoint.pt.k3x_9q.tmp").write_bytes(b"half a checkpoint")  # what a SIGKILL leaves
+    config = TrainConfig(epochs=1, batch_size=4, workers=0, milestones=())
+    Trainer(
+        ClassifierRecipe(build_model("resnet10_os16", num_classes=3)),
+        train,
+        None,
+        config,
+        out,
+        progress=False,
+    ).fit()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl"]
+
+
+def test_adversarial_verification_refuses_host_photos_of_another_dtype(net):
+    images = _images(2)
+    hosts = (torch.rand(2, 3, 3, 32, 32) * 255).to(torch.uint8)
+    with pytest.raises(TypeError, match=r"got torch\.uint8 on cpu: normalize 0-255 photos"):
+        metrics.adversarial_verification(net, images, torch.rand(2, 32, 32), hosts, [0, 1])
+    with pytest.raises(TypeError, match=r"got torch\.float64"):
+        metrics.adversarial_verification(net, images, torch.rand(2, 32, 32), hosts.double(), [0, 1])
+
+
+def test_benchmarks_time_a_subject_and_its_reference_in_turn():
+    """Issue 32 item 15: a reference timed in one block and the subject in another let a load change
+    between the blocks into the ratio (1.39 printed where interleaved timing gives 1.00-1.03)."""
+    from castream.bench._timing import interleaved, ratio_fields
+
+    calls = []
+    times = interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), 3
+    )
+    assert calls == ["a", "b"] * 4  # one warm-up round, then a and b alternate in every repeat
+    assert set(times["a"]) == {"min", "median"} and times["a"]["min"] <= times["a"]["median"]
+    fields = ratio_fields({"min": 1.0, "median": 2.0}, {"min": 0.5, "median": 0.5}, factor=2)
+    assert fields["ratio"] == 2.0 and fields["ratio_min"] == 1.0 and fields["reference_seconds"] == 1.0

@@ -29,7 +29,7 @@ def _check_report(report, images: int) -> dict:
     for key in ("ad", "ag", "insertion", "discrimination", "sp_target", "sp"):
         assert key in rows[("gap", "random")], key
     markdown = (report / "results.md").read_text()
-    assert "4 × 4 feature maps" in markdown and "## GAP vs CA (paired bootstrap" in markdown
+    assert "4 × 4 feature maps" in markdown and "## GAP vs CA (paired studentized bootstrap" in markdown
     assert "## Class discrimination" in markdown and "## Demo setup" in markdown
     assert "p(true class)" in markdown and "castream train classifier" in markdown
     results = json.loads((report / "results.json").read_text())
@@ -66,7 +66,7 @@ def test_demo_refuses_changed_training_without_retrain_and_foreign_report(tmp_pa
     report.mkdir(parents=True)
     (report / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"notes\.txt"):
-        demo._copy_report(tmp_path, report)
+        demo._copy_report(tmp_path, report, note="")
     assert (report / "notes.txt").read_text() == "mine"
 
 
@@ -119,6 +119,21 @@ def test_demo_cache_follows_the_weights_content(tmp_path, monkeypatch):
     model = demo.build_model("resnet10_os16", num_classes=6)
     model.load_state_dict(state)
     save_weights(model, shipped / "classifier.safetensors")
+    with pytest.raises(ValueError, match="trained on backbone weights"):  # the stream is tied to them
+        run_demo(tmp_path / "demo", config, **quiet)
+    _retie_stream(shipped / "stream.safetensors", model)  # as a stream trained on the new weights would be
     after = run_demo(tmp_path / "demo", config, **quiet)["models"][0]["accuracy"]["probability"]["mean"]
     assert after < before / 2
     assert len(list((tmp_path / "demo" / "cache").glob("eval-*"))) == 2
+
+
+def _retie_stream(path, backbone) -> None:
+    """The stream file with the same tensors, recorded as trained on ``backbone``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from castream.utils import state_digest
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(load_file(str(path)), str(path), metadata={**metadata, "backbone": state_digest(backbone)})

@@ -11,6 +11,7 @@ from castream.cli import main
 from castream.data import SyntheticShapes, cifar_train_transform
 from castream.data.synthetic import generate
 from castream.models import build_model
+from castream.preprocess import CIFAR100_MEAN, CIFAR100_STD
 from castream.train import ERRORS, GradientRegularizer
 
 from _models import TinyNet
@@ -192,7 +193,10 @@ def test_cli_gradreg(tmp_path):
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["recipe"] == "gradreg" and checkpoint["config"]["extra"]["error"] == "mse"
     extra = checkpoint["config"]["extra"]
-    assert extra["lam"] == 7.5e-3 and extra["normalization"] == "cifar100"  # the preset's statistics
+    assert extra["lam"] == 7.5e-3 and extra["normalization"] == {
+        "mean": list(CIFAR100_MEAN),
+        "std": list(CIFAR100_STD),
+    }  # the preset's
     assert checkpoint["config"]["warmup_epochs"] == 1
     assert (
         tuple(checkpoint["config"]["milestones"]) == (60, 120, 160) and checkpoint["config"]["gamma"] == 0.2

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -940,10 +941,15 @@ def test_aopc_quantus_05_convention_equals_quantus_05_and_relates_to_the_default
 
 
 def _naive_summary(values: dict, reducers: dict, seed: int = 0, resamples: int = 1000) -> dict:
-    """The bootstrap as it was first written: one (resamples, n) draw, one reducer call per resample."""
-    generator, out = torch.Generator().manual_seed(seed), {}
+    """The bootstrap written plainly: one (resamples, n) draw per reducer metric, and one for all the plain
+    means (drawn where the first of them comes: they are resampled together), one call per resample."""
+    generator, out, shared = torch.Generator().manual_seed(seed), {}, None
     for name, used in values.items():
-        d = torch.randint(len(used), (resamples, len(used)), generator=generator)
+        if name in reducers or shared is None:
+            d = torch.randint(len(used), (resamples, len(used)), generator=generator)
+            shared = d if name not in reducers else shared
+        else:
+            d = shared
         if name in reducers:
             boot = torch.tensor([reducers[name](used[row]) for row in d])
         else:
@@ -962,6 +968,7 @@ def test_chunked_vectorized_bootstrap_equals_the_per_resample_loop(n, chunk, mon
     values = {
         "ad": torch.rand(n, generator=g, dtype=torch.float64),
         "boxacc": torch.rand(n, 100, generator=g, dtype=torch.float64),
+        "ag": torch.rand(n, generator=g, dtype=torch.float64),
         "fading": torch.randint(0, 2, (n, 2), generator=g).double(),
     }
     agg = metrics.Aggregator(seed=3)
@@ -971,14 +978,17 @@ def test_chunked_vectorized_bootstrap_equals_the_per_resample_loop(n, chunk, mon
     reducers = {"boxacc": metrics.box_accuracy_from_ious, "fading": metrics.fading_rate}
     expected = _naive_summary(values, reducers, seed=3)
     got = {k: [got[k]["low"], got[k]["high"]] for k in values}
-    assert repr(got) == repr(expected)  # bit for bit (repr: a NaN interval equals itself)
+    for k in reducers:
+        assert repr(got[k]) == repr(expected[k])  # bit for bit (repr: a NaN interval equals itself)
+    for k in ("ad", "ag"):  # counts @ values / n, not the gathered mean: equal to rounding
+        assert got[k] == pytest.approx(expected[k], rel=1e-13, abs=1e-15)
     a, b = values["ad"], values["boxacc"][:, 0]
     d = torch.randint(n, (1000, n), generator=torch.Generator().manual_seed(5))
     boot = (b - a)[d].mean(1)
     alpha = (1 - 0.95) / 2
     low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=boot.dtype)).tolist()
     out = metrics.paired_bootstrap(a, b, seed=5)
-    assert (out["low"], out["high"]) == (low, high)
+    assert (out["low"], out["high"]) == pytest.approx((low, high), rel=1e-13, abs=1e-15)
 
 
 def test_fading_rate_reproduces_sa_cam_table_5_with_a_clean_accuracy_of_75_29():
@@ -992,3 +1002,36 @@ def test_fading_rate_reproduces_sa_cam_table_5_with_a_clean_accuracy_of_75_29():
         rows[: round(0.7529 * n), 1] = 1  # clean hits: 75.29%
         assert round(100 * metrics.fading_rate(rows), 2) == expected
     assert sum(round(100 * (1 - a / 75.28), 2) == f for a, f in zip(accuracy, fading)) == 7  # not 75.28
+
+
+@pytest.mark.parametrize(
+    "map_,etas",
+    [
+        (np.zeros((0, 5)), (0.5,)),
+        (np.zeros((4, 0)), (0.1, 0.2)),
+        (np.random.default_rng(0).random((9, 7)), ()),
+        (np.random.default_rng(1).random((9, 7)), (0.9, 0.1, 0.5, 0.5)),
+        (np.array([[np.nan, 1.0], [0.0, 1.0]]), (0.5,)),
+        (np.array([[np.inf, 1.0], [0.0, 1.0]]), (0.5,)),
+        (np.ones((3, 3)), (float("nan"),)),
+        (np.ones((2, 3, 3)), (0.5,)),
+        (np.array([[True, False], [True, True]]), (0.5,)),
+        (np.full((3, 3), 2.0), (2.0, 1.999)),
+    ],
+)
+def test_compiled_components_and_the_scipy_fallback_agree_on_every_input(map_, etas, monkeypatch):
+    """Issue 32 item 13: both paths get the inputs the public entry checks, so they agree (or fail the
+    same way) on empty maps, NaN and Inf, any dimension or dtype, unsorted and repeated thresholds."""
+    import importlib
+
+    localization = importlib.import_module("castream.metrics.localization")  # the module, not the function
+    if localization._components is None:
+        pytest.skip("the compiled helper is not built here")
+    results = []
+    for compiled in (localization._components, None):
+        monkeypatch.setattr(localization, "_components", compiled)
+        try:
+            results.append(localization.threshold_boxes(map_, etas).tolist())
+        except ValueError as err:
+            results.append(("error", str(err)))
+    assert results[0] == results[1]

@@ -858,3 +858,29 @@ def test_random_map_defaults_to_the_explained_layers_grid():
     assert pixel.shape == (1, 16, 16)
     with pytest.raises(ValueError, match="grid must be an int >= 1 or one of"):
         saliency.get("random")(model, grid="coarse")
+
+
+def test_attention_maps_keep_the_mask_the_blocks_were_given():
+    """Issue 32 item 14: raw attention and rollout recomputed attention without the block's attn_mask."""
+    timm = pytest.importorskip("timm")
+    from castream.saliency.attention import _AttentionMethod
+
+    torch.manual_seed(0)
+    ViT = timm.models.vision_transformer.VisionTransformer
+    vit = ViT(img_size=32, patch_size=16, embed_dim=48, depth=2, num_heads=3, num_classes=5).eval()
+    keep = torch.ones(5, 5, dtype=torch.bool)
+    keep[:, 4] = False  # every block is called with a mask hiding token 4 (patch 3) from every query
+    vit.forward = lambda images: ViT.forward(vit, images, attn_mask=keep)
+    x = torch.randn(2, 3, 32, 32)
+    true = []
+    for block in vit.blocks:  # the attention as the blocks computed it (the unfused path shows it)
+        block.attn.fused_attn = False
+        block.attn.attn_drop.register_forward_hook(lambda m, args, out: true.append(out.mean(1)))
+    vit(x)
+    method = _AttentionMethod(vit)
+    found, _ = method.vit_attention(x, [0, 1])
+    for got, expected in zip(found, true):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert (got[..., 4] == 0).all()
+    rows = saliency.RawAttention(vit)(x)
+    assert rows.shape == (2, 32, 32) and (rows[:, -1, -1] == 0).all()  # patch 3's centre side: no attention

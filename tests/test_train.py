@@ -367,3 +367,62 @@ def test_the_stream_recipe_defaults_are_the_thesis():
     assert (config.schedule, config.milestones, config.gamma) == ("multistep", (30, 60), 0.1)
     assert (config.epochs, config.batch_size, config.warmup_epochs) == (90, 256, 0)
     assert config.label_smoothing == 0
+
+
+def test_a_stream_is_tied_to_the_backbone_weights_it_was_trained_on(shapes, tmp_path):
+    """Issue 32 item 5: resuming on, or loading onto, other weights of the same architecture was silent."""
+    from castream.utils import state_digest
+
+    train, val = shapes
+    model = castream.attach_stream(small_resnet(), probe_size=32)
+    options = dict(progress=False, log=lambda s: None)
+    train_stream(
+        model, train, val, tmp_path / "a", config(epochs=1, max_steps=1, checkpoint_every=1), **options
+    )
+    torch.manual_seed(1)
+    other = torchvision.models.resnet18(num_classes=3)
+    assert state_digest(other) != state_digest(small_resnet()) == state_digest(small_resnet())
+    with pytest.raises(ValueError, match=r"trained on backbone weights [0-9a-f]{12}, but this backbone's"):
+        train_stream(
+            castream.attach_stream(other, probe_size=32),
+            train,
+            val,
+            tmp_path / "a",
+            config(epochs=1),
+            resume=True,
+            **options,
+        )
+    train_stream(
+        castream.attach_stream(small_resnet(), probe_size=32),
+        train,
+        val,
+        tmp_path / "a",
+        config(epochs=1),
+        resume=True,
+        **options,
+    )  # its own backbone resumes and finishes
+    path = tmp_path / "a" / "stream.safetensors"
+    castream.load_stream(small_resnet(), path)
+    with pytest.raises(
+        ValueError, match="other weights of the architecture, or the same ones in another dtype"
+    ):
+        castream.load_stream(other, path)
+    with pytest.raises(ValueError, match=r"\(bfloat16\)"):
+        castream.load_stream(small_resnet().to(torch.bfloat16), path)
+
+
+def test_extending_a_onecycle_run_is_refused_with_the_reason(shapes, tmp_path):
+    """Issue 32 item 12: torch's "Tried to step 41 times" once surfaced from the scheduler."""
+    train, _ = shapes
+    options = dict(progress=False, log=lambda s: None)
+    train_classifier(small_resnet(), train, None, tmp_path, config(epochs=1, schedule="onecycle"), **options)
+    with pytest.raises(ValueError, match="onecycle schedule is laid out over the run's total steps"):
+        train_classifier(
+            small_resnet(),
+            train,
+            None,
+            tmp_path,
+            config(epochs=2, schedule="onecycle"),
+            resume=True,
+            **options,
+        )

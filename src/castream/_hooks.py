@@ -10,14 +10,16 @@ from torch import Tensor, nn
 
 
 @contextmanager
-def forward_hooks(pairs: Iterable[tuple[nn.Module, Callable]], *, pre: bool = False) -> Iterator[None]:
-    """Register ``(module, hook)`` forward hooks (forward pre-hooks with ``pre=True``) for the ``with``
-    block."""
+def forward_hooks(
+    pairs: Iterable[tuple[nn.Module, Callable]], *, pre: bool = False, with_kwargs: bool = False
+) -> Iterator[None]:
+    """Register ``(module, hook)`` forward hooks (forward pre-hooks with ``pre=True``; hooks that also
+    receive the call's keyword arguments with ``with_kwargs=True``) for the ``with`` block."""
     handles = []
     try:
         for module, hook in pairs:
             register = module.register_forward_pre_hook if pre else module.register_forward_hook
-            handles.append(register(hook))
+            handles.append(register(hook, with_kwargs=with_kwargs))
         yield
     finally:
         for handle in handles:

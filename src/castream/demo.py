@@ -150,8 +150,9 @@ def _retrain(config: DemoConfig, root: Path, cache: Path, progress: bool, log) -
     return weights, _stage(cache / "stream", "stream.safetensors", stream, log)
 
 
-def _copy_report(source: Path, target: Path) -> None:
-    """Copy the report files into ``target``, refusing a folder that holds anything else."""
+def _copy_report(source: Path, target: Path, note: str) -> None:
+    """Copy the report files into ``target`` (``note`` added to results.md there: the evaluation's own
+    report stays as castream wrote it), refusing a folder that holds anything else."""
     if target.exists():
         foreign = sorted(p.name for p in target.iterdir() if p.name not in REPORT_FILES)
         if foreign:
@@ -160,9 +161,11 @@ def _copy_report(source: Path, target: Path) -> None:
                 "choose another --out"
             )
     target.mkdir(parents=True, exist_ok=True)
-    for name in REPORT_FILES:
+    for name in REPORT_FILES[1:]:  # results.md below, with the note
         if (source / name).exists():
             atomic_write(target / name, lambda tmp, name=name: shutil.copyfile(source / name, tmp))
+    report = target / "results.md"
+    atomic_write(report, lambda tmp: tmp.write_text((source / "results.md").read_text() + note))
 
 
 def run_demo(
@@ -231,9 +234,7 @@ def run_demo(
     results = Runner(evaluation, progress=progress, log=log).run()
     times["evaluation and report"] = time.perf_counter() - start
     log(f"[{times['evaluation and report']:.0f} s] evaluation and report")
-    report = Path(evaluation.out) / "results.md"
-    report.write_text(report.read_text() + _setup_note(config, retrain, weights, stream, times))
-    _copy_report(Path(evaluation.out), out / "report")
+    _copy_report(Path(evaluation.out), out / "report", _setup_note(config, retrain, weights, stream, times))
     return results
 
 

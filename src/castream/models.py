@@ -73,10 +73,8 @@ def load_factory(spec: str) -> nn.Module:
         module = importlib.util.module_from_spec(module_spec)
         try:
             module_spec.loader.exec_module(module)
-        except Exception as err:
-            raise ValueError(
-                f"model factory {spec}: running {path} failed ({type(err).__name__}: {err})"
-            ) from err
+        except (Exception, SystemExit, KeyboardInterrupt) as err:  # sys.exit() there must not end castream
+            raise ValueError(f"model factory {spec}: running {path} failed ({_raised(err)})") from err
     else:
         try:
             module = importlib.import_module(target)
@@ -85,6 +83,8 @@ def load_factory(spec: str) -> nn.Module:
                 f"model factory {spec}: cannot import {target!r} ({err}); install it, put it on PYTHONPATH, "
                 "or give a file as path/to/file.py:FACTORY"
             ) from None
+        except (Exception, SystemExit, KeyboardInterrupt) as err:
+            raise ValueError(f"model factory {spec}: importing {target} failed ({_raised(err)})") from err
     factory = getattr(module, attr, None)
     if factory is None:
         raise ValueError(f"model factory {spec}: {target} has no attribute {attr!r}")
@@ -92,13 +92,20 @@ def load_factory(spec: str) -> nn.Module:
         raise TypeError(f"model factory {spec}: {attr} is a {type(factory).__name__}, not a callable")
     try:
         model = factory()
-    except Exception as err:
-        raise ValueError(f"model factory {spec}: {attr}() raised {type(err).__name__}: {err}") from err
+    except (Exception, SystemExit, KeyboardInterrupt) as err:
+        raise ValueError(f"model factory {spec}: {attr}() raised {_raised(err)}") from err
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model factory {spec}: {attr}() returned a {type(model).__name__}, not a torch.nn.Module"
         )
     return model
+
+
+def _raised(err: BaseException) -> str:
+    """What a user's factory code raised, in words (``sys.exit()`` named as such)."""
+    if isinstance(err, SystemExit):
+        return f"SystemExit (it called sys.exit({err.code!r}))"
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def build_model(
@@ -192,9 +199,15 @@ def replace_head(model: nn.Module, num_classes: int, *, seed: int = 0) -> nn.Mod
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
-    """The model's state dict as safetensors, written atomically."""
+    """The model's state dict as safetensors, written atomically; the input statistics declared on the
+    model (:meth:`Preprocess.declare`, as castream's training does) are recorded in its metadata, and
+    :func:`load_weights` declares them again."""
+    from .preprocess import Preprocess, recorded_metadata
+
+    declared = getattr(model, "castream_preprocess", None)
+    metadata = recorded_metadata(declared if isinstance(declared, Preprocess) else None)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata or None))
 
 
 def read_state(path: str | os.PathLike) -> dict:
@@ -239,6 +252,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             + "; ".join(parts)
         )
     model.load_state_dict(state)
+    from .preprocess import recorded_statistics
+
+    recorded = recorded_statistics(path)
+    if recorded is not None:
+        recorded.declare(model)
     return model
 
 

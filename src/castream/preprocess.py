@@ -8,6 +8,8 @@ normalization is affine per channel, that blend is done directly on normalized t
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,6 +46,50 @@ def _kernel_line(kernel: str, size: int, sigma: float) -> Tensor:
     return torch.from_numpy(gaussian_filter1d(delta, sigma, mode="reflect"))
 
 
+# below the 1/255 = 0.0039 of a model of 0-255 pixels, by a margin: no [0, 1] normalization needs less
+MIN_STD = 1e-3
+
+
+def _numbers(name: str, values) -> tuple[float, ...]:
+    """``values`` as a tuple of finite floats: a sequence (or 1-D tensor) of real numbers, no booleans."""
+    if isinstance(values, Tensor | np.ndarray):
+        values = values.tolist()
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence of numbers, one per channel; got {values!r}")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+    if bad:
+        raise TypeError(f"{name} must hold real numbers, one per channel; got {bad[0]!r} in {tuple(values)}")
+    out = tuple(float(v) for v in values)
+    if not all(math.isfinite(v) for v in out):
+        raise ValueError(f"{name} must be finite, got {out}")
+    return out
+
+
+def _statistics(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Checked input statistics of [0, 1] pixel images: the same number of finite values, each mean in
+    [0, 1] and each std in [MIN_STD, 1]; 0-255 statistics are refused with the values divided by 255."""
+    mean, std = _numbers("mean", mean), _numbers("std", std)
+    if len(mean) != len(std) or len(mean) == 0:
+        raise ValueError(f"mean and std must have the same non-zero length, got {len(mean)} and {len(std)}")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std must be positive, got {std}")
+    if any(not 0 <= m <= 1 for m in mean) or any(s > 1 for s in std):
+        hint = ""
+        if all(0 <= v <= 255 for v in mean + std):
+            scaled = ", ".join(f"{v / 255:.4g}" for v in mean), ", ".join(f"{v / 255:.4g}" for v in std)
+            hint = f"; 0-255 statistics? divided by 255 they are mean ({scaled[0]}) std ({scaled[1]})"
+        raise ValueError(
+            f"statistics mean {mean} std {std} cannot describe castream's images, which are pixels in "
+            f"[0, 1] (each mean in [0, 1], each std at most 1){hint}"
+        )
+    if any(s < MIN_STD for s in std):
+        raise ValueError(
+            f"std {std} is below {MIN_STD}: no normalization of [0, 1] pixels divides by less (a model of "
+            "0-255 pixels has mean 0 and std 1/255 = 0.0039)"
+        )
+    return mean, std
+
+
 class Preprocess:
     """Per-channel normalization of pixel images in [0, 1], with pixel-space masking.
 
@@ -51,14 +97,13 @@ class Preprocess:
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        if len(mean) != len(std) or len(mean) == 0:
-            raise ValueError(
-                f"mean and std must have the same non-zero length, got {len(mean)} and {len(std)}"
-            )
-        if any(s <= 0 for s in std):
-            raise ValueError(f"std must be positive, got {tuple(std)}")
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = _statistics(mean, std)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Preprocess) and (self.mean, self.std) == (other.mean, other.std)
+
+    def __hash__(self) -> int:
+        return hash((self.mean, self.std))
 
     def declare(self, model: nn.Module) -> nn.Module:
         """Record these statistics on ``model`` (as ``model.castream_preprocess``) so that every method and
@@ -213,3 +258,84 @@ def resolve_preprocess(model: nn.Module, preprocess: Preprocess | None, user: st
             "castream.Preprocess(mean, std).declare(model); castream never guesses them"
         )
     return found
+
+
+RECORDED = ("castream.mean", "castream.std")  # safetensors metadata keys of the training statistics
+
+
+def recorded_metadata(preprocess: Preprocess | None) -> dict[str, str]:
+    """The safetensors metadata that records ``preprocess`` with a model's weights (none for None)."""
+    import json
+
+    if preprocess is None:
+        return {}
+    return dict(zip(RECORDED, (json.dumps(list(preprocess.mean)), json.dumps(list(preprocess.std)))))
+
+
+def recorded_statistics(path) -> Preprocess | None:
+    """The input statistics recorded with a safetensors weights file (castream's training records them),
+    or None: another format, a file without them, or no file (the loader reports that one)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError):
+        return None
+    if not any(key in metadata for key in RECORDED):
+        return None
+    try:
+        return Preprocess(*(json.loads(metadata[key]) for key in RECORDED))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its recorded input statistics are invalid ({err})") from None
+
+
+def input_statistics(
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    normalization: str | None = None,
+    checkpoint=None,
+    model: str | None = None,
+) -> tuple[Preprocess, str]:
+    """The one rule for a model's input statistics, with where they come from: explicit ``mean``/``std``
+    or a named ``normalization``; else those recorded with the ``checkpoint`` weights; else a timm
+    model's ``pretrained_cfg``; else ImageNet's. Explicit statistics that differ from the recorded ones
+    are an error naming both: the weights were trained with the recorded ones."""
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std go together: give both (one value per input channel) or neither")
+    if mean is not None and normalization is not None:
+        raise ValueError("give either a named normalization or mean/std, not both")
+    recorded = recorded_statistics(checkpoint) if checkpoint is not None else None
+    if mean is not None or normalization is not None:
+        chosen = Preprocess(mean, std) if mean is not None else Preprocess.named(normalization)
+        if recorded is not None and chosen != recorded:
+            given = "mean/std" if mean is not None else f"normalization {normalization!r}"
+            raise ValueError(
+                f"{checkpoint} was trained with input statistics mean {recorded.mean} std {recorded.std}, "
+                f"but the {given} gives mean {chosen.mean} std {chosen.std}: give the recorded ones, or none"
+            )
+        return chosen, "given"
+    if recorded is not None:
+        return recorded, f"recorded with {checkpoint}"
+    if model is not None and model.startswith("timm:"):
+        cfg = timm_pretrained_cfg(model[5:])
+        if cfg is not None and cfg.get("mean"):
+            return Preprocess(cfg["mean"], cfg["std"]), f"{model}'s pretrained_cfg"
+    return Preprocess.named("imagenet"), "the default (ImageNet)"
+
+
+def timm_pretrained_cfg(name: str) -> dict | None:
+    """A timm model's pretrained configuration (mean, std, input_size), without building or downloading."""
+    try:
+        import timm
+    except ImportError as err:
+        raise ImportError("timm models need `pip install castream[timm]`") from err
+    cfg = timm.get_pretrained_cfg(name)
+    return cfg.to_dict() if cfg is not None else None

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ._hooks import StopForward, forward_hooks, model_logits
 from .backbones import LAYOUTS, BackboneSpec, describe, detect_family, resolve_module
 from .maps import finalize_maps
-from .utils import atomic_write, uncompiled
+from .utils import atomic_write, state_digest, uncompiled
 
 BLOCKS = ("ca", "proj")
 POOLINGS = ("ca", "gap")
@@ -348,15 +348,33 @@ def save_stream(model: StreamModel, path: str | os.PathLike) -> Path:
     if not isinstance(model, StreamModel):
         raise TypeError(f"save_stream expects a StreamModel, got {type(model).__name__}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.stream.state_dict().items()}
-    metadata = {"format": CHECKPOINT_FORMAT, "config": model.config.to_json()}
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.to_json(),
+        "backbone": state_digest(model.backbone),
+    }
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def read_stream_config(path: str | os.PathLike) -> StreamConfig:
-    """The config stored in a stream checkpoint (raises ValueError for anything else)."""
+def check_backbone(recorded: str | None, backbone: nn.Module, what: str) -> None:
+    """Refuse ``backbone`` when its :func:`state_digest` differs from the one ``what`` (a stream) recorded:
+    a stream is evaluated and resumed on the frozen weights it was trained on only."""
+    if recorded is None:  # a stream saved before digests were recorded
+        return
+    found = state_digest(backbone)
+    if found != recorded:
+        dtypes = sorted({str(v.dtype)[6:] for v in backbone.state_dict().values() if v.is_floating_point()})
+        raise ValueError(
+            f"{what} was trained on backbone weights {recorded[7:19]}, but this backbone's weights are "
+            f"{found[7:19]} ({'/'.join(dtypes)}): other weights of the architecture, or the same ones in "
+            "another dtype; use the classifier checkpoint the stream was trained on"
+        )
+
+
+def _metadata(path: Path) -> dict:
+    """A stream checkpoint's safetensors metadata, checked for castream's format."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no stream checkpoint at {path}")
     try:
@@ -366,6 +384,13 @@ def read_stream_config(path: str | os.PathLike) -> StreamConfig:
         raise ValueError(f"{path} is not a readable safetensors stream checkpoint: {err}") from None
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a castream stream checkpoint (format {metadata.get('format')!r})")
+    return metadata
+
+
+def read_stream_config(path: str | os.PathLike) -> StreamConfig:
+    """The config stored in a stream checkpoint (raises ValueError for anything else)."""
+    path = Path(path)
+    metadata = _metadata(path)
     if "config" not in metadata:
         raise ValueError(f"{path}: the stream checkpoint's metadata has no 'config' entry")
     try:
@@ -383,7 +408,8 @@ def read_stream_config(path: str | os.PathLike) -> StreamConfig:
 
 
 def load_stream(backbone: nn.Module, path: str | os.PathLike) -> StreamModel:
-    """Rebuild the stream saved at ``path`` on ``backbone`` (the same architecture it was trained on)."""
+    """Rebuild the stream saved at ``path`` on ``backbone``: the weights it was trained on (their digest
+    is recorded with the stream; another architecture or other weights are an error naming both)."""
     config = read_stream_config(path)
     family = detect_family(backbone)
     if config.family in LAYOUTS and family != config.family:
@@ -409,6 +435,7 @@ def load_stream(backbone: nn.Module, path: str | os.PathLike) -> StreamModel:
             f"stream checkpoint {path} was made for {config.arch}, but the backbone is {spec.arch} "
             f"({'; '.join(differences)})"
         )
+    check_backbone(_metadata(Path(path)).get("backbone"), backbone, f"stream checkpoint {path}")
     model = _attach(
         backbone, spec, start=config.start, block=config.block, class_specific=config.class_specific
     )

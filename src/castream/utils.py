@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from itertools import chain
@@ -77,8 +78,28 @@ def count_flops(
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Write a file atomically: ``write(tmp)`` fills a temporary file in the same folder, which then
-    replaces ``path`` in one ``os.replace``. An interruption leaves the previous file intact."""
+    replaces ``path`` in one ``os.replace`` (a symbolic link there is replaced, never written through).
+    An interruption leaves the previous file intact; a full disk is reported as one."""
     path = Path(path)
+    tmp = _stage(path, write)
+    try:
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def temporary_name(name: str) -> str:
+    """The pattern of :func:`atomic_write`'s temporary files for ``name`` (a regular expression): a file
+    left by a kill during a write is castream's own."""
+    return rf"\.{re.escape(name)}\.[A-Za-z0-9_]+\.tmp"
+
+
+def _stage(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` into a new temporary file next to ``path``, flushed to disk: its path. A full disk
+    (whatever the writer reports: OSError ENOSPC, torch's "unexpected pos", safetensors' "os error 28",
+    numpy's short write) is an OSError saying so; the temporary file is removed on any failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -88,10 +109,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             write(tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        except (OSError, RuntimeError) as err:
-            # torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos"
-            full = getattr(err, "errno", None) == errno.ENOSPC or "unexpected pos" in str(err)
-            if not full:
+        except Exception as err:
+            if not _disk_full(err):
                 raise
             previous = (
                 f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
@@ -101,11 +120,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
                 f"No space left on the disk while writing {path}; {previous} (free space and rerun)",
             ) from err
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode open() would
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether a writer's exception means the disk is full, whichever library raised it."""
+    text = str(err)
+    return (
+        getattr(err, "errno", None) == errno.ENOSPC
+        or "unexpected pos" in text  # torch.save (PyTorch's zip writer)
+        or "os error 28" in text  # safetensors (Rust's io::Error)
+        or "No space left" in text
+        or bool(re.search(r"\d+ requested and \d+ written", text))  # numpy's short write
+    )
 
 
 def _umask() -> int:
@@ -160,40 +190,80 @@ def state_digest(module: nn.Module) -> str:
 MANIFEST = ".castream-files.json"
 
 
-def write_owned(folder: str | os.PathLike, files: dict[str, Callable[[Path], None]], overwrite: bool) -> None:
+OVERWRITE_HINT = "pass --overwrite (overwrite=True) to replace them, or choose another --out"
+
+
+def write_owned(
+    folder: str | os.PathLike,
+    files: dict[str, Callable[[Path], None]],
+    overwrite: bool,
+    *,
+    hint: str = OVERWRITE_HINT,
+) -> None:
     """Write ``files`` (name -> ``write(tmp)``, as :func:`atomic_write`) into ``folder``, keeping a manifest
     of the digests of what castream wrote there: a rerun replaces its own files, but a file castream did
     not write (or that was changed since) is only replaced with ``overwrite``. Nothing is written when one
-    is refused."""
+    is refused. The new files are staged first and the manifest accepts the old and the new digest while
+    they replace the old ones, so that an interruption at any moment (a kill, a full disk) leaves every
+    file castream's in the next run's eyes."""
     folder = Path(folder)
-    manifest = check_owned(folder, files, overwrite)
-    for name, write in files.items():
-        manifest[name] = file_digest(atomic_write(folder / name, write))
+    manifest = check_owned(folder, files, overwrite, hint=hint)
+    staged: dict[str, Path] = {}
+    try:
+        for name, write in files.items():
+            staged[name] = _stage(folder / name, write)
+        digests = {name: file_digest(tmp) for name, tmp in staged.items()}
+        pending = {name: sorted({*_accepted(manifest.get(name)), digests[name]}) for name in staged}
+        _write_manifest(folder, {**manifest, **pending})
+        for name, tmp in staged.items():
+            os.replace(tmp, folder / name)
+        _write_manifest(folder, {**manifest, **digests})
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+
+
+def _accepted(entry) -> list[str]:
+    """The digests a manifest entry accepts: one, or the old and new ones of an interrupted write."""
+    return [entry] if isinstance(entry, str) else list(entry) if isinstance(entry, list) else []
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
     atomic_write(
         folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     )
 
 
-def check_owned(folder: str | os.PathLike, names, overwrite: bool) -> dict:
+def check_owned(folder: str | os.PathLike, names, overwrite: bool, *, hint: str = OVERWRITE_HINT) -> dict:
     """The manifest of ``folder`` (see :func:`write_owned`), after checking that none of ``names`` is a
-    file castream did not write there (unless ``overwrite``): check every name of a long job first, then
-    write batch by batch."""
+    file castream did not write there, or a symbolic link (unless ``overwrite``): check every name of a long
+    job first, then write batch by batch. An unreadable manifest is an error saying so (castream cannot
+    tell its files from others then), unless ``overwrite``."""
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        manifest = {}  # unreadable: every existing file counts as not castream's
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        existing = [name for name in names if (folder / name).exists() or (folder / name).is_symlink()]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"cannot read castream's record of the files it wrote in {folder} ({manifest_path.name}: "
+                f"{err}), so it cannot tell its {', '.join(existing[:3])}{', ...' * (len(existing) > 3)} "
+                f"from files of yours; {hint}"
+            ) from None
+        manifest = {}
     if not overwrite:
         foreign = [
             name
             for name in names
-            if (folder / name).exists() and manifest.get(name) != file_digest(folder / name)
+            if (folder / name).is_symlink()  # never written through, wherever it points
+            or ((folder / name).exists() and file_digest(folder / name) not in _accepted(manifest.get(name)))
         ]
         if foreign:
             raise FileExistsError(
                 f"{folder} already holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, "
-                "which castream did not write there (or which changed since); pass --overwrite "
-                "(overwrite=True) to replace them, or choose another --out"
+                f"which castream did not write there (or which changed since); {hint}"
             )
     return manifest

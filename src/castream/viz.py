@@ -249,12 +249,12 @@ def saliency_grid(
             x0, y0, x1, y1 = (scale * v for v in box)
             rgb = tuple(round(255 * v) for v in matplotlib.colors.to_rgb(colour))
             draw.rectangle((left + x0, y + y0, left + x1 - 1, y + y1 - 1), outline=rgb, width=2)
-    picture.save(path, compress_level=1)
+    picture.save(path, format="PNG", compress_level=1)  # the format given: path may be a temporary name
 
 
 def _save(fig: Figure, path) -> None:
     """Write a figure as PNG, fast (zlib level 1: the figures are re-written by every report)."""
-    fig.savefig(path, dpi=110, pil_kwargs={"compress_level": 1})
+    fig.savefig(path, format="png", dpi=110, pil_kwargs={"compress_level": 1})
 
 
 def curves(curves: dict[str, dict[str, tuple[list, list]]]) -> Figure:

@@ -20,18 +20,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` in seconds, after ``warmup`` untimed calls."""
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3, warmup: int = 1
+) -> dict[str, dict[str, float]]:
+    """Wall times of each of ``fns`` in seconds, measured in turn within every repeat (so that a change
+    of the machine's load reaches every one alike, not one block of repeats): per name, ``min`` and
+    ``median``, after ``warmup`` untimed rounds."""
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     sync(device)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"min": min(t), "median": statistics.median(t)} for name, t in times.items()}
+
+
+def ratio_fields(subject: dict[str, float], reference: dict[str, float], factor: float = 1.0) -> dict:
+    """The JSON fields of a subject's time against its reference (``factor`` references), interleaved:
+    median and min of each, and the ratios of the medians and of the mins."""
+    return {
+        "seconds": round(subject["median"], 4),
+        "seconds_min": round(subject["min"], 4),
+        "reference_seconds": round(reference["median"] * factor, 4),
+        "reference_seconds_min": round(reference["min"] * factor, 4),
+        "ratio": round(subject["median"] / (reference["median"] * factor), 3),
+        "ratio_min": round(subject["min"] / (reference["min"] * factor), 3),
+    }
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in seconds, after ``warmup`` untimed calls (a time with no reference;
+    a ratio is measured with :func:`interleaved`)."""
+    return interleaved({"fn": fn}, device, repeats, warmup)["fn"]["median"]
 
 
 def environment(device: torch.device, args: argparse.Namespace | None = None) -> dict:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..models import build_model
 from ..train.gradreg import GradientRegularizer
-from ._timing import base_parser, emit, environment, inputs, precision, prepare, timed
+from ._timing import base_parser, emit, environment, inputs, interleaved, precision, prepare, ratio_fields
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,8 +36,14 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    standard = timed(lambda: step(lambda: F.cross_entropy(model(x), y)), device, args.repeats)
-    regularized = timed(lambda: step(lambda: regularizer(model, x, y)[0]), device, args.repeats)
+    times = interleaved(
+        {
+            "regularized": lambda: step(lambda: regularizer(model, x, y)[0]),
+            "standard": lambda: step(lambda: F.cross_entropy(model(x), y)),
+        },
+        device,
+        args.repeats,
+    )
     emit(
         {
             "benchmark": "gradreg-step",
@@ -45,10 +51,8 @@ def main(argv: list[str] | None = None) -> None:
             "size": args.size,
             "batch": args.batch,
             "error": args.error,
-            "seconds": round(regularized, 4),
+            **ratio_fields(times["regularized"], times["standard"]),
             "reference": "standard training step",
-            "reference_seconds": round(standard, 4),
-            "ratio": round(regularized / standard, 3),
             "target": 3.0,
             **environment(device, args),
         }

@@ -16,7 +16,7 @@ import torchvision
 
 from .. import Preprocess, metrics, saliency
 from ..maps import finalize_maps
-from ._timing import base_parser, emit, environment, timed
+from ._timing import base_parser, emit, environment, interleaved
 
 
 def _rows(model, x, targets):
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         a, b = ours().float(), theirs().float()
         difference = float((a - b).abs().max()) if a.shape == b.shape else None
-        t_ours = timed(ours, device, args.repeats, warmup=0)
-        t_peer = timed(theirs, device, args.repeats, warmup=0)
+        times = interleaved({"castream": ours, "peer": theirs}, device, args.repeats, warmup=0)
+        t_ours, t_peer = times["castream"]["median"], times["peer"]["median"]
         emit(
             {
                 **base,
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
                 "castream_s": t_ours,
                 "peer_s": t_peer,
                 "speedup": t_peer / t_ours,
+                "speedup_min": times["peer"]["min"] / times["castream"]["min"],
                 "note": note,
             }
         )

@@ -22,7 +22,7 @@ import torchvision
 
 from castream import saliency
 
-from ._timing import base_parser, emit, environment, inputs, precision, prepare, timed
+from ._timing import base_parser, emit, environment, inputs, interleaved, precision, prepare, ratio_fields
 
 VIT = ["transformerattribution", "rollout", "rawattention"]
 GRADIENT = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "guidedbackprop"]
@@ -56,9 +56,6 @@ def bench_model(name: str, args, device: torch.device, methods: list[str]) -> No
         with torch.no_grad(), precision(args):
             model(chunk)
 
-    fb = timed(forward_backward, device, args.repeats)
-    forward = timed(forward_batch, device, args.repeats)
-    input_backward = timed(forward_input_backward, device, args.repeats)
     for method_name in methods:
         options = {}
         if method_name in FORWARD_ONLY:
@@ -72,41 +69,33 @@ def bench_model(name: str, args, device: torch.device, methods: list[str]) -> No
                 method(x)
 
         gradient = method_name in GRADIENT or vit
-        seconds = timed(run, device, args.repeats if gradient else 1, warmup=1 if gradient else 0)
-        record = {**base, "method": method_name, "seconds": round(seconds, 4)}
+        record = {**base, "method": method_name}
+        # the method's limit, timed in turn with it: (reference, its repeats per method call, description)
         if vit:
-            record.update(reference="forward+backward", reference_seconds=round(fb, 4), target=None)
+            limit, factor, described, target = forward_backward, 1, "forward+backward", None
         elif method_name == "guidedbackprop":
-            record.update(
-                reference="forward+input-backward", reference_seconds=round(input_backward, 4), target=1.1
-            )
+            limit, factor, described, target = forward_input_backward, 1, "forward+input-backward", 1.1
         elif gradient:
-            record.update(
-                reference="forward",
-                reference_seconds=round(forward, 4),
-                target=1.3,
-                forward_backward=round(fb, 4),
-            )
-        elif method_name in ITERATIVE:
-            iters = int(method.iterations.max()) if method_name == "opticam" else method.max_iter
-            per_iter = input_backward
-            record.update(
-                reference=f"{iters} x forward+input-backward",
-                target=1.2,
-                reference_seconds=round(per_iter * iters, 4),
-                iterations=iters,
-            )
+            limit, factor, described, target = forward_batch, 1, "forward", 1.3
+        elif method_name in ITERATIVE:  # the iterations it ran are known once it has run (below)
+            limit, factor, described, target = forward_input_backward, None, None, 1.2
         else:
             images = args.batch * model.layer4[-1].conv1.in_channels * (2 if method_name == "sacam" else 1)
-            chunks = -(-images // args.score_batch)
-            one = timed(forward_chunk, device, 1)
-            record.update(
-                reference=f"{chunks} forwards of {args.score_batch} images",
-                target=1.2,
-                reference_seconds=round(one * chunks, 4),
-                masked_images=images,
-            )
-        record["ratio"] = round(record["seconds"] / record["reference_seconds"], 3)
+            factor = -(-images // args.score_batch)
+            limit, described, target = forward_chunk, f"{factor} forwards of {args.score_batch} images", 1.2
+            record["masked_images"] = images
+        times = interleaved(
+            {"method": run, "limit": limit},
+            device,
+            args.repeats if gradient else 1,
+            warmup=1 if gradient else 0,
+        )
+        if factor is None:
+            factor = int(method.iterations.max()) if method_name == "opticam" else method.max_iter
+            described, record["iterations"] = f"{factor} x forward+input-backward", factor
+        record.update(
+            reference=described, target=target, **ratio_fields(times["method"], times["limit"], factor)
+        )
         emit(record)
 
 

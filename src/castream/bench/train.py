@@ -20,7 +20,7 @@ from castream import attach_stream
 from castream.data import SyntheticShapes, collate, synthetic, train_transform
 
 from ..train.loop import resolve_workers
-from ._timing import base_parser, emit, environment, inputs, precision, prepare, timed
+from ._timing import base_parser, emit, environment, inputs, interleaved, precision, prepare, ratio_fields
 
 
 def loader_throughput(root: Path, size: int, batch: int, workers: int, annotations: bool) -> float:
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    forward = timed(inference, device, args.repeats)
-    train_step = timed(step, device, args.repeats)
+    times = interleaved({"step": step, "forward": inference}, device, args.repeats)
+    train_step = times["step"]["median"]
     env = environment(device, args)
     emit(
         {
@@ -76,11 +76,9 @@ def main(argv: list[str] | None = None) -> None:
             "model": args.model,
             "size": args.size,
             "batch": args.batch,
-            "seconds": round(train_step, 4),
+            **ratio_fields(times["step"], times["forward"]),
             "step_images_per_second": round(args.batch / train_step, 1),
             "reference": "backbone inference forward",
-            "reference_seconds": round(forward, 4),
-            "ratio": round(train_step / forward, 3),
             "target": 1.3,
             **env,
         }

@@ -79,40 +79,35 @@ def _int_at_least(text: str, minimum: int, what: str) -> int:
     return value
 
 
-def _inputs(args: argparse.Namespace) -> tuple[int, str, tuple | None, tuple | None]:
-    """(size, normalization, mean, std) from the options; a timm model's pretrained_cfg fills what was
-    not given, and the log says so."""
-    if (args.mean is None) != (args.std is None):
-        raise UsageError("--mean and --std go together (one value per input channel each)")
-    if args.mean is not None and args.normalization is not None:
-        raise UsageError("give either --normalization or --mean/--std, not both")
-    size, normalization, mean, std = args.size, args.normalization or "imagenet", args.mean, args.std
-    if args.model.startswith("timm:") and (
-        size is None or (args.mean is None and args.normalization is None)
-    ):
-        cfg = _timm_cfg(args.model[5:])
-        taken = []
-        if cfg is not None and args.mean is None and args.normalization is None and cfg.get("mean"):
-            mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-            taken.append(f"mean {mean} std {std}")
-        if cfg is not None and size is None and cfg.get("input_size"):
-            size = int(cfg["input_size"][-1])
-            taken.append(f"input size {size}")
-        if taken:
-            _log(args)(
-                f"{args.model}: {', '.join(taken)} from its pretrained_cfg (--mean/--std, --size override)"
-            )
-    return 224 if size is None else size, normalization, mean, std
+def _inputs(args: argparse.Namespace):
+    """(size, input statistics) from the options: the one rule of
+    :func:`castream.preprocess.input_statistics` (given, else recorded with --checkpoint, else a timm
+    model's pretrained_cfg, else ImageNet's), said in the log when not given; a timm model's
+    pretrained_cfg also gives the size when --size is not."""
+    from castream.preprocess import input_statistics
 
-
-def _timm_cfg(name: str) -> dict | None:
-    """A timm model's pretrained configuration (mean, std, input_size), without building or downloading."""
     try:
-        import timm
-    except ImportError as err:
-        raise UsageError("timm models need `pip install castream[timm]`") from err
-    cfg = timm.get_pretrained_cfg(name)
-    return cfg.to_dict() if cfg is not None else None
+        preprocess, source = input_statistics(
+            mean=args.mean,
+            std=args.std,
+            normalization=args.normalization,
+            checkpoint=getattr(args, "checkpoint", None),
+            model=args.model,
+        )
+    except (ValueError, TypeError, ImportError) as err:
+        raise UsageError(str(err)) from None
+    log = _log(args)
+    if source != "given":
+        log(f"input statistics mean {preprocess.mean} std {preprocess.std}: {source} (--mean/--std override)")
+    size = args.size
+    if size is None and args.model.startswith("timm:"):
+        from castream.preprocess import timm_pretrained_cfg
+
+        cfg = timm_pretrained_cfg(args.model[5:])
+        if cfg is not None and cfg.get("input_size"):
+            size = int(cfg["input_size"][-1])
+            log(f"{args.model}: input size {size} from its pretrained_cfg (--size overrides)")
+    return 224 if size is None else size, preprocess
 
 
 def _add_speed_options(p: argparse.ArgumentParser) -> None:

@@ -64,7 +64,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from castream.evaluate import EvalConfig, Runner
 
     poolings = args.poolings or (["gap", "ca"] if args.stream or args.streams else ["gap"])
-    size, normalization, mean, std = _inputs(args)
+    size, preprocess = _inputs(args)
     config = EvalConfig(
         model=args.model,
         data=args.data,
@@ -93,9 +93,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         compare=_pairs(args.compare, "--compare"),
         method_images=_counts(args.method_images, "--method-images"),
         baselines=tuple(args.baselines),
-        normalization=normalization,
-        mean=mean,
-        std=std,
+        mean=preprocess.mean,
+        std=preprocess.std,
         scores=args.scores,
         multilabel_targets=args.multilabel_targets,
         targets=args.targets,

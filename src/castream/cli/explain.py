@@ -38,7 +38,6 @@ def _explain(args: argparse.Namespace) -> int:
     from castream.data import crop_region, eval_transform
     from castream.data.datasets import to_rgb
     from castream.models import build_model, checkpoint_classes, is_factory, load_weights
-    from castream.preprocess import Preprocess
     from castream.utils import check_owned, write_owned
 
     for name in ("num_classes", "batch_size"):
@@ -47,8 +46,7 @@ def _explain(args: argparse.Namespace) -> int:
                 f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}"
             )
     paths = _image_files(args.images)
-    size, normalization, mean, std = _inputs(args)
-    preprocess = Preprocess(mean, std) if mean is not None else Preprocess.named(normalization)
+    size, preprocess = _inputs(args)
     classes = checkpoint_classes(args.model, args.checkpoint) if args.checkpoint else args.num_classes
     if args.weights:
         model = build_model(args.model, weights=args.weights)

@@ -24,7 +24,7 @@ def _report(args: argparse.Namespace) -> int:
         run = StoredRun(out, log=_log(args), accuracy_margin=args.accuracy_margin)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    results = write_report(run)
+    results = write_report(run, overwrite=args.overwrite)
     print(json.dumps({"out": str(out), "cells": len(results["cells"]), "claims": len(results["claims"])}))
     return 0
 
@@ -37,5 +37,11 @@ def _add_report(sub) -> None:
         type=float,
         default=None,
         help="the accuracy claim's equivalence margin, a fraction (default: the run's, 0.005 = 0.5 points)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace report files castream did not write there, or that changed since (a symbolic link is "
+        "replaced, never written through)",
     )
     p.set_defaults(func=_report)

@@ -6,7 +6,16 @@ import argparse
 
 import castream
 
-from ._options import COMMANDS, MODEL_HELP, SUBCOMMAND, UsageError, _log, nonnegative_int, positive_int
+from ._options import (
+    COMMANDS,
+    MODEL_HELP,
+    SUBCOMMAND,
+    UsageError,
+    _inputs,
+    _log,
+    nonnegative_int,
+    positive_int,
+)
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -16,6 +25,12 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         help="KIND:PATH, KIND in synthetic, imagenet, cub, voc, cifar100, mit67, folder",
     )
     p.add_argument("--model", default="resnet18", help=MODEL_HELP)
+    p.add_argument(
+        "--new-head",
+        action="store_true",
+        help="fine-tune a pretrained (--weights) or factory model whose head has other classes than the "
+        "data: replace its head by a new, seeded linear layer (never done unasked)",
+    )
     p.add_argument("--weights", default=None, help="pretrained weights to download (e.g. IMAGENET1K_V1)")
     p.add_argument("--checkpoint", default=None, help="local weights (.safetensors or .pt) to start from")
     p.add_argument("--out", required=True, help="folder for checkpoints and logs")
@@ -32,8 +47,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--normalization",
         choices=["imagenet", "cifar100"],
-        default="imagenet",
-        help="input mean/std (evaluate the model with the same --normalization)",
+        default=None,
+        help="input mean/std by name (default: recorded with --checkpoint, a timm model's, else imagenet); "
+        "recorded with the trained weights",
     )
     p.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="input mean per channel")
     p.add_argument("--std", type=float, nargs="+", default=None, metavar="S", help="input std per channel")
@@ -125,19 +141,13 @@ def _train_config(args: argparse.Namespace, **extra):
     )
 
 
-def _training_stats(args: argparse.Namespace) -> tuple[dict, str | dict]:
-    """The input statistics of training, and how the run records them: the --normalization name, or the
-    explicit --mean/--std (evaluate the model with the same)."""
-    from castream.preprocess import NORMALIZATIONS, Preprocess
-
-    if (args.mean is None) != (args.std is None):
-        raise UsageError("--mean and --std go together (one value per input channel each)")
-    if args.mean is None:
-        return dict(zip(("mean", "std"), NORMALIZATIONS[args.normalization])), args.normalization
-    if args.normalization != "imagenet":
-        raise UsageError("give either --normalization or --mean/--std, not both")
-    chosen = Preprocess(args.mean, args.std)
-    return {"mean": chosen.mean, "std": chosen.std}, {"mean": list(chosen.mean), "std": list(chosen.std)}
+def _training_stats(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The input statistics of training, by evaluate's rule (:func:`castream.cli._options._inputs`), and
+    how the run records them; they are also declared on the model, so its weights record them."""
+    if not hasattr(args, "statistics"):  # resolved (and logged) once per command
+        args.statistics = _inputs(args)[1]
+    stats = {"mean": args.statistics.mean, "std": args.statistics.std}
+    return stats, {k: list(v) for k, v in stats.items()}
 
 
 def _training_data(args: argparse.Namespace):
@@ -156,32 +166,40 @@ def _training_data(args: argparse.Namespace):
     return open_dataset(args.data, "train", augment), open_dataset(args.data, "eval", evaluate)
 
 
-def _classifier(args: argparse.Namespace, classes: int, *, new_head: bool = True):
-    """The model to train: built by name, optionally from local weights. A pretrained model whose head has
-    other classes than the data gets a new, seeded head (said in the log) when ``new_head``; else (a frozen
-    backbone under a stream) that is an error."""
+def _classifier(args: argparse.Namespace, classes: int, *, stream: bool = False):
+    """The model to train: built by name, optionally from local weights. A pretrained or factory model
+    whose head has other classes than the data gets a new, seeded head only when asked (``--new-head``,
+    said in the log); else, and always under a stream (its classifier is frozen), that is an error."""
     import torch
 
     from castream.models import build_model, is_factory, load_weights, output_classes, replace_head
 
     torch.manual_seed(args.seed)  # initial weights of anything built from scratch
-    if args.weights or is_factory(args.model):  # pretrained: fine-tuned with a new head when needed
+    if args.weights or is_factory(args.model):  # its own head, replaced only when asked
         model = build_model(args.model, weights=args.weights)
         own = output_classes(model)
-        if own != classes and not new_head:
+        if own != classes and (stream or not args.new_head):
             raise UsageError(
-                f"{args.model} has {own} outputs but {args.data} has {classes} classes; a stream is trained "
-                "on a frozen classifier of the dataset's classes (train or fine-tune one first)"
+                f"{args.model} has {own} outputs but {args.data} has {classes} classes; "
+                + (
+                    "a stream is trained on a frozen classifier of the dataset's classes (train or fine-tune "
+                    "one first)"
+                    if stream
+                    else "castream replaces a model's head only when asked: pass --new-head to fine-tune it "
+                    "with a new, seeded linear head"
+                )
             )
         if own != classes:
             model = replace_head(model, classes, seed=args.seed)
             _log(args)(
                 f"{args.model}: its {own}-class head is replaced by a new linear layer for the dataset's "
-                f"{classes} classes (seed {args.seed}), trained with the rest"
+                f"{classes} classes (seed {args.seed}, --new-head), trained with the rest"
             )
     else:
         model = build_model(args.model, num_classes=classes, seed=args.seed)
-    return load_weights(model, args.checkpoint) if args.checkpoint else model
+    model = load_weights(model, args.checkpoint) if args.checkpoint else model
+    _training_stats(args)
+    return args.statistics.declare(model)  # so that the trained weights record them
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
@@ -211,7 +229,7 @@ def _train_stream(args: argparse.Namespace) -> int:
     from castream.train import train_stream
 
     train, val = _training_data(args)
-    backbone = _classifier(args, len(train.classes), new_head=False)
+    backbone = _classifier(args, len(train.classes), stream=True)
     torch.manual_seed(args.seed)
     model = castream.attach_stream(
         backbone, block=args.block, start=args.start, class_specific=args.class_specific, probe_size=args.size

@@ -650,8 +650,21 @@ def judge_equivalence(entry: dict, margin: float) -> dict:
     }
 
 
+def significant(test: dict) -> bool:
+    """The report's "significant" for a :func:`metrics.paired_test` result, by the claims' rule: at least
+    :data:`MIN_IMAGES` images, and a one-sided p at most :data:`ALPHA` on either side (the 95% interval
+    excludes 0)."""
+    return test["n"] >= MIN_IMAGES and min(test["p_greater"], test["p_less"]) <= ALPHA
+
+
 def _too_few(entries, minimum: int = MIN_IMAGES) -> dict | None:
-    """Inconclusive below ``minimum`` images, whatever the tests say."""
+    """Inconclusive below ``minimum`` images, whatever the tests say; a test with a non-finite mean or
+    bound (above 1 image) is an error: no verdict rests on it."""
+    entries = list(entries)
+    for e in entries:
+        values = [e[k] for k in ("mean", "low", "high") if k in e]
+        if e["n"] >= 2 and not all(math.isfinite(v) for v in values):
+            raise ValueError(f"a claim's test has non-finite values ({e}): no verdict rests on it")
     n = min(e["n"] for e in entries)
     return {"verdict": "inconclusive", "images_to_decide": minimum, "against": []} if n < minimum else None
 
@@ -801,7 +814,7 @@ def _check(tables, claim: Claim, a: tuple, b: tuple, seed: int, margin: float) -
     pairs = {key: first.paired(second, *claim.keys(key)) for key in expected}
     if any(pair is None for pair in pairs.values()):
         return None
-    tests = {key: metrics.paired_test(*pair, seed=seed) for key, pair in pairs.items()}
+    tests = metrics.paired_tests(pairs, seed=seed)
     verdict = judge_equivalence(tests["accuracy"], margin) if claim.equivalent else judge(tests, expected)
     if claim.kind == "columns":
         comparison = f"{b[2]} {b[1].upper()}: " + ", ".join(

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from .. import metrics
 from .._precision import check_amp
-from ..preprocess import Preprocess
+from ..preprocess import Preprocess, input_statistics
 from ..saliency import canonical, spec
 from ..utils import check_int
 from . import groups
@@ -46,8 +46,10 @@ class EvalConfig:
     seed: int = 0
     method_options: dict = field(default_factory=dict)
     metric_options: dict = field(default_factory=dict)  # metric group -> keyword options of its function
-    normalization: str = "imagenet"  # input mean/std: "imagenet" or "cifar100" (as the model was trained)
-    mean: tuple[float, ...] | None = None  # explicit input statistics (with std): override normalization
+    # input statistics: a name ("imagenet", "cifar100") or explicit mean/std; by default those recorded
+    # with the checkpoint, a timm model's, else ImageNet's (preprocess.input_statistics: one rule)
+    normalization: str | None = None
+    mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     scores: str = "softmax"  # class probabilities of the metrics: "softmax", or "sigmoid" (multi-label)
     multilabel_targets: str = "top"  # multi-label data: the positive class with the highest logit, or "all"
@@ -105,12 +107,9 @@ class EvalConfig:
                 register(metric)
             groups.resolve(metric)
         self._check_metric_options()
-        Preprocess.named(self.normalization)
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("mean and std go together: give both (one value per input channel) or neither")
+        chosen = self.preprocess()
         if self.mean is not None:
-            self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
-            self.preprocess()
+            self.mean, self.std = chosen.mean, chosen.std
         metrics.check_scores(self.scores)
         if self.targets not in TARGETS:
             raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
@@ -153,10 +152,14 @@ class EvalConfig:
             groups.GROUPS[group].check_options(options)
 
     def preprocess(self) -> Preprocess:
-        """The input statistics: explicit ``mean``/``std``, else the named ``normalization``."""
-        return (
-            Preprocess(self.mean, self.std) if self.mean is not None else Preprocess.named(self.normalization)
-        )
+        """The input statistics, by :func:`castream.preprocess.input_statistics`."""
+        return input_statistics(
+            mean=self.mean,
+            std=self.std,
+            normalization=self.normalization,
+            checkpoint=self.checkpoint,
+            model=self.model,
+        )[0]
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -10,6 +10,8 @@ image for a target class), ``maps/<label>-raw_attention.npy``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +77,10 @@ def _saved(out: Path, cell: str, indices: list[int]) -> tuple[Tensor, list[int]]
     return torch.stack(maps), targets
 
 
-def render(run, cells: list[dict]) -> list[str]:
-    """Draw the figures of ``run`` (a :class:`results.StoredRun`) from its stored files; returns their
-    file names."""
-    out, config, files = run.out, run.config, []
+def render(run, cells: list[dict]) -> dict[str, Callable[[Path], None]]:
+    """The figures of ``run`` (a :class:`results.StoredRun`) from its stored files: file name ->
+    ``draw(path)``, for the report to write as it writes its other files."""
+    out, config, files = run.out, run.config, {}
     grid_file = out / "maps" / "grid.json"
     if grid_file.is_file():
         grid = json.loads(grid_file.read_text())
@@ -103,16 +105,21 @@ def render(run, cells: list[dict]) -> list[str]:
                 classes = classes if classes is not None else [t] * len(found)
                 boxes.append([(b, TARGET_BOX if c == t else OTHER_BOX) for b, c in zip(found, classes)])
             names = [run.class_name(t) for t in targets]
-            viz.saliency_grid(out / "saliency_grid.png", images, columns, run.preprocess, names, boxes)
-            files.append("saliency_grid.png")
+            files["saliency_grid.png"] = partial(
+                viz.saliency_grid,
+                images=images,
+                columns=columns,
+                preprocess=run.preprocess,
+                titles=names,
+                boxes=boxes,
+            )
     curves = {}
     for kind in ("insertion", "deletion"):
         series = {c["label"]: c["curves"][kind] for c in cells if kind in c["curves"]}
         if series:
             curves[kind] = series
     if curves:
-        viz.curves_figure(out / "curves.png", curves)
-        files.append("curves.png")
+        files["curves.png"] = partial(viz.curves_figure, series=curves)
     bars = {
         c["label"]: {
             key.upper(): tuple(c["metrics"][key][part] * 100 for part in ("mean", "low", "high"))
@@ -123,6 +130,5 @@ def render(run, cells: list[dict]) -> list[str]:
     }
     if bars and all(bars.values()):
         scale = [c["label"] for c in cells if c["method"] in config.baselines]
-        viz.bars_figure(out / "ad_ag.png", bars, ["AD", "AG"], baselines=scale)
-        files.append("ad_ag.png")
+        files["ad_ag.png"] = partial(viz.bars_figure, values=bars, metrics=["AD", "AG"], baselines=scale)
     return files

@@ -7,11 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import platform
+from pathlib import Path
 
 import torch
 
 from .. import metrics
+from ..utils import write_owned
 from . import figures, groups
+from .claims import MIN_IMAGES
 from .figures import POOLING_NAMES
 from .results import StoredRun, collect
 from .store import cell_name
@@ -102,7 +105,7 @@ def summary(runner, cells: list[dict], models: list[dict], compared: list[dict])
         total = len([e for e in compared if e["method"] not in config.baselines])
         parts.append(
             f"CA vs GAP: {len(significant)} of {total} methods differ significantly "
-            "(paired bootstrap, 95%) on at least one metric"
+            f"(paired studentized bootstrap, 95%, at least {MIN_IMAGES} images) on at least one metric"
             + (": " + "; ".join(significant) + " (CA - GAP, points)." if significant else ".")
         )
     return " ".join(parts)
@@ -112,9 +115,10 @@ def _comparison_table(compared: list[dict]) -> list[str]:
     keys = [k for k in groups.compared_keys() if any(k in e["metrics"] for e in compared)]
     lines = [
         "",
-        "## GAP vs CA (paired bootstrap over the same images)",
+        "## GAP vs CA (paired studentized bootstrap over the same images)",
         "",
-        "CA − GAP in points, with the 95% interval of the difference; **sig.** when it excludes 0.",
+        "CA − GAP in points, with the 95% interval of the difference; **sig.** when it excludes 0, by the "
+        f"claims' rule: never on fewer than {MIN_IMAGES} images (*too few* then).",
         "",
         "| NETWORK | ATTRIBUTION | N | " + " | ".join(f"Δ{groups.column(k).title}" for k in keys) + " |",
         "|" + "---|" * (3 + len(keys)),
@@ -127,7 +131,8 @@ def _comparison_table(compared: list[dict]) -> list[str]:
                 values.append("–")
                 continue
             text = f"{v['mean'] * 100:+.2f} [{v['low'] * 100:+.2f}, {v['high'] * 100:+.2f}]"
-            values.append(text + (" **sig.**" if v["significant"] else " n.s."))
+            verdict = " *too few*" if v["n"] < MIN_IMAGES else " **sig.**" if v["significant"] else " n.s."
+            values.append(text + verdict)
         lines.append(f"| {e['model']} | {e['method']} | {e['images']} | " + " | ".join(values) + " |")
     return lines
 
@@ -431,10 +436,12 @@ def _baseline_text(runner, name: str) -> str:
     )
 
 
-def write_report(run, log=print) -> dict:
+def write_report(run, log=print, *, overwrite: bool = False) -> dict:
     """Render the results (:func:`results.collect`) of run folder ``run`` (a path, or a
-    :class:`results.StoredRun`) as results.json, results.csv, results.md and the figures; returns the
-    results dictionary."""
+    :class:`results.StoredRun`) as results.json, results.csv, results.md, per_image.csv and the figures;
+    returns the results dictionary. Each file is written atomically and recorded in the folder's manifest
+    (:func:`castream.utils.write_owned`): a file castream did not write there, a changed one or a symbolic
+    link is never written through, unless ``overwrite`` (which replaces the link, not its target)."""
     import castream
 
     runner = run if isinstance(run, StoredRun) else StoredRun(getattr(run, "out", run), log=log)
@@ -461,18 +468,29 @@ def write_report(run, log=print) -> dict:
         "comparisons": compared,
         "claims": claims,
         "summary": summary(runner, cells, models, compared) + _claims_sentence(claims),
-        "figures": drawn,
+        "figures": list(drawn),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
     rows = _csv_rows(runner, cells, models)
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+    markdown = _markdown(runner, cells, models, list(drawn), results)
+    files = {
+        "results.json": lambda tmp: tmp.write_text(json.dumps(results, indent=1)),
+        "results.csv": lambda tmp: _write_csv(tmp, rows),
+        "results.md": lambda tmp: tmp.write_text(markdown),
+        PER_IMAGE: lambda tmp: write_per_image(runner, tmp),
+        **drawn,
+    }
+    write_owned(out, files, overwrite, hint=REPORT_HINT)
+    return results
+
+
+REPORT_HINT = "move them away, or re-render with `castream report OUT --overwrite` to replace them"
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.md").write_text(_markdown(runner, cells, models, drawn, results))
-    write_per_image(runner, out / PER_IMAGE)
-    return results
 
 
 PER_IMAGE = "per_image.csv"  # one row per image, cell and target: pandas.read_csv("per_image.csv")

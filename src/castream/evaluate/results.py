@@ -14,7 +14,7 @@ import torch
 from .. import metrics
 from ..preprocess import Preprocess
 from . import groups
-from .claims import check_claims
+from .claims import check_claims, significant
 from .config import EvalConfig
 from .plan import Plan
 from .store import (  # noqa: F401  (re-exported: the names results offered before the store split)
@@ -62,6 +62,7 @@ class StoredRun:
         self.store = Store(self.out, log=log)
         self.store.identity = run_id(stored)
         self.indices: list[int] = self.info["selection"]
+        self.store.selection = set(self.indices)
         self.multilabel: bool = self.info["multilabel"]
         self.preprocess = Preprocess(self.info["preprocess"]["mean"], self.info["preprocess"]["std"])
         self.plan = Plan.from_info(self.config, self.info)
@@ -188,7 +189,9 @@ def _model_row(runner, label: str, pooling: str, accuracy: Columns) -> dict:
 
 def comparisons(runner, tables: dict[tuple[str, str, str], Columns]) -> list[dict]:
     """GAP vs CA for every method of every model with a stream: per compared metric, the paired
-    bootstrap (PROTOCOL.md) of CA - GAP over the images both cells evaluated."""
+    studentized bootstrap test of CA - GAP over the images both cells evaluated, "significant" by the
+    claims' rule (:func:`claims.significant`: one rule for every test of a report, never below
+    :data:`claims.MIN_IMAGES` images)."""
     out = []
     for label in runner.plan.poolings:
         if set(runner.plan.poolings[label]) != {"gap", "ca"}:
@@ -196,8 +199,9 @@ def comparisons(runner, tables: dict[tuple[str, str, str], Columns]) -> list[dic
         for method in runner.config.methods:
             gap, ca = tables[(label, "gap", method)], tables[(label, "ca", method)]
             entry = {"model": label, "method": method, "images": gap.common(ca), "metrics": {}}
-            for key in groups.compared_keys():
-                if entry["images"] and (pair := gap.paired(ca, key)) is not None:
-                    entry["metrics"][key] = metrics.paired_bootstrap(*pair, seed=runner.config.seed)
+            pairs = {key: gap.paired(ca, key) for key in groups.compared_keys()} if entry["images"] else {}
+            pairs = {key: pair for key, pair in pairs.items() if pair is not None}
+            for key, test in metrics.paired_tests(pairs, seed=runner.config.seed).items():
+                entry["metrics"][key] = {**test, "significant": significant(test)}
             out.append(entry)
     return out

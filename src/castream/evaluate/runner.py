@@ -143,6 +143,7 @@ class Runner:
         for m in self.models.values():
             m.to(self.device, memory_format=memory).eval()
         self.store = Store(self.out, self.rank, log)
+        self.store.selection = set(self.indices)
         self._figure_indices: list[int] | None = None
         self._scorers: dict[tuple[str, str], Scorer] = {}
         self.decodes = 0  # images read and decoded for the explained batches (not the adversarial hosts)

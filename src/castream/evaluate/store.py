@@ -157,19 +157,33 @@ class CellRecords:
     def holds(self, key) -> bool:
         return key in self._seen
 
-    def add(self, keys: list, rows: list[dict], arrays: dict[str, np.ndarray] | None = None, order=None):
+    def add(
+        self, keys: list, rows: list[dict], arrays: dict[str, np.ndarray] | None = None, order=None
+    ) -> list[str]:
         """One shard record's rows (every row of a record has the same metrics) and its (rows, m) arrays
         (from the binary sidecar), in the record's column ``order``: each metric is one float64 array,
-        with the groups' derived columns (``overall``, per-host adversarial and fading) added."""
+        with the groups' derived columns (``overall``, per-host adversarial and fading) added. A record
+        with a value no metric writes (not a number, infinite, or a NaN curve; NaN otherwise marks a
+        metric that does not apply to an image, counted as skipped) is not added: returns its metrics."""
         arrays = arrays or {}
         names = order or [k for k in rows[0] if k not in ("index", "class")]
-        stored = {
-            name: arrays[name].astype(np.float64)
-            if name in arrays
-            else np.asarray([r[name] for r in rows], dtype=np.float64)
-            for name in names
-        }
         inputs, curves = groups.stored_keys(), groups.curve_keys()
+        stored, bad = {}, []
+        for name in names:
+            try:
+                values = (
+                    arrays[name].astype(np.float64)
+                    if name in arrays
+                    else np.asarray([r[name] for r in rows], dtype=np.float64)
+                )
+            except (KeyError, TypeError, ValueError):
+                bad.append(f"{name}: not a number")
+                continue
+            if np.isinf(values).any() or (name in curves and np.isnan(values).any()):
+                bad.append(name)
+            stored[name] = values
+        if bad:
+            return bad
         columns = {k: v for k, v in groups.derive(stored).items() if k not in inputs}
         if self._names is None:
             self._names = list(columns)
@@ -183,6 +197,7 @@ class CellRecords:
         self._keys.extend(keys)
         self._seen.update(keys)
         self._table = None
+        return []
 
     def table(self) -> Columns:
         """The rows in key order, one array per metric (built once; the per-record chunks are freed)."""
@@ -212,9 +227,12 @@ class CellRecords:
         return out
 
 
-def read_cell(out: Path, cell: str, run: str | None = None) -> CellRecords:
+def read_cell(out: Path, cell: str, run: str | None = None, selection: set[int] | None = None) -> CellRecords:
     """The records of ``cell`` in run folder ``out`` (every process's shard), checked against ``run``
-    (default: the identity of ``out/config.json``)."""
+    (default: the identity of ``out/config.json``). Ignored, each with a warning: a record of another run
+    or cell, a second record of an image, a record of an image outside ``selection`` (the run's images,
+    when given) and a record with an infinite value or a NaN curve (NaN marks a metric that does not apply
+    to an image, e.g. localization without boxes: counted as skipped, never averaged)."""
     run = run or run_id(read_config(out))
     found = CellRecords()
     for path in sorted((out / "shards").glob(f"{cell}.rank*.jsonl")):
@@ -235,9 +253,25 @@ def read_cell(out: Path, cell: str, run: str | None = None) -> CellRecords:
             if repeated:
                 found.ignored.append(f"{where}: ignored a second record of image(s) {repeated[:5]}")
                 continue
+            foreign = [
+                i
+                for i in [k[0] if isinstance(k, tuple) else k for k in keys]
+                + [e["index"] for e in record.get("skipped", [])]
+                if selection is not None and i not in selection
+            ]
+            if foreign:
+                found.ignored.append(
+                    f"{where}: ignored a record of image(s) outside the run's selection {foreign[:5]}"
+                )
+                continue
             if keys:
                 arrays = record_arrays(record, binary, len(keys), where, side)
-                found.add(keys, record["images"], arrays, record.get("columns"))
+                bad = found.add(keys, record["images"], arrays, record.get("columns"))
+                if bad:
+                    found.ignored.append(
+                        f"{where}: ignored a record with non-finite values ({', '.join(bad[:5])})"
+                    )
+                    continue
             found.skipped.update((e["index"], e) for e in record.get("skipped", []))
             if "seconds" in record:
                 found.timings.append((record["seconds"], len(record["images"])))
@@ -286,6 +320,7 @@ class Store:
     def __init__(self, out: Path, rank: int = 0, log=print) -> None:
         self.out, self.rank, self.log = Path(out), rank, log
         self.identity: str | None = None  # the run's identity, set when the folder is claimed
+        self.selection: set[int] | None = None  # the run's image indices: a record of another is ignored
         self.warnings: list[str] = []  # ignored shard records, in the order they were found
         self._records: dict[str, tuple[tuple, CellRecords]] = {}  # cell -> (shard files' state, records)
         self._unsynced: set[Path] = set()
@@ -306,7 +341,7 @@ class Store:
         cached = self._records.get(cell)
         if cached is not None and cached[0] == state:
             return cached[1]
-        found = read_cell(self.out, cell, self.identity)
+        found = read_cell(self.out, cell, self.identity, self.selection)
         self._records[cell] = (state, found)
         for warning in found.ignored:
             if warning not in self.warnings:
@@ -318,11 +353,10 @@ class Store:
         """One record of ``cell`` as one flushed line (a line torn by an earlier kill is dropped first);
         its ``arrays`` ((rows, m) float arrays: curves, IoUs) go to the binary sidecar first, the line
         naming where, so that reading them back is a copy, not a JSON decode."""
-        path = self.shard(cell)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.checked(self.shard(cell))
         if arrays:
             entries = {}
-            with open(sidecar(path), "ab") as f:
+            with open(self.checked(sidecar(path)), "ab", opener=_no_follow) as f:
                 for name, array in arrays.items():
                     array = np.ascontiguousarray(array)
                     entries[name] = [f.tell(), list(array.shape), array.dtype.str]
@@ -330,7 +364,7 @@ class Store:
                 f.flush()
             self._unsynced.add(sidecar(path))
             record = {**record, "arrays": entries}
-        with open(path, "a+b") as f:
+        with open(path, "a+b", opener=_no_follow) as f:
             f.seek(0, os.SEEK_END)
             if f.tell() > 0:
                 f.seek(-1, os.SEEK_END)
@@ -354,7 +388,7 @@ class Store:
 
     def save_array(self, path: Path, array: np.ndarray) -> None:
         """A float32 or int .npy under the run folder, written atomically."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.checked(path)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
@@ -363,4 +397,23 @@ class Store:
         atomic_write(path, write)
 
     def write_json(self, name: str, value) -> None:
-        atomic_write(self.out / name, lambda tmp: tmp.write_text(json.dumps(value, indent=1)))
+        atomic_write(self.checked(self.out / name), lambda tmp: tmp.write_text(json.dumps(value, indent=1)))
+
+    def checked(self, path: Path) -> Path:
+        """``path`` under the run folder, its folders made, after refusing a symbolic link on the way from
+        the run folder to it: castream writes into the run folder only, never through a link."""
+        current = self.out
+        for part in path.relative_to(self.out).parts:
+            current = current / part
+            if current.is_symlink():
+                raise FileExistsError(
+                    f"{current} is a symbolic link, which castream did not make: it writes into the run "
+                    f"folder {self.out} only, never through a link; remove the link (or choose another --out)"
+                )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _no_follow(path: str, flags: int) -> int:
+    """An ``open()`` opener that refuses a symbolic link in place of the file (ELOOP)."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o666)

@@ -5,7 +5,7 @@ Fractions in [0, 1] everywhere; percentages are applied only by reports.
 
 from . import aggregate
 from ._common import SCORES, check_scores, probability
-from .aggregate import Aggregator, paired_bootstrap, paired_test
+from .aggregate import Aggregator, paired_bootstrap, paired_test, paired_tests
 from .causal import (
     PROTOCOLS,
     Curves,
@@ -71,6 +71,7 @@ __all__ = [
     "mean_average_precision",
     "paired_bootstrap",
     "paired_test",
+    "paired_tests",
     "pearson",
     "pointing_hits",
     "predicted_box",

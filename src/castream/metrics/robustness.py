@@ -141,13 +141,18 @@ def adversarial_verification(
             f"expected at least one host per image, each of shape {tuple(images.shape[1:])}; "
             f"got hosts of shape {tuple(hosts.shape)}"
         )
+    if hosts.dtype != images.dtype or hosts.device != images.device:
+        raise TypeError(
+            f"hosts must be images like the images (model-input space, {images.dtype} on {images.device}); "
+            f"got {hosts.dtype} on {hosts.device}"
+            + (": normalize 0-255 photos as the images were" * (not hosts.is_floating_point()))
+        )
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     cases = hosts.shape[1]
     key = (maps > threshold).to(images.dtype)[:, None, None]  # (B, 1, 1, H, W)
-    hosts = hosts.to(images.dtype)
     with evaluation(scorer):
         t, logits = scorer.clean(images, targets, logits)
         if placement == "in-place":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from functools import partial
 
 import torch
 import torchvision
@@ -44,10 +46,41 @@ def queries_keys_values(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Te
     return q, k, v
 
 
-def _head_attention(block: nn.Module, x: Tensor) -> Tensor:
-    """Softmax attention ``(B, heads, N, N)`` of a torchvision or timm ViT block, from its attention input."""
+def _additive(mask: Tensor | None, allowed_when_true: bool, like: Tensor) -> Tensor | float:
+    """A boolean or additive attention mask as the additive bias of the scores (0 where no mask)."""
+    if mask is None:
+        return 0.0
+    if mask.dtype == torch.bool:
+        keep = mask if allowed_when_true else ~mask
+        return torch.zeros((), dtype=like.dtype, device=like.device).masked_fill(~keep, float("-inf"))
+    return mask.to(like.dtype)
+
+
+def _head_attention(block: nn.Module, x: Tensor, call: dict | None = None) -> Tensor:
+    """Softmax attention ``(B, heads, N, N)`` of a torchvision, timm or Hugging Face ViT block, from its
+    attention input ``x``, with the mask its attention module was called with (``call``: the call's
+    arguments by name): timm's ``attn_mask`` (scaled_dot_product_attention's: True attends, a float mask is
+    added) and ``is_causal``; torchvision's ``attn_mask`` and ``key_padding_mask`` (True is masked out);
+    Hugging Face's ``attention_mask`` (added) or, in transformers 4, ``head_mask`` (multiplies)."""
+    call = call or {}
     q, k, _ = queries_keys_values(block, x)
-    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    torchvision_block = isinstance(block, torchvision.models.vision_transformer.EncoderBlock)
+    mask = call.get("attn_mask", call.get("attention_mask"))
+    scores = scores + _additive(mask, not torchvision_block, scores)
+    if call.get("key_padding_mask") is not None:
+        scores = scores + _additive(call["key_padding_mask"][:, None, None, :], False, scores)
+    if call.get("is_causal"):
+        n = scores.shape[-1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    attention = torch.softmax(scores, dim=-1)
+    return attention if call.get("head_mask") is None else attention * call["head_mask"]
+
+
+def _named_call(module: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """A module call's arguments by name (positional ones too)."""
+    return dict(inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments)
 
 
 def _attention_input_module(block: nn.Module) -> nn.Module:
@@ -84,14 +117,15 @@ class _AttentionMethod(SaliencyMethod):
     def vit_attention(self, images: Tensor, which: list[int]) -> tuple[list[Tensor], Tensor]:
         """Head-fused attention ``(B, N, N)`` of the chosen ViT blocks, and the logits; one forward."""
         blocks = vit_blocks(self.model)
-        inputs: dict[int, Tensor] = {}
-        pairs = [
-            (_attention_input_module(blocks[i][1]), lambda m, args, i=i: inputs.__setitem__(i, args[0]))
-            for i in which
-        ]
-        with torch.no_grad(), forward_hooks(pairs, pre=True):
+        inputs: dict[int, tuple[Tensor, dict]] = {}
+
+        def record(i: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+            inputs[i] = (args[0], _named_call(module, args, kwargs))
+
+        pairs = [(_attention_input_module(blocks[i][1]), partial(record, i)) for i in which]
+        with torch.no_grad(), forward_hooks(pairs, pre=True, with_kwargs=True):
             logits = self.logits(images)
-            maps = [FUSIONS[self.head_fusion](_head_attention(blocks[i][1], inputs[i])) for i in which]
+            maps = [FUSIONS[self.head_fusion](_head_attention(blocks[i][1], *inputs[i])) for i in which]
         return maps, logits
 
     def cls_map(self, attention: Tensor) -> Tensor:

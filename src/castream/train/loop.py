@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -27,9 +28,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._precision import autocast, check_amp
 from ..data.datasets import Batch, collate
-from ..utils import atomic_write
+from ..utils import atomic_write, temporary_name
 
 # Settings that may differ between an interrupted run and its resumption.
+# what a training run writes in its folder (atomic_write's temporary files of them are its own too)
+TRAINING_FILES = ("checkpoint.pt", "log.jsonl", "model.safetensors", "stream.safetensors")
 RESUMABLE_CHANGES = {"epochs", "workers", "checkpoint_every", "max_steps", "compile"}
 
 
@@ -121,6 +124,15 @@ class Recipe:
 
     def load_state_dict(self, state: dict) -> None:
         self.module().load_state_dict(state)
+
+    def identity(self) -> dict[str, str]:
+        """What a checkpoint of this recipe records and a resumption must match, besides the config (the
+        frozen weights a stream is trained on)."""
+        return {}
+
+    def check_identity(self, stored: dict[str, str], where: str) -> None:
+        """Refuse to resume the checkpoint at ``where`` when its recorded identity differs (nothing by
+        default)."""
 
 
 def distributed() -> tuple[int, int, torch.device]:
@@ -359,6 +371,7 @@ class Trainer:
             "global_step": self.global_step,
             "rng": _rng_state(self.device),
             "config": self.config.to_dict(),
+            "identity": self.recipe.identity(),
             "history": self.history,
         }
         atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
@@ -381,6 +394,14 @@ class Trainer:
             raise ValueError(
                 f"cannot resume {self.checkpoint_path} with a different config: {'; '.join(differences)}"
             )
+        if current["schedule"] == "onecycle" and stored.get("epochs") != current["epochs"]:
+            raise ValueError(
+                f"cannot resume {self.checkpoint_path} with {current['epochs']} epochs instead of "
+                f"{stored.get('epochs')}: a onecycle schedule is laid out over the run's total steps from "
+                "its first step, so it cannot be extended or shortened; start a new run (or use the "
+                "multistep schedule, which can be extended)"
+            )
+        self.recipe.check_identity(state.get("identity", {}), str(self.checkpoint_path))
         try:
             self.recipe.load_state_dict(state["model"])
         except RuntimeError as err:
@@ -404,6 +425,10 @@ class Trainer:
         """A new run needs a new or empty folder: a finished or interrupted run there is continued with
         ``resume``, and files castream did not write are never overwritten."""
         found = sorted(p.name for p in self.out_dir.iterdir()) if self.out_dir.is_dir() else []
+        leftover = re.compile("|".join(temporary_name(n) for n in TRAINING_FILES))
+        for name in [n for n in found if leftover.fullmatch(n)]:  # a write killed before its rename
+            (self.out_dir / name).unlink()
+            found.remove(name)
         if self.checkpoint_path.exists():
             raise FileExistsError(
                 f"{self.out_dir} holds a training run ({self.checkpoint_path.name}); pass --resume "

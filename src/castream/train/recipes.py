@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.datasets import Batch
 from ..metrics.recognition import mean_average_precision
-from ..stream import StreamModel, save_stream
+from ..stream import StreamModel, check_backbone, save_stream
+from ..utils import state_digest
 from .loop import Recipe, TrainConfig, Trainer, all_reduce_sum
 
 
@@ -113,6 +114,14 @@ class StreamRecipe(Recipe):
 
     def load_state_dict(self, state: dict) -> None:
         self.model.stream.load_state_dict(state)
+
+    def identity(self) -> dict[str, str]:
+        if not hasattr(self, "_backbone"):  # frozen: hashed once
+            self._backbone = state_digest(self.model.backbone)
+        return {"backbone": self._backbone}
+
+    def check_identity(self, stored: dict[str, str], where: str) -> None:
+        check_backbone(stored.get("backbone"), self.model.backbone, f"the stream checkpoint {where}")
 
 
 def train_classifier(
