@@ -1,9 +1,11 @@
 """Saliency speed: each method's time divided by the limit the saliency issue sets for it.
 
-- gradient CAM methods (Grad-CAM, Grad-CAM++, XGrad-CAM, HiRes-CAM, Layer-CAM): vs the model's plain
+- gradient CAM methods (Grad-CAM, Grad-CAM++, XGrad-CAM, HiRes-CAM, Layer-CAM, Eigen-Grad-CAM, Grad-CAM
+  element-wise) and the activation-only ones (EigenCAM, KPCA-CAM, FEM): vs the model's plain
   forward of the same batch (≤ 1.3): their backward stops at the explained layer and computes no weight
   gradient, so the forward is their limit (forward + backward to every parameter, the reference before
-  issue 29, is about 3 forwards and flattered them); guided backprop: vs forward + backward to the input
+  issue 29, is about 3 forwards and flattered them); guided backprop and FullGrad: vs forward + backward
+  to the input (1.1)
 - Score-CAM / Ablation-CAM / SA-CAM: vs the forward-only limit, i.e. the time of forwarding as many
   images as the method must score, in batches of ``batch_size``, measured in the same run (≤ 1.2)
 - Opti-CAM and Extremal Perturbation: vs ``iterations`` x (forward + backward to the input) of the
@@ -25,7 +27,20 @@ from castream import saliency
 from ._timing import base_parser, emit, environment, inputs, interleaved, precision, prepare, ratio_fields
 
 VIT = ["transformerattribution", "rollout", "rawattention"]
-GRADIENT = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "guidedbackprop"]
+GRADIENT = [
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "hirescam",
+    "layercam",
+    "eigengradcam",
+    "gradcamelementwise",
+    "guidedbackprop",
+    "fullgrad",
+]
+ACTIVATION_ONLY = ["eigencam", "kpcacam", "fem"]  # one forward to the layer, no backward (issue 31)
+ISSUE_31 = {*ACTIVATION_ONLY, "eigengradcam", "gradcamelementwise"}  # their target: 1.1 of the forward
+INPUT_GRADIENT = ["guidedbackprop", "fullgrad"]  # backward to the input (FullGrad: and every bias)
 FORWARD_ONLY = ["scorecam", "ablationcam", "sacam"]
 ITERATIVE = {"opticam": "opticam_iterations", "extremalperturbation": "ep_iterations"}
 
@@ -68,15 +83,16 @@ def bench_model(name: str, args, device: torch.device, methods: list[str]) -> No
             with precision(args):
                 method(x)
 
-        gradient = method_name in GRADIENT or vit
+        gradient = method_name in GRADIENT or method_name in ACTIVATION_ONLY or vit
         record = {**base, "method": method_name}
         # the method's limit, timed in turn with it: (reference, its repeats per method call, description)
         if vit:
             limit, factor, described, target = forward_backward, 1, "forward+backward", None
-        elif method_name == "guidedbackprop":
+        elif method_name in INPUT_GRADIENT:
             limit, factor, described, target = forward_input_backward, 1, "forward+input-backward", 1.1
         elif gradient:
-            limit, factor, described, target = forward_batch, 1, "forward", 1.3
+            target = 1.1 if method_name in ISSUE_31 else 1.3
+            limit, factor, described = forward_batch, 1, "forward"
         elif method_name in ITERATIVE:  # the iterations it ran are known once it has run (below)
             limit, factor, described, target = forward_input_backward, None, None, 1.2
         else:
@@ -102,7 +118,9 @@ def bench_model(name: str, args, device: torch.device, methods: list[str]) -> No
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["resnet18", "resnet50"])
-    parser.add_argument("--methods", nargs="+", default=[*GRADIENT, *ITERATIVE, *FORWARD_ONLY])
+    parser.add_argument(
+        "--methods", nargs="+", default=[*GRADIENT, *ACTIVATION_ONLY, *ITERATIVE, *FORWARD_ONLY]
+    )
     parser.add_argument("--vit-models", nargs="*", default=["vit_b_16"], help="torchvision ViTs")
     parser.add_argument("--vit-methods", nargs="+", default=VIT)
     parser.add_argument("--size", type=int, default=224)
