@@ -370,7 +370,7 @@ class FullGrad(SaliencyMethod):
         total = normalize_maps((x.detach() * grads[0]).abs()).sum(dim=1)
         for (_, module), grad in zip(self.layers, grads[1:]):
             if grad is not None:
-                term = normalize_maps((self._bias(module)[None, :, None, None] * grad).abs())
-                resized = finalize_maps(term.flatten(0, 1), size, normalize=False)
-                total = total + resized.view(*term.shape[:2], *size).sum(dim=1)
+                term = normalize_maps((self._bias(module)[None, :, None, None] * grad).abs()).sum(dim=1)
+                total = total + finalize_maps(term, size, normalize=False)  # bilinear resizing is linear:
+                # the channels' sum resized once is the sum of the resized channels (one resize, not C)
         return total
