@@ -141,12 +141,17 @@ def _train_config(args: argparse.Namespace, **extra):
     )
 
 
-def _training_stats(args: argparse.Namespace) -> tuple[dict, dict]:
-    """The input statistics of training, by evaluate's rule (:func:`castream.cli._options._inputs`), and
-    how the run records them; they are also declared on the model, so its weights record them."""
-    if not hasattr(args, "statistics"):  # resolved (and logged) once per command
+def _statistics(args: argparse.Namespace):
+    """The input statistics of training, by evaluate's rule (:func:`castream.cli._options._inputs`),
+    resolved (and logged) once per command; declared on the model, so that its weights record them."""
+    if not hasattr(args, "statistics"):
         args.statistics = _inputs(args)[1]
-    stats = {"mean": args.statistics.mean, "std": args.statistics.std}
+    return args.statistics
+
+
+def _training_stats(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The input statistics of training as transform keywords, and as the run records them."""
+    stats = {"mean": _statistics(args).mean, "std": _statistics(args).std}
     return stats, {k: list(v) for k, v in stats.items()}
 
 
@@ -198,8 +203,7 @@ def _classifier(args: argparse.Namespace, classes: int, *, stream: bool = False)
     else:
         model = build_model(args.model, num_classes=classes, seed=args.seed)
     model = load_weights(model, args.checkpoint) if args.checkpoint else model
-    _training_stats(args)
-    return args.statistics.declare(model)  # so that the trained weights record them
+    return _statistics(args).declare(model)  # so that the trained weights record them
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
