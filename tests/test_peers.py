@@ -308,24 +308,36 @@ class _Untraceable(_Skip):
         return self.fc(self.layer(s).mean(dim=(2, 3)))
 
 
+class _ChannelMean(_Skip):
+    """A suffix that starts with ops of the channel-wise kinds but mixes the channels: a mean over dim 1
+    whose output happens to have the layer's shape[:2] (6 channels, 6 rows): the recorded check refuses it."""
+
+    def forward(self, x):
+        return self.fc(self.layer(self.stem(x)).mean(1)).mean(1)
+
+
 def test_ablation_cam_runs_only_the_suffix_with_the_same_maps(resnet):
     torch.manual_seed(0)
-    cases = [
-        (resnet, "layer4", torch.randn(2, 3, 64, 64)),
-        (resnet, "layer3", torch.randn(2, 3, 64, 64)),
-        (torchvision.models.convnext_tiny(num_classes=5).eval(), None, torch.randn(2, 3, 64, 64)),
-        (_Skip().eval(), "layer", torch.randn(2, 3, 8, 8)),
-        (_Untraceable().eval(), "layer", torch.randn(2, 3, 8, 8)),
+    cases = [  # (model, layer, images, whether the ablations start after a channel-wise pooling)
+        (resnet, "layer4", torch.randn(2, 3, 64, 64), True),
+        (resnet, "layer3", torch.randn(2, 3, 64, 64), False),
+        (torchvision.models.convnext_tiny(num_classes=5).eval(), None, torch.randn(2, 3, 64, 64), True),
+        (_Skip().eval(), "layer", torch.randn(2, 3, 8, 8), False),
+        (_ChannelMean().eval(), "layer", torch.randn(2, 3, 6, 6), False),
+        (_Untraceable().eval(), "layer", torch.randn(2, 3, 8, 8), False),
     ]
-    for model, layer, x in cases:
+    for model, layer, x, pooled in cases:
         fast = saliency.AblationCAM(model, layer)
         maps = fast(x, TARGETS)
         exact = saliency.AblationCAM(model, layer, suffix=False)(x, TARGETS)
         _close(maps, exact, atol=1e-6)
         assert (fast._split[0] is None) == isinstance(model, _Untraceable)  # traced unless it cannot be
-    # the cut of the skip model records the one value read around the layer; the ResNet's none
+        assert pooled == (fast._split[0] is not None and fast._split[0].pooled is not None)
+    # the channel-mean model's start was found by kind and refused by the recorded check
     from castream.saliency._suffix import split_after
 
+    assert split_after(_ChannelMean(), "layer").pooled is not None
+    # the cut of the skip model records the one value read around the layer; the ResNet's none
     assert len(split_after(_Skip(), "layer").saved) == 1
     assert split_after(resnet, "layer4").saved == []
 

@@ -284,25 +284,29 @@ class AblationCAM(SaliencyMethod):
             return self.reshape.inverse(ablated, raw).to(raw.dtype)
         return ablated.to(raw.dtype)
 
+    def _ablated_logits(self, images: Tensor, maps: Tensor, suffix, b: Tensor, k: Tensor) -> Tensor:
+        """The selected logits with channel ``k[i]`` of the layer zeroed for image ``b[i]``: in the layer's
+        own output through the suffix (which may start after its channel-wise pooling), in the reshaped
+        maps through the suffix, or through the whole model (no suffix)."""
+        if suffix is not None and self.reshape is None:
+            return self._select(suffix.ablate(b, k))
+        ablated = maps[b].clone()
+        ablated[torch.arange(len(b)), k] = 0
+        if suffix is not None:
+            return self._select(suffix(self._replacement(ablated, suffix.layer_output(b)), b))
+        replace = {self.layers[0][0]: lambda out: self._replacement(ablated, out)}
+        return self._run(images[b], track_grad=False, replace=replace)[1]
+
     def compute(self, images: Tensor, targets) -> Tensor:
         acts, t, logits = self.activations(images, targets)
         maps = acts[0]
         y = target_logit(logits, t).float()
         drop = torch.zeros(maps.shape[:2], device=maps.device)
-        name = self.layers[0][0]
         suffix = self._suffix(images, maps, logits)
         selected = maps.flatten(2).ne(0).any(-1)
         with torch.no_grad(), self._bar(int(selected.sum()), "image") as bar:
             for flat, b, k in pair_chunks(selected, self.batch_size):
-                ablated = maps[b].clone()
-                ablated[torch.arange(len(b)), k] = 0
-                if suffix is not None:
-                    ablated_logits = self._select(
-                        suffix(self._replacement(ablated, suffix.layer_output(b)), b)
-                    )
-                else:
-                    replace = {name: lambda out, a=ablated: self._replacement(a, out)}
-                    _, ablated_logits = self._run(images[b], track_grad=False, replace=replace)
+                ablated_logits = self._ablated_logits(images, maps, suffix, b, k)
                 drop.view(-1)[flat] = y[b] - target_logit(ablated_logits, t[b]).float()
                 bar.update(len(flat))
         return self.weighted_sum(safe_divide(drop, y[:, None]), maps).clamp(min=0)
