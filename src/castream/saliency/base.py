@@ -376,7 +376,7 @@ class SaliencyMethod:
     def activations(self, images: Tensor, targets) -> tuple[list[Tensor], Tensor, Tensor]:
         """Feature maps ``A`` of the layers (B, K, h, w) without autograd, targets and logits."""
         with torch.no_grad():
-            store, logits = self._run(images, track_grad=False)
+            store, logits = self._run(images, track_grad=False, any_shape=is_callable_targets(targets))
         maps = [self._as_map(name, self._pooled(name, store[name])) for name, _ in self.layers]
         return maps, self.targets(targets, logits), logits
 

@@ -104,7 +104,7 @@ class SmoothGradCAMPlusPlus(GradientMethod):
         self.seed = seed
 
     def compute(self, images: Tensor, targets) -> list[Tensor]:
-        acts, _, t = self.activations_and_gradients(images, targets)
+        acts, t, _ = self.activations(images, targets)  # the clean pass needs no gradient
         generator = torch.Generator(device=images.device).manual_seed(self.seed)
         moments = [[torch.zeros_like(a) for _ in range(3)] for a in acts]
         for _ in range(self.num_samples):
