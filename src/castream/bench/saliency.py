@@ -1,13 +1,17 @@
 """Saliency speed: each method's time divided by the limit the saliency issue sets for it.
 
 - gradient CAM methods (Grad-CAM, Grad-CAM++, XGrad-CAM, HiRes-CAM, Layer-CAM, Eigen-Grad-CAM, Grad-CAM
-  element-wise) and the activation-only ones (EigenCAM, KPCA-CAM, FEM): vs the model's plain
-  forward of the same batch (≤ 1.3): their backward stops at the explained layer and computes no weight
-  gradient, so the forward is their limit (forward + backward to every parameter, the reference before
-  issue 29, is about 3 forwards and flattered them); guided backprop and FullGrad: vs forward + backward
-  to the input (1.1)
-- Score-CAM / Ablation-CAM / SA-CAM: vs the forward-only limit, i.e. the time of forwarding as many
-  images as the method must score, in batches of ``batch_size``, measured in the same run (≤ 1.2)
+  element-wise, Finer-CAM) and the activation-only ones (EigenCAM, KPCA-CAM, FEM): vs the model's plain
+  forward of the same batch (≤ 1.3; issue 31's: 1.1): their backward stops at the explained layer and
+  computes no weight gradient, so the forward is their limit (forward + backward to every parameter, the
+  reference before issue 29, is about 3 forwards and flattered them); Smooth Grad-CAM++: vs its
+  ``num_samples`` + 1 forwards (1.1); ShapleyCAM: vs the forward, the backward to the layer with its
+  graph and the Hessian-vector product, done with plain autograd calls (1.1); guided backprop and FullGrad:
+  vs forward + backward to the input (1.1)
+- Score-CAM / SS-CAM / IS-CAM / Ablation-CAM / SA-CAM: vs the forward-only limit, i.e. the time of
+  forwarding as many images as the method must score (times ``num_samples`` for SS-CAM and IS-CAM, run at
+  2 samples), in batches of ``batch_size``, measured in the same run (≤ 1.2). Ablation-CAM runs only the
+  part after the layer, so it is far below this limit
 - Opti-CAM and Extremal Perturbation: vs ``iterations`` x (forward + backward to the input) of the
   batch (≤ 1.2); the seconds are per batch, as thesis Table 2.1 reports them (batch of 8)
 - ViT methods (``--vit-models``: transformer attribution, rollout, raw attention): vs the ViT's forward +
@@ -23,6 +27,7 @@ import torch
 import torchvision
 
 from castream import saliency
+from castream._hooks import frozen_eval
 
 from ._timing import base_parser, emit, environment, inputs, interleaved, precision, prepare, ratio_fields
 
@@ -37,11 +42,15 @@ GRADIENT = [
     "gradcamelementwise",
     "guidedbackprop",
     "fullgrad",
+    "finercam",
+    "smoothgradcampp",
+    "shapleycam",
 ]
 ACTIVATION_ONLY = ["eigencam", "kpcacam", "fem"]  # one forward to the layer, no backward (issue 31)
-ISSUE_31 = {*ACTIVATION_ONLY, "eigengradcam", "gradcamelementwise"}  # their target: 1.1 of the forward
+ISSUE_31 = {*ACTIVATION_ONLY, "eigengradcam", "gradcamelementwise", "finercam", "smoothgradcampp"}
 INPUT_GRADIENT = ["guidedbackprop", "fullgrad"]  # backward to the input (FullGrad: and every bias)
-FORWARD_ONLY = ["scorecam", "ablationcam", "sacam"]
+FORWARD_ONLY = ["scorecam", "sscam", "iscam", "ablationcam", "sacam"]
+SAMPLED = {"sscam": 2, "iscam": 2, "smoothgradcampp": 4}  # num_samples in the benchmark
 ITERATIVE = {"opticam": "opticam_iterations", "extremalperturbation": "ep_iterations"}
 
 
@@ -71,12 +80,31 @@ def bench_model(name: str, args, device: torch.device, methods: list[str]) -> No
         with torch.no_grad(), precision(args):
             model(chunk)
 
+    def forward_layer_hvp() -> None:  # ShapleyCAM's work: y_c's gradient at the layer, then (dg/dA) A
+        store = []  # the layer's output, the graph's leaf: the frozen model's prefix is not differentiated
+
+        def leaf(module, inputs, output):
+            store.append(output.detach().requires_grad_())
+            return store[-1]
+
+        handle = model.layer4.register_forward_hook(leaf)
+        try:
+            with torch.enable_grad(), frozen_eval(model), precision(args):
+                out = model(x)
+        finally:
+            handle.remove()
+        (g,) = torch.autograd.grad(out[:, 0].sum(), store, create_graph=True)
+        if g.requires_grad:  # not after a ResNet's last stage, whose head is linear
+            torch.autograd.grad(g, store, store[0].detach(), allow_unused=True)
+
     for method_name in methods:
         options = {}
         if method_name in FORWARD_ONLY:
             options["batch_size"] = args.score_batch
         if method_name in ITERATIVE:
             options["max_iter"] = getattr(args, ITERATIVE[method_name])
+        if method_name in SAMPLED:
+            options["num_samples"] = SAMPLED[method_name]
         method = saliency.get(method_name)(model, **options)
 
         def run(method=method) -> None:
@@ -90,13 +118,17 @@ def bench_model(name: str, args, device: torch.device, methods: list[str]) -> No
             limit, factor, described, target = forward_backward, 1, "forward+backward", None
         elif method_name in INPUT_GRADIENT:
             limit, factor, described, target = forward_input_backward, 1, "forward+input-backward", 1.1
+        elif method_name == "shapleycam":
+            limit, factor, described, target = forward_layer_hvp, 1, "forward+layer-backward+hvp", 1.1
         elif gradient:
             target = 1.1 if method_name in ISSUE_31 else 1.3
-            limit, factor, described = forward_batch, 1, "forward"
+            factor = SAMPLED[method_name] + 1 if method_name == "smoothgradcampp" else 1
+            limit, described = forward_batch, "forward" if factor == 1 else f"{factor} forwards"
         elif method_name in ITERATIVE:  # the iterations it ran are known once it has run (below)
             limit, factor, described, target = forward_input_backward, None, None, 1.2
         else:
             images = args.batch * model.layer4[-1].conv1.in_channels * (2 if method_name == "sacam" else 1)
+            images *= SAMPLED.get(method_name, 1)
             factor = -(-images // args.score_batch)
             limit, described, target = forward_chunk, f"{factor} forwards of {args.score_batch} images", 1.2
             record["masked_images"] = images
