@@ -363,6 +363,21 @@ def test_benchmarks_run_and_print_json(name, args, capsys):
     assert records and all(r.get("ratio", 1) > 0 for r in records)
 
 
+def test_peer_benchmark_rows_agree_and_time_both_sides(capsys):
+    """``castream bench peers`` on a few rows: castream and the peer give the same maps or scores (the
+    Quantus rows: the runner's group and Quantus called directly), and both sides are timed."""
+    pytest.importorskip("pytorch_grad_cam")
+    pytest.importorskip("quantus")
+    from castream.bench import peers
+
+    rows = ["gradcam", "road morf", "quantus:Sparseness", "quantus:FaithfulnessCorrelation"]
+    peers.main(["--model", "resnet18", "--size", "64", "--batch", "2", "--repeats", "1", "--only", *rows])
+    records = {r["row"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert set(records) == set(rows)
+    for record in records.values():
+        assert record["max_abs_difference"] < 1e-5 and record["castream_s"] > 0 and record["peer_s"] > 0
+
+
 def test_compare_models_side_by_side(artifacts, tmp_path):
     cfg = config(
         artifacts, tmp_path, methods=("gradcam",), images=6, compare={"same": str(artifacts["checkpoint"])}

@@ -4,7 +4,8 @@ or of the per-image scores) and the time ratio peer / castream (> 1: castream is
 
 Rows whose peer differs by a documented convention say so (``note``): the sign of a principal component
 (EigenCAM), pytorch-grad-cam's 1e-7 in its normalization (FullGrad), its ``align_corners=True`` masks
-(Score-CAM), the random draws (SS-CAM's noise: compared at std ~ 0). Prints one JSON record per row.
+(Score-CAM), the random draws (SS-CAM's noise: compared at std ~ 0). The Quantus rows time a metric run
+inside castream's runner against Quantus called directly. Prints one JSON record per row.
     python benchmarks/peers.py --model resnet18 --size 112 --batch 2
 """
 
@@ -103,6 +104,69 @@ def _rows(model, x, targets):
 
             note = "normalize_first=True, TorchCAM's mask order" + (", std ~ 0" if name == "sscam" else "")
             rows.append((name, "TorchCAM", lambda m=method: m(x, targets, upsample=False), run_peer, note))
+    return rows + _quantus_rows(model, x, targets)
+
+
+QUANTUS_ROWS = {  # metric: options (a few runs: the rows time the wrapping, not Quantus' own sampling)
+    "FaithfulnessCorrelation": {"nr_runs": 10, "subset_size": 64},
+    "Sparseness": {},
+    "MaxSensitivity": {"nr_samples": 3},
+}
+
+
+def _quantus_rows(model, x, targets):
+    """Each Quantus metric as the runner calls it (its ``quantus:NAME`` group on one batch's context, the
+    maps converted and the scores checked) against Quantus called directly on the same maps, model and
+    seed; the speedup is then the runner's wrapping cost (target: ~1, no slower)."""
+    try:
+        import quantus
+    except ImportError:
+        return []
+    from .._scorer import Scorer
+    from ..evaluate.groups import Context
+    from ..evaluate.quantus import metric_group
+    from ..interop.quantus import batch_seed, explain, seeded
+
+    maps = saliency.GradCAM(model)(x, targets)
+    indices = list(range(len(x)))
+    rows = []
+    for name, options in QUANTUS_ROWS.items():
+        group = metric_group(name)
+        context = Context(
+            scorer=Scorer(model),
+            method=None,
+            images=x,
+            maps=maps,
+            targets=targets,
+            logits=model(x).detach(),
+            indices=indices,
+            meta=[{}] * len(x),
+            preprocess=Preprocess(),
+            protocol="quantus",
+            seed=0,
+            options=options,
+            rebuild=saliency.GradCAM,
+        )
+
+        def direct(name=name, options=options):
+            metric = getattr(quantus, name)(
+                **options, disable_warnings=True, display_progressbar=False, return_aggregate=False
+            )
+            with seeded(batch_seed(0, indices)):
+                scores = metric(
+                    model=model,
+                    x_batch=x.numpy(),
+                    y_batch=targets.numpy(),
+                    a_batch=maps[:, None].numpy(),
+                    explain_func=explain,
+                    explain_func_kwargs={"method": "gradcam"},
+                    device="cpu",
+                )
+            return torch.tensor(scores, dtype=torch.float32)
+
+        ours = lambda group=group, context=context: next(iter(group.run(context).values()))  # noqa: E731
+        note = "the runner's group vs Quantus directly, same maps and seed"
+        rows.append((f"quantus:{name}", "Quantus", ours, direct, note))
     return rows
 
 
