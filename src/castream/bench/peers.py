@@ -82,6 +82,14 @@ def _rows(model, x, targets):
                 "its 1e-7 in each channel's normalization",
             )
         )
+        finer = saliency.FinerCAM(model, "layer4")
+
+        def peer_finer():
+            with pgc.FinerCAM(model=model, target_layers=layer) as cam:
+                return torch.from_numpy(cam(x, targets=None))
+
+        note = "the predicted class against its three nearest, in both"
+        rows.append(("finercam", "pytorch-grad-cam", lambda: finer(x), peer_finer, note))
         rows += _road_rows(model, x, targets, ClassifierOutputSoftmaxTarget)
     try:
         import torchcam.methods as tc
@@ -104,7 +112,51 @@ def _rows(model, x, targets):
 
             note = "normalize_first=True, TorchCAM's mask order" + (", std ~ 0" if name == "sscam" else "")
             rows.append((name, "TorchCAM", lambda m=method: m(x, targets, upsample=False), run_peer, note))
-    return rows + _quantus_rows(model, x, targets)
+        for name, cls, note in (
+            ("gradcam", tc.GradCAM, ""),
+            ("gradcam++", tc.GradCAMpp, "TorchCAM 0.5 divides a copy: its alpha stays g^2 (docs/methods.md)"),
+            ("xgradcam", tc.XGradCAM, ""),
+            ("layercam", tc.LayerCAM, ""),
+        ):
+            method = saliency.get(name)(model, "layer4")
+
+            def run_gradient_peer(cls=cls):
+                with cls(model, "layer4", input_shape=tuple(x.shape[1:])) as cam:
+                    return cam(class_idx=[int(c) for c in targets], scores=model(x))[0].detach()
+
+            rows.append(
+                (
+                    f"{name} (TorchCAM)",
+                    "TorchCAM",
+                    lambda m=method: m(x, targets, upsample=False),
+                    run_gradient_peer,
+                    note,
+                )
+            )
+    return rows + _captum_rows(model, x, targets) + _quantus_rows(model, x, targets)
+
+
+def _captum_rows(model, x, targets):
+    """Grad-CAM against Captum's LayerGradCam (ReLU, min-max normalized at the layer's resolution) and guided
+    backpropagation against Captum's GuidedBackprop (max |.| over the channels, min-max normalized)."""
+    try:
+        from captum.attr import GuidedBackprop, LayerGradCam
+    except ImportError:
+        return []
+    gradcam, guided = saliency.GradCAM(model, "layer4"), saliency.get("guidedbackprop")(model)
+
+    def layer_gradcam():
+        maps = LayerGradCam(model, model.layer4).attribute(x, target=targets, relu_attributions=True)
+        return finalize_maps(maps[:, 0].detach(), None, normalize=True)
+
+    def guided_backprop():
+        maps = GuidedBackprop(model).attribute(x.clone(), target=targets).detach().abs().amax(1)
+        return finalize_maps(maps, None, normalize=True)
+
+    return [
+        ("gradcam (Captum)", "Captum", lambda: gradcam(x, targets, upsample=False), layer_gradcam, ""),
+        ("guidedbackprop (Captum)", "Captum", lambda: guided(x, targets), guided_backprop, ""),
+    ]
 
 
 QUANTUS_ROWS = {  # metric: options (a few runs: the rows time the wrapping, not Quantus' own sampling)

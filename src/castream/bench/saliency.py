@@ -1,10 +1,12 @@
 """Saliency speed: each method's time divided by the limit the saliency issue sets for it.
 
-- gradient CAM methods (Grad-CAM, Grad-CAM++, XGrad-CAM, HiRes-CAM, Layer-CAM, Eigen-Grad-CAM, Grad-CAM
-  element-wise, Finer-CAM) and the activation-only ones (EigenCAM, KPCA-CAM, FEM): vs the model's plain
-  forward of the same batch (≤ 1.3; issue 31's: 1.1): their backward stops at the explained layer and
-  computes no weight gradient, so the forward is their limit (forward + backward to every parameter, the
-  reference before issue 29, is about 3 forwards and flattered them); Smooth Grad-CAM++: vs its
+- gradient CAM methods (Grad-CAM, Grad-CAM++, XGrad-CAM, HiRes-CAM, Layer-CAM) and the activation-only
+  ones (EigenCAM, KPCA-CAM, FEM): vs the model's plain forward of the same batch (≤ 1.3; issue 31's: 1.1):
+  their backward stops at the explained layer and computes no weight gradient, so the forward is their
+  limit (forward + backward to every parameter, the reference before issue 29, is about 3 forwards and
+  flattered them); issue 31's gradient methods (Eigen-Grad-CAM, Grad-CAM element-wise, Finer-CAM): vs
+  the limit that issue sets, the forward and the backward of the target to the layer (the layer's output
+  a leaf, the frozen prefix not differentiated; 1.1); Smooth Grad-CAM++: vs its
   ``num_samples`` + 1 forwards (1.1); ShapleyCAM: vs the forward, the backward to the layer with its
   graph and the Hessian-vector product, done with plain autograd calls (1.1); guided backprop and FullGrad:
   vs forward + backward to the input (1.1)
@@ -48,6 +50,11 @@ GRADIENT = [
 ]
 ACTIVATION_ONLY = ["eigencam", "kpcacam", "fem"]  # one forward to the layer, no backward (issue 31)
 ISSUE_31 = {*ACTIVATION_ONLY, "eigengradcam", "gradcamelementwise", "finercam", "smoothgradcampp"}
+LAYER_GRADIENT = [
+    "eigengradcam",
+    "gradcamelementwise",
+    "finercam",
+]  # issue 31's limit: + backward to the layer
 INPUT_GRADIENT = ["guidedbackprop", "fullgrad"]  # backward to the input (FullGrad: and every bias)
 FORWARD_ONLY = ["scorecam", "sscam", "iscam", "ablationcam", "sacam"]
 SAMPLED = {"sscam": 2, "iscam": 2, "smoothgradcampp": 4}  # num_samples in the benchmark
@@ -80,8 +87,9 @@ def bench_model(name: str, args, device: torch.device, methods: list[str]) -> No
         with torch.no_grad(), precision(args):
             model(chunk)
 
-    def forward_layer_hvp() -> None:  # ShapleyCAM's work: y_c's gradient at the layer, then (dg/dA) A
-        store = []  # the layer's output, the graph's leaf: the frozen model's prefix is not differentiated
+    def forward_to_layer() -> tuple[torch.Tensor, torch.Tensor]:
+        """The output and the layer's output as the graph's leaf: the frozen prefix is not differentiated."""
+        store = []
 
         def leaf(module, inputs, output):
             store.append(output.detach().requires_grad_())
@@ -90,12 +98,19 @@ def bench_model(name: str, args, device: torch.device, methods: list[str]) -> No
         handle = model.layer4.register_forward_hook(leaf)
         try:
             with torch.enable_grad(), frozen_eval(model), precision(args):
-                out = model(x)
+                return model(x), store[0]
         finally:
             handle.remove()
-        (g,) = torch.autograd.grad(out[:, 0].sum(), store, create_graph=True)
+
+    def forward_layer_backward() -> None:  # a gradient CAM's work: y_c's gradient at the layer
+        out, layer = forward_to_layer()
+        torch.autograd.grad(out[:, 0].sum(), layer)
+
+    def forward_layer_hvp() -> None:  # ShapleyCAM's work: y_c's gradient at the layer, then (dg/dA) A
+        out, layer = forward_to_layer()
+        (g,) = torch.autograd.grad(out[:, 0].sum(), layer, create_graph=True)
         if g.requires_grad:  # not after a ResNet's last stage, whose head is linear
-            torch.autograd.grad(g, store, store[0].detach(), allow_unused=True)
+            torch.autograd.grad(g, layer, layer.detach(), allow_unused=True)
 
     for method_name in methods:
         options = {}
@@ -120,6 +135,8 @@ def bench_model(name: str, args, device: torch.device, methods: list[str]) -> No
             limit, factor, described, target = forward_input_backward, 1, "forward+input-backward", 1.1
         elif method_name == "shapleycam":
             limit, factor, described, target = forward_layer_hvp, 1, "forward+layer-backward+hvp", 1.1
+        elif method_name in LAYER_GRADIENT:
+            limit, factor, described, target = forward_layer_backward, 1, "forward+layer-backward", 1.1
         elif gradient:
             target = 1.1 if method_name in ISSUE_31 else 1.3
             factor = SAMPLED[method_name] + 1 if method_name == "smoothgradcampp" else 1

@@ -246,6 +246,10 @@ class AblationCAM(SaliencyMethod):
     method, and the cut is used only when it reproduces the clean logits. A model that does not trace
     (or ``suffix=False``) runs the whole network per ablated copy with the layer's output replaced, which
     is exact for any model; both give the same maps (to float rounding).
+
+    The ablated value is the paper's 0 on every layer. pytorch-grad-cam writes ``min(A) - 1e7`` instead
+    where the layer's minimum is not 0 (a signed layer): its maps then differ (up to 0.96 on
+    EfficientNet-Lite0's ``_blocks.15._bn2``); after a ReLU both agree (docs/methods.md).
     """
 
     name = "ablationcam"
