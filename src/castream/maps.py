@@ -58,11 +58,19 @@ def _positions(terms: Tensor) -> Tensor:
 def eigen_projection(terms: Tensor) -> Tensor:
     """(B, K, h, w) -> (B, h, w): each position's K-vector, centered over the positions, projected on the
     first principal component (EigenCAM, Muhammad & Yeasin 2020; pytorch-grad-cam's ``eigen_smooth``),
-    oriented to correlate positively with the channel sum."""
+    oriented to correlate positively with the channel sum.
+
+    The projection ``x v_1 = s_1 u_1`` comes from the top eigenpair of the smaller Gram matrix, ``x x^T``
+    (positions) or ``x^T x`` (channels), in float64: the SVD's full ``V`` of a last stage (512 or 2,048
+    channels) cost 8 % of a ResNet-18 forward, the Gram matrix's eigenpair a fraction of that."""
     x = _positions(terms)
-    _, _, vh = torch.linalg.svd(x, full_matrices=False)
-    projection = (x @ vh[:, 0, :, None]).squeeze(-1)
-    return _oriented(projection, x).view(terms.shape[0], *terms.shape[-2:])
+    wide = x.double() if x.device.type != "mps" else x  # MPS has no float64
+    if x.shape[1] <= x.shape[2]:  # fewer positions than channels: x x^T = U S^2 U^T
+        values, vectors = torch.linalg.eigh(wide @ wide.transpose(1, 2))
+        projection = vectors[..., -1] * values[:, -1:].clamp(min=0).sqrt()
+    else:  # x^T x = V S^2 V^T
+        projection = (wide @ torch.linalg.eigh(wide.transpose(1, 2) @ wide)[1][..., -1:]).squeeze(-1)
+    return _oriented(projection.to(x.dtype), x).view(terms.shape[0], *terms.shape[-2:])
 
 
 KERNELS = ("linear", "poly", "rbf", "sigmoid", "cosine")
