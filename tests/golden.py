@@ -14,6 +14,11 @@ the verdict rule, so both were replaced by ``avx512``, written on the machine of
 that torch reports as AVX512), on 32 images (30 are needed for a verdict). Issue 32 rewrote its
 ``*_low``/``*_high`` columns only (every mean and the claims table unchanged): a cell's per-image
 metrics now share one bootstrap resampling (and the fading rate and BoxAcc draw after them).
+``avx512-intel-xeon`` (issue 31's session, the same code as ``avx512``) was written on an Intel Xeon that
+torch also reports as AVX512: there ROAD's columns differed from the EPYC's by up to 1.2e-3 relative (not
+traced; ROAD removes the pixels on one side of a quantile of the map, where float noise can move tied
+pixels across) and Fake-CAM's AG by 9e-4 (a value near 0), beyond the cross-CPU tolerance, so that machine
+kind has its own record; the code at commit 0150f8d, which wrote ``avx512``, gives the same differences.
 """
 
 from __future__ import annotations
