@@ -50,11 +50,8 @@ GRADIENT = [
 ]
 ACTIVATION_ONLY = ["eigencam", "kpcacam", "fem"]  # one forward to the layer, no backward (issue 31)
 ISSUE_31 = {*ACTIVATION_ONLY, "eigengradcam", "gradcamelementwise", "finercam", "smoothgradcampp"}
-LAYER_GRADIENT = [
-    "eigengradcam",
-    "gradcamelementwise",
-    "finercam",
-]  # issue 31's limit: + backward to the layer
+# issue 31's gradient methods, whose limit that issue sets as the forward + the backward to the layer
+LAYER_GRADIENT = ["eigengradcam", "gradcamelementwise", "finercam"]
 INPUT_GRADIENT = ["guidedbackprop", "fullgrad"]  # backward to the input (FullGrad: and every bias)
 FORWARD_ONLY = ["scorecam", "sscam", "iscam", "ablationcam", "sacam"]
 SAMPLED = {"sscam": 2, "iscam": 2, "smoothgradcampp": 4}  # num_samples in the benchmark
