@@ -184,6 +184,55 @@ def test_issue_31_methods_agree_with_the_peers_on_the_photos(model, images):
     close(ours, torch.from_numpy(np.mean(road, axis=0)).float())
 
 
+def test_issue_31_projections_smoothing_and_fullgrad_on_the_photos(model, images, monkeypatch):
+    """The rest of issue 31's methods and options on the real model and photos against pytorch-grad-cam:
+    Eigen-Grad-CAM, KPCA-CAM and ``eigen_smooth`` where castream's orientation of the component is the
+    peer's (else the peer keeps the other half of the map), ``aug_smooth`` (the peer's mean, min-max
+    normalized), and FullGrad with the peer's 1e-7 in its normalization (every batch norm has a bias)."""
+    peer = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = [285, ESPRESSO]
+    x = images[:2].clone().requires_grad_(True)
+    block = model._blocks[15]
+
+    def theirs(cls, layers, **call):
+        with cls(model=model, target_layers=layers) as cam:
+            return torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(t) for t in targets], **call))
+
+    compared = 0
+    for name, cls, options in (
+        ("eigengradcam", peer.EigenGradCAM, {}),
+        ("kpcacam", peer.KPCA_CAM, {}),
+        ("gradcam", peer.GradCAM, {"eigen_smooth": True}),
+    ):
+        ours = saliency.get(name)(model, "_blocks.15", **options)(images[:2], targets)
+        found = theirs(cls, [block], **options)
+        for i in range(2):
+            if (ours[i] - found[i]).abs().max() > 1e-4:  # the other sign: the complementary half
+                assert (ours[i] * found[i]).sum() < (ours[i] * ours[i]).sum(), (name, i)
+            else:
+                compared += 1
+    assert compared >= 2, "castream's component never had the peer's sign on these photos"
+    smooth = saliency.GradCAM(model, "_blocks.15", aug_smooth=True)(images[:2], targets)
+    peer_smooth = finalize_maps(theirs(peer.GradCAM, [block], aug_smooth=True), None, normalize=True)
+    torch.testing.assert_close(smooth, peer_smooth, atol=1e-5, rtol=0)
+
+    import castream.saliency.gradient as gradient
+
+    def peer_normalize(t):
+        flat = t.flatten(-2) - t.flatten(-2).amin(-1, keepdim=True)
+        return (flat / (1e-7 + flat.amax(-1, keepdim=True))).view_as(t)
+
+    monkeypatch.setattr(gradient, "normalize_maps", peer_normalize)
+    cam = peer.FullGrad(model=model, target_layers=[])
+    try:
+        peer_full = torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(t) for t in targets]))
+    finally:
+        cam.activations_and_grads.release()
+    torch.testing.assert_close(saliency.FullGrad(model)(images[:2], targets), peer_full, atol=1e-5, rtol=0)
+
+
 def test_torchcam_sampling_methods_agree_on_a_photo(model, images):
     """SS-CAM and IS-CAM against TorchCAM 0.5 on the real model, at ``_blocks.4`` (40 channels) on the
     espresso photo at 112², with TorchCAM's conventions (mean baseline, up(n(A))); noise of std 1e-9 for
