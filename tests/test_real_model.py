@@ -233,6 +233,52 @@ def test_issue_31_projections_smoothing_and_fullgrad_on_the_photos(model, images
     torch.testing.assert_close(saliency.FullGrad(model)(images[:2], targets), peer_full, atol=1e-5, rtol=0)
 
 
+def test_quantus_metrics_in_the_runner_on_the_photos(model, images):
+    """``quantus:NAME`` groups as the runner calls them (one batch's context) on the real model, photos
+    and Grad-CAM maps: the same per-image scores as Quantus called directly, with the runner's seed."""
+    quantus = pytest.importorskip("quantus")
+    from castream._scorer import Scorer
+    from castream.evaluate.groups import Context
+    from castream.evaluate.quantus import metric_group
+    from castream.interop.quantus import batch_seed, seeded
+
+    targets = torch.tensor([285, ESPRESSO, MOPED])
+    maps = saliency.GradCAM(model, "_blocks.15")(images, targets)
+    indices = [0, 1, 2]
+    for name, options in (
+        ("Sparseness", {}),
+        ("FaithfulnessCorrelation", {"nr_runs": 5, "subset_size": 224}),
+    ):
+        context = Context(
+            scorer=Scorer(model),
+            method=None,
+            images=images,
+            maps=maps,
+            targets=targets,
+            logits=model(images).detach(),
+            indices=indices,
+            meta=[{}] * 3,
+            preprocess=castream.Preprocess(**STATS),
+            protocol="quantus",
+            seed=0,
+            options=options,
+        )
+        (found,) = metric_group(name).run(context).values()
+        metric = getattr(quantus, name)(
+            **options, disable_warnings=True, display_progressbar=False, return_aggregate=False
+        )
+        with seeded(batch_seed(0, indices)):
+            direct = metric(
+                model=model,
+                x_batch=images.numpy(),
+                y_batch=targets.numpy(),
+                a_batch=maps[:, None].numpy(),
+                device="cpu",
+            )
+        assert torch.isfinite(torch.as_tensor(found)).all()
+        np.testing.assert_allclose(np.asarray(found, dtype=np.float64), direct, atol=1e-5, err_msg=name)
+
+
 def test_torchcam_sampling_methods_agree_on_a_photo(model, images):
     """SS-CAM and IS-CAM against TorchCAM 0.5 on the real model, at ``_blocks.4`` (40 channels) on the
     espresso photo at 112², with TorchCAM's conventions (mean baseline, up(n(A))); noise of std 1e-9 for
