@@ -9,7 +9,13 @@ import torch
 import torchvision
 
 from castream import saliency
-from castream.maps import eigen_projection, finalize_maps, kernel_projection
+from castream.maps import (
+    eigen_projection,
+    finalize_maps,
+    kernel_projection,
+    normalize_maps,
+    normalized_channel_sum,
+)
 
 peer = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
@@ -348,7 +354,7 @@ def test_ablation_cam_agrees_with_pytorch_grad_cam(resnet):
     _close(ours, _theirs(peer.AblationCAM, resnet, [resnet.layer4], x))
 
 
-def test_fullgrad_agrees_with_pytorch_grad_cam(monkeypatch):
+def test_fullgrad_agrees_with_pytorch_grad_cam():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5).eval()
     for m in model.modules():  # a fresh batch norm has no effective bias: give them one
@@ -365,16 +371,25 @@ def test_fullgrad_agrees_with_pytorch_grad_cam(monkeypatch):
     # pytorch-grad-cam normalizes each channel by (1e-7 + max), which shrinks the channels whose range is
     # near 1e-7 (castream divides by the range itself): 9e-4 here; with its epsilon the maps are the same
     assert (ours - theirs).abs().max() < 2e-3
-    import castream.saliency.gradient as gradient
-
-    def peer_normalize(t):
-        flat = t.flatten(-2) - t.flatten(-2).amin(-1, keepdim=True)
-        return (flat / (1e-7 + flat.amax(-1, keepdim=True))).view_as(t)
-
-    monkeypatch.setattr(gradient, "normalize_maps", peer_normalize)
-    _close(saliency.FullGrad(model)(x, TARGETS), theirs, atol=1e-5)
+    _close(saliency.FullGrad(model, eps=1e-7)(x, TARGETS), theirs, atol=1e-5)
     with pytest.raises(ValueError, match="takes no layer"):
         saliency.FullGrad(model, "layer4")
+    with pytest.raises(ValueError, match="eps must be a number in"):
+        saliency.FullGrad(model, eps=-1e-7)
+
+
+def test_normalized_channel_sum_is_the_sum_of_the_normalized_channels():
+    """FullGrad's in-place normalization: ``normalize_maps(t).sum(1)`` (constant and near-constant
+    channels 0), and with ``eps`` pytorch-grad-cam's ``(t - min) / (eps + max(t - min))`` by hand."""
+    torch.manual_seed(0)
+    terms = torch.rand(2, 5, 6, 7)
+    terms[0, 1] = 3.0  # constant
+    terms[1, 2] = 1.0 + 1e-9 * torch.rand(6, 7)  # within float noise of constant
+    reference = normalize_maps(terms).sum(1)
+    torch.testing.assert_close(normalized_channel_sum(terms.clone()), reference, rtol=0, atol=1e-6)
+    shifted = terms - terms.flatten(2).amin(-1)[..., None, None]
+    by_hand = (shifted / (1e-7 + shifted.flatten(2).amax(-1)[..., None, None])).sum(1)
+    torch.testing.assert_close(normalized_channel_sum(terms.clone(), 1e-7), by_hand, rtol=0, atol=1e-6)
 
 
 # --- ROAD -----------------------------------------------------------------------------------------------

@@ -15,13 +15,28 @@ def normalize_maps(maps: Tensor) -> Tensor:
     leaves such rounding noise, which min-max would otherwise blow up to the full [0, 1].
     """
     flat = maps.flatten(-2)
-    low = flat.amin(-1, keepdim=True)
-    high = flat.amax(-1, keepdim=True)
-    span = high - low
-    ulps = 8 * torch.finfo(maps.dtype).eps * torch.maximum(low.abs(), high.abs())
-    has_range = span > ulps
+    low, span, has_range = _ranges(flat)
     out = (flat - low) / torch.where(has_range, span, torch.ones_like(span))
     return torch.where(has_range, out, torch.zeros_like(out)).view_as(maps)
+
+
+def _ranges(flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's minimum, range and whether it has one (beyond a few ulps, see :func:`normalize_maps`)."""
+    low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)  # torch.aminmax: 3x slower here
+    span = high - low
+    return low, span, span > 8 * torch.finfo(flat.dtype).eps * torch.maximum(low.abs(), high.abs())
+
+
+def normalized_channel_sum(terms: Tensor, eps: float = 0.0) -> Tensor:
+    """``normalize_maps(terms).sum(1)`` for (B, C, h, w) ``terms`` the caller no longer needs: normalized
+    in place (a channel without range divides by infinity, i.e. becomes 0), the same values with a third
+    of the passes over memory; FullGrad sums 20 such layers per image. ``eps > 0`` divides every channel
+    by its range + ``eps`` instead (pytorch-grad-cam's FullGrad normalization, with 1e-7)."""
+    flat = terms.flatten(-2)
+    low, span, has_range = _ranges(flat)
+    divisor = span + eps if eps > 0 else torch.where(has_range, span, torch.full_like(span, torch.inf))
+    flat.sub_(low).div_(divisor)
+    return flat.sum(1).view(terms.shape[0], *terms.shape[-2:])
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:

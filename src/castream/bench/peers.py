@@ -3,9 +3,10 @@ castream and the peer on the same model, images and targets; the agreement (max 
 or of the per-image scores) and the time ratio peer / castream (> 1: castream is faster).
 
 Rows whose peer differs by a documented convention say so (``note``): the sign of a principal component
-(EigenCAM), pytorch-grad-cam's 1e-7 in its normalization (FullGrad), its ``align_corners=True`` masks
-(Score-CAM), the random draws (SS-CAM's noise: compared at std ~ 0). The Quantus rows time a metric run
-inside castream's runner against Quantus called directly. Prints one JSON record per row.
+(EigenCAM), pytorch-grad-cam's 1e-7 in its normalization (FullGrad, compared at ``eps=1e-7``), its
+``align_corners=True`` masks (Score-CAM), the random draws (SS-CAM's noise: compared at std ~ 0). The
+Quantus rows time a metric run inside castream's runner against Quantus called directly. Prints one JSON
+record per row.
     python benchmarks/peers.py --model resnet18 --size 112 --batch 2
 """
 
@@ -64,7 +65,7 @@ def _rows(model, x, targets):
             rows.append(
                 (f"gradcam {option}", "pytorch-grad-cam", lambda m=method: m(x, targets), theirs, note)
             )
-        fullgrad = saliency.FullGrad(model)
+        fullgrad = saliency.FullGrad(model, eps=1e-7)
 
         def peer_fullgrad():
             cam = pgc.FullGrad(model=model, target_layers=[])
@@ -79,7 +80,7 @@ def _rows(model, x, targets):
                 "pytorch-grad-cam",
                 lambda: fullgrad(x, targets),
                 peer_fullgrad,
-                "its 1e-7 in each channel's normalization",
+                "eps=1e-7, pytorch-grad-cam's (castream's default 0: plain min-max)",
             )
         )
         finer = saliency.FinerCAM(model, "layer4")

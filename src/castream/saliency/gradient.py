@@ -11,7 +11,13 @@ from torch import Tensor, nn
 
 from .._scorer import Scorer
 from ..guided import guided_gradient
-from ..maps import KERNELS, eigen_projection, finalize_maps, kernel_projection, normalize_maps
+from ..maps import (
+    KERNELS,
+    eigen_projection,
+    finalize_maps,
+    kernel_projection,
+    normalized_channel_sum,
+)
 from ..utils import uncompiled
 from .base import SaliencyMethod, check_noise, safe_divide
 
@@ -19,6 +25,12 @@ from .base import SaliencyMethod, check_noise, safe_divide
 def gradcam_weights(grads: Tensor) -> Tensor:
     """Grad-CAM, thesis (1.4): ``w_k = GAP(d y_c / d A^k)``."""
     return grads.mean(dim=(2, 3))
+
+
+def check_eps(eps: float, example: str) -> None:
+    """An ``eps`` option: a number in [0, 1) (the peers' 1e-6 or 1e-7; 0 is the paper's formula)."""
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps < 1:
+        raise ValueError(f"eps must be a number in [0, 1), e.g. {example}; got {eps!r}")
 
 
 def gradcampp_weights(activations: Tensor, grads: Tensor, eps: float = 0.0) -> Tensor:
@@ -76,8 +88,7 @@ class GradCAMPlusPlus(GradientMethod):
     def __init__(self, model, layer=None, *, eps: float = 0.0, **options) -> None:
         """``eps``: added to alpha's denominator (:func:`gradcampp_weights`); 0 (castream's default) is the
         paper's formula, 1e-6 pytorch-grad-cam's, with which the seeds' Grad-CAM++ columns were computed."""
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps < 1:
-            raise ValueError(f"eps must be a number in [0, 1), e.g. 1e-6; got {eps!r}")
+        check_eps(eps, "1e-6")
         super().__init__(model, layer, **options)
         self.eps = float(eps)
 
@@ -331,15 +342,18 @@ class FullGrad(SaliencyMethod):
     term ``|b * d y / d z|`` at its output ``z`` (a batch norm's effective bias ``beta - mu gamma /
     sqrt(var + eps)``); each channel of each term min-max normalized at its own resolution, resized to
     the input and summed. It uses every such layer, so it takes no ``layer``; its map is at input
-    resolution whatever ``upsample`` says."""
+    resolution whatever ``upsample`` says. ``eps``: added to each channel's range, as pytorch-grad-cam's
+    1e-7 (which shrinks channels whose range is near it); 0, the default, is plain min-max."""
 
     name = "fullgrad"
     multi_layer = True
     uses_layer = False  # no layer of the user's: its own, every biased convolution and batch norm
 
-    def __init__(self, model, layer=None, **options) -> None:
+    def __init__(self, model, layer=None, *, eps: float = 0.0, **options) -> None:
         if layer is not None:
             raise ValueError("FullGrad reads every convolution and batch norm with a bias; it takes no layer")
+        check_eps(eps, "1e-7")
+        self.eps = float(eps)
         found = [
             name
             for name, m in uncompiled(model.model if isinstance(model, Scorer) else model).named_modules()
@@ -367,10 +381,11 @@ class FullGrad(SaliencyMethod):
             t = self.targets(targets, logits)
             leaves = [store[name] for name, _ in self.layers]
             grads = torch.autograd.grad(self.objective(logits, t).sum(), [x, *leaves], allow_unused=True)
-        total = normalize_maps((x.detach() * grads[0]).abs()).sum(dim=1)
+        total = normalized_channel_sum((x.detach() * grads[0]).abs_(), self.eps)
         for (_, module), grad in zip(self.layers, grads[1:]):
             if grad is not None:
-                term = normalize_maps((self._bias(module)[None, :, None, None] * grad).abs()).sum(dim=1)
+                bias = self._bias(module)[None, :, None, None]
+                term = normalized_channel_sum((bias * grad).abs_(), self.eps)
                 total = total + finalize_maps(term, size, normalize=False)  # bilinear resizing is linear:
                 # the channels' sum resized once is the sum of the resized channels (one resize, not C)
         return total
