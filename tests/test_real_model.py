@@ -228,40 +228,23 @@ def test_issue_31_projections_smoothing_and_fullgrad_on_the_photos(model, images
 
 
 def test_quantus_metrics_in_the_runner_on_the_photos(model, images):
-    """``quantus:NAME`` groups as the runner calls them (one batch's context) on the real model, photos
-    and Grad-CAM maps: the same per-image scores as Quantus called directly, with the runner's seed."""
+    """``quantus:NAME`` groups as the runner calls them (one batch's context, as ``bench peers`` times
+    them) on the real model, photos and Grad-CAM maps: the same per-image scores as Quantus called
+    directly with the runner's seed of the batch."""
     quantus = pytest.importorskip("quantus")
-    from castream._scorer import Scorer
-    from castream.evaluate.groups import Context
-    from castream.evaluate.quantus import metric_group
+    from castream.bench.peers import runner_group_scores
     from castream.interop.quantus import batch_seed, seeded
 
     targets = torch.tensor([285, ESPRESSO, MOPED])
     maps = saliency.GradCAM(model, "_blocks.15")(images, targets)
-    indices = [0, 1, 2]
-    for name, options in (
-        ("Sparseness", {}),
-        ("FaithfulnessCorrelation", {"nr_runs": 5, "subset_size": 224}),
-    ):
-        context = Context(
-            scorer=Scorer(model),
-            method=None,
-            images=images,
-            maps=maps,
-            targets=targets,
-            logits=model(images).detach(),
-            indices=indices,
-            meta=[{}] * 3,
-            preprocess=castream.Preprocess(**STATS),
-            protocol="quantus",
-            seed=0,
-            options=options,
-        )
-        (found,) = metric_group(name).run(context).values()
+    stats = castream.Preprocess(**STATS)
+    rows = {"Sparseness": {}, "FaithfulnessCorrelation": {"nr_runs": 5, "subset_size": 224}}
+    for name, options in rows.items():
+        found = runner_group_scores(f"quantus:{name}", options, model, images, maps, targets, stats)()
         metric = getattr(quantus, name)(
             **options, disable_warnings=True, display_progressbar=False, return_aggregate=False
         )
-        with seeded(batch_seed(0, indices)):
+        with seeded(batch_seed(0, [0, 1, 2])):
             direct = metric(
                 model=model,
                 x_batch=images.numpy(),

@@ -175,31 +175,13 @@ def _quantus_rows(model, x, targets):
         import quantus
     except ImportError:
         return []
-    from .._scorer import Scorer
-    from ..evaluate.groups import Context
-    from ..evaluate.quantus import metric_group
     from ..interop.quantus import batch_seed, explain, seeded
 
     maps = saliency.GradCAM(model)(x, targets)
     indices = list(range(len(x)))
     rows = []
     for name, options in QUANTUS_ROWS.items():
-        group = metric_group(name)
-        context = Context(
-            scorer=Scorer(model),
-            method=None,
-            images=x,
-            maps=maps,
-            targets=targets,
-            logits=model(x).detach(),
-            indices=indices,
-            meta=[{}] * len(x),
-            preprocess=Preprocess(),
-            protocol="quantus",
-            seed=0,
-            options=options,
-            rebuild=saliency.GradCAM,
-        )
+        ours = runner_group_scores(f"quantus:{name}", options, model, x, maps, targets, Preprocess())
 
         def direct(name=name, options=options):
             metric = getattr(quantus, name)(
@@ -217,10 +199,38 @@ def _quantus_rows(model, x, targets):
                 )
             return torch.tensor(scores, dtype=torch.float32)
 
-        ours = lambda group=group, context=context: next(iter(group.run(context).values()))  # noqa: E731
         note = "the runner's group vs Quantus directly, same maps and seed"
         rows.append((f"quantus:{name}", "Quantus", ours, direct, note))
     return rows
+
+
+def runner_group_scores(name: str, options: dict, model, images, maps, targets, preprocess, seed: int = 0):
+    """A call of the runner's metric group ``name`` on one batch (images ``0..B-1`` of a cell whose
+    method is Grad-CAM, seed ``seed``), as the runner builds its context: () -> the first column's
+    per-image scores. What the Quantus rows time, and what tests compare with Quantus called directly."""
+    from .._scorer import Scorer
+    from ..evaluate.groups import Context, resolve
+    from ..evaluate.quantus import register
+
+    context = Context(
+        scorer=Scorer(model),
+        method=None,
+        images=images,
+        maps=maps,
+        targets=torch.as_tensor(targets),
+        logits=model(images).detach(),
+        indices=list(range(len(images))),
+        meta=[{}] * len(images),
+        preprocess=preprocess,
+        protocol="quantus",
+        seed=seed,
+        options=options,
+        rebuild=saliency.GradCAM,
+    )
+    if name.startswith("quantus:"):
+        register(name)
+    group = resolve(name)
+    return lambda: next(iter(group.run(context).values()))
 
 
 def _road_rows(model, x, targets, target_cls):
